@@ -1,0 +1,10 @@
+//! Consonant Relayer: a cluster-resident agent that keeps one outbound gRPC
+//! stream to a Consonant backend, runs the backend's commands against the
+//! Kubernetes API and forwards agent telemetry. `actors.md` at the repository
+//! root maps the supervision tree onto these modules.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod credentials;
+pub mod proto;

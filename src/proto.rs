@@ -1,0 +1,9 @@
+//! The generated relay protocol v1 types (`proto/consonant/relayer/v1/relay.proto`):
+//! prost messages, the tonic client and server, and the proto3 JSON mapping.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/consonant.relayer.v1.rs"));
+include!(concat!(env!("OUT_DIR"), "/consonant.relayer.v1.serde.rs"));
+
+/// The protocol version this relayer speaks (`Hello.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
