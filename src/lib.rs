@@ -6,5 +6,8 @@
 #![deny(rust_2018_idioms)]
 
 pub mod config;
+pub mod commands;
+pub mod connection;
 pub mod credentials;
 pub mod proto;
+pub mod supervisor;

@@ -7,3 +7,11 @@ include!(concat!(env!("OUT_DIR"), "/consonant.relayer.v1.serde.rs"));
 
 /// The protocol version this relayer speaks (`Hello.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
+
+impl std::fmt::Debug for RotateCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateCredentials")
+            .field("cluster_token", &"***")
+            .finish()
+    }
+}
