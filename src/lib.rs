@@ -9,5 +9,6 @@ pub mod config;
 pub mod commands;
 pub mod connection;
 pub mod credentials;
+pub mod metrics;
 pub mod proto;
 pub mod supervisor;

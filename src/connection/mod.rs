@@ -3,4 +3,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod channel;
 pub mod outbox;
+pub mod outbox_handle;
+pub mod session;

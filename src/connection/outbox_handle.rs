@@ -1,0 +1,168 @@
+//! `OutboxHandle`: the [`Outbox`] behind a lock, shared by everyone who
+//! produces frames (CommandRouter, TelemetryIngest) and the session writer
+//! that consumes them. It is owned by the relayer, not by any actor, so a
+//! restarted ConnectionActor or CommandRouter finds every unacked frame and
+//! the sequence counter where they were.
+//!
+//! Sessions take an epoch when they begin; a writer from an older session
+//! that is still being torn down gets nothing, so it can never move the
+//! replay cursor of the session that replaced it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::outbox::{BufferFull, FrameClass, Outbox, OutboxStats};
+use crate::metrics::Metrics;
+use crate::proto::{relayer_frame::Body, RelayerFrame};
+
+#[derive(Debug)]
+struct Inner {
+    outbox: Outbox,
+    epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxHandle {
+    inner: Arc<Mutex<Inner>>,
+    ready: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl OutboxHandle {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        metrics.replay_buffer_capacity.set(capacity as i64);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                outbox: Outbox::new(capacity),
+                epoch: 0,
+            })),
+            ready: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    fn publish(&self, outbox: &Outbox) {
+        let stats = outbox.stats();
+        self.metrics.replay_buffer_bytes.set(stats.bytes as i64);
+        self.metrics
+            .replay_buffer_frames
+            .set((stats.pending_frames + stats.unacked_frames) as i64);
+    }
+
+    pub fn push_control(&self, body: Body) {
+        if self.inner.lock().outbox.push_control(body) {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Queues results (and their `CommandAccepted`, if any) in one lock.
+    pub fn push_results(&self, accepted: impl IntoIterator<Item = Body>, results: impl IntoIterator<Item = Body>) {
+        {
+            let mut inner = self.inner.lock();
+            for body in accepted {
+                inner.outbox.push_control(body);
+            }
+            for body in results {
+                inner.outbox.push_result(body);
+            }
+            self.publish(&inner.outbox);
+        }
+        self.ready.notify_one();
+    }
+
+    pub fn push_result(&self, body: Body) {
+        self.push_results(None, Some(body));
+    }
+
+    pub fn push_telemetry(&self, body: Body, items: u64) -> Result<(), BufferFull> {
+        {
+            let mut inner = self.inner.lock();
+            inner.outbox.push_telemetry(body, items)?;
+            self.publish(&inner.outbox);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    pub fn has_room_for_result(&self) -> bool {
+        self.inner.lock().outbox.has_room_for_result()
+    }
+
+    /// Starts a session; returns its epoch.
+    pub fn begin_session(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.epoch += 1;
+        inner.outbox.begin_session();
+        inner.epoch
+    }
+
+    pub fn on_welcome(&self, epoch: u64, acked_seq: u64) {
+        {
+            let mut inner = self.inner.lock();
+            if inner.epoch != epoch {
+                return;
+            }
+            inner.outbox.on_welcome(acked_seq);
+            self.publish(&inner.outbox);
+        }
+        self.ready.notify_one();
+    }
+
+    pub fn end_session(&self, epoch: u64) {
+        let mut inner = self.inner.lock();
+        if inner.epoch == epoch {
+            inner.outbox.end_session();
+        }
+        drop(inner);
+        // Wake a writer blocked on an empty outbox so it sees its session is over.
+        self.ready.notify_waiters();
+    }
+
+    pub fn ack(&self, acked_seq: u64) {
+        let mut inner = self.inner.lock();
+        if inner.outbox.ack(acked_seq) > 0 {
+            self.publish(&inner.outbox);
+        }
+    }
+
+    /// Moves up to `max` ready frames of session `epoch` into `out`; `false`
+    /// when that session is no longer current.
+    pub fn take_ready(&self, epoch: u64, out: &mut VecDeque<(RelayerFrame, FrameClass)>, max: usize) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.epoch != epoch {
+            return false;
+        }
+        for _ in 0..max {
+            match inner.outbox.next_frame() {
+                Some(frame) => out.push_back(frame),
+                None => break,
+            }
+        }
+        true
+    }
+
+    /// Resolves when frames may be ready (or the session ended).
+    pub async fn wait_ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Wakes writers to re-check (e.g. their session was cancelled).
+    pub fn wake(&self) {
+        self.ready.notify_waiters();
+    }
+
+    pub fn has_unsent_reliable(&self) -> bool {
+        self.inner.lock().outbox.has_unsent_reliable()
+    }
+
+    pub fn acked_seq(&self) -> u64 {
+        self.inner.lock().outbox.acked_seq()
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        self.inner.lock().outbox.stats()
+    }
+}
