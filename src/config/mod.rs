@@ -1,8 +1,17 @@
 //! The relayer's configuration file (`config.md`): its typed model, its units,
-//! and loading it with the `config` crate (TOML plus
-//! `CONSONANT_RELAYER__<SECTION>__<KEY>` environment overrides).
+//! loading it with the `config` crate (TOML plus
+//! `CONSONANT_RELAYER__<SECTION>__<KEY>` environment overrides), validating
+//! it, and the values derived from it.
 
+pub mod derived;
+pub mod error;
+pub mod load;
 pub mod model;
 pub mod units;
+pub mod validate;
 
+pub use derived::{GrpcTarget, DEFAULT_GRPC_PORT};
+pub use error::{ConfigError, Invalid};
+pub use load::{load, load_with_env, redacted_toml, ENV_PREFIX};
 pub use model::*;
+pub use validate::validate;

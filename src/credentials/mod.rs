@@ -1,6 +1,9 @@
-//! Cluster credentials: the redacting [`Secret`] type, and the store that
-//! reads `clusterId`/`clusterToken` from their mounted files.
+//! Cluster credentials: the redacting [`Secret`] type, and the
+//! [`CredentialStore`] that reads `clusterId`/`clusterToken` from their
+//! mounted files, follows Secret updates and holds a rotated token.
 
 pub mod secret;
+pub mod store;
 
 pub use secret::Secret;
+pub use store::{CredentialStore, Credentials, CredentialsError, WatchHandle};

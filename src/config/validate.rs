@@ -1,0 +1,346 @@
+//! Semantic checks on a deserialised [`RelayerConfig`]: values that parse but
+//! make no sense (a zero heartbeat, an unknown action, a cluster name
+//! Kubernetes would reject). Pure: it returns every problem found, without
+//! knowing which file or variable a value came from — the loader adds that.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::error::Invalid;
+use super::model::{RelayerConfig, ALL_ACTIONS};
+use super::units::{format_bytes, format_duration};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// Every problem in `cfg`, in file order; empty when the config is usable.
+pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
+    let mut errors = Vec::new();
+    let e = &mut errors;
+
+    check_cluster_name(e, &cfg.cluster.name);
+
+    let backend = &cfg.backend;
+    check_url(e, "backend.url", &backend.url, &["http", "https"], true);
+    check_url(
+        e,
+        "backend.grpc_endpoint",
+        &backend.grpc_endpoint,
+        &["grpc", "grpcs", "http", "https"],
+        false,
+    );
+    if backend.client_cert_file.is_empty() != backend.client_key_file.is_empty() {
+        let (set, unset) = if backend.client_cert_file.is_empty() {
+            ("backend.client_key_file", "backend.client_cert_file")
+        } else {
+            ("backend.client_cert_file", "backend.client_key_file")
+        };
+        let value = if backend.client_cert_file.is_empty() {
+            &backend.client_key_file
+        } else {
+            &backend.client_cert_file
+        };
+        e.push(Invalid::new(
+            set,
+            quote(value),
+            format!("is set but {unset} is empty: for mTLS set both, otherwise leave both empty"),
+        ));
+    }
+
+    let creds = &cfg.credentials;
+    for (key, path) in [
+        ("credentials.cluster_id_file", &creds.cluster_id_file),
+        ("credentials.cluster_token_file", &creds.cluster_token_file),
+    ] {
+        if path.as_os_str().is_empty() {
+            e.push(Invalid::new(key, "\"\"", "is empty: give the path of the mounted credentials file"));
+        }
+    }
+
+    let conn = &cfg.connection;
+    non_zero(e, "connection.connect_timeout", conn.connect_timeout);
+    non_zero(e, "connection.heartbeat_interval", conn.heartbeat_interval);
+    non_zero(e, "connection.backoff_base", conn.backoff_base);
+    if conn.backoff_max < conn.backoff_base {
+        e.push(Invalid::new(
+            "connection.backoff_max",
+            quote(&format_duration(conn.backoff_max)),
+            format!(
+                "is shorter than connection.backoff_base ({}): use a value >= backoff_base",
+                format_duration(conn.backoff_base)
+            ),
+        ));
+    }
+    if conn.breaker_failure_threshold < 1 {
+        e.push(Invalid::new(
+            "connection.breaker_failure_threshold",
+            "0",
+            "must be at least 1 (consecutive failures before the circuit breaker opens)",
+        ));
+    }
+    non_zero(e, "connection.breaker_open_duration", conn.breaker_open_duration);
+    // A zero keepalive would make tokio's interval panic; "off" is not offered.
+    non_zero(e, "connection.http2_keepalive_interval", conn.http2_keepalive_interval);
+    if !(KIB..=64 * MIB).contains(&conn.max_frame_bytes) {
+        e.push(Invalid::new(
+            "connection.max_frame_bytes",
+            quote(&format_bytes(conn.max_frame_bytes)),
+            "is out of range: use a size between 1KiB and 64MiB",
+        ));
+    }
+    if conn.replay_buffer_bytes < MIB || conn.replay_buffer_bytes < conn.max_frame_bytes {
+        e.push(Invalid::new(
+            "connection.replay_buffer_bytes",
+            quote(&format_bytes(conn.replay_buffer_bytes)),
+            format!(
+                "is too small: use at least 1MiB and at least connection.max_frame_bytes ({})",
+                format_bytes(conn.max_frame_bytes)
+            ),
+        ));
+    }
+
+    let cmds = &cfg.commands;
+    at_least_one(e, "commands.max_in_flight", cmds.max_in_flight.into());
+    at_least_one(e, "commands.rate_per_second", cmds.rate_per_second.into());
+    at_least_one(e, "commands.burst", cmds.burst.into());
+    at_least_one(e, "commands.dedup_max_entries", cmds.dedup_max_entries);
+    non_zero(e, "commands.default_timeout", cmds.default_timeout);
+    if cmds.allowed_namespaces.is_empty() || cmds.allowed_namespaces.iter().any(|n| n.trim().is_empty()) {
+        e.push(Invalid::new(
+            "commands.allowed_namespaces",
+            format!("{:?}", cmds.allowed_namespaces),
+            "must list at least one namespace, with no empty names: use [\"*\"] for all namespaces",
+        ));
+    }
+    for action in &cmds.allowed_actions {
+        if !ALL_ACTIONS.contains(&action.as_str()) {
+            e.push(Invalid::new(
+                "commands.allowed_actions",
+                quote(action),
+                format!("is not an action: use any of {}", ALL_ACTIONS.join(", ")),
+            ));
+        }
+    }
+
+    let tel = &cfg.telemetry;
+    socket_addr(e, "telemetry.otlp_grpc_listen", &tel.otlp_grpc_listen);
+    socket_addr(e, "telemetry.otlp_http_listen", &tel.otlp_http_listen);
+    non_zero(e, "telemetry.flush_interval", tel.flush_interval);
+    if tel.max_batch_bytes == 0 {
+        e.push(Invalid::new("telemetry.max_batch_bytes", "0", "must be at least 1 byte, e.g. \"1MiB\""));
+    }
+    if tel.buffer_bytes < tel.max_batch_bytes {
+        e.push(Invalid::new(
+            "telemetry.buffer_bytes",
+            quote(&format_bytes(tel.buffer_bytes)),
+            format!(
+                "is smaller than telemetry.max_batch_bytes ({}): use a buffer at least one batch large",
+                format_bytes(tel.max_batch_bytes)
+            ),
+        ));
+    }
+
+    socket_addr(e, "health.listen", &cfg.health.listen);
+
+    check_log_level(e, &cfg.logging.level);
+    if !matches!(cfg.logging.format.as_str(), "json" | "text") {
+        e.push(Invalid::new("logging.format", quote(&cfg.logging.format), "is not a log format: use \"json\" or \"text\""));
+    }
+
+    errors
+}
+
+fn quote(value: &str) -> String {
+    format!("{value:?}")
+}
+
+/// RFC 1123 label, as Kubernetes checks names: the cluster name ends up in
+/// object names and label values.
+fn check_cluster_name(e: &mut Vec<Invalid>, name: &str) {
+    const KEY: &str = "cluster.name";
+    if name.is_empty() {
+        e.push(Invalid::new(KEY, "\"\"", "is required: set a DNS-1123 label such as \"production-us-east-1\""));
+        return;
+    }
+    let bytes = name.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = bytes.len() <= 63
+        && bytes.iter().all(allowed)
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum);
+    if !ok {
+        e.push(Invalid::new(
+            KEY,
+            quote(name),
+            "is not a DNS-1123 label: use lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters",
+        ));
+    }
+}
+
+fn check_url(e: &mut Vec<Invalid>, key: &str, value: &str, schemes: &[&str], required: bool) {
+    let allowed = schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ");
+    if value.is_empty() {
+        if required {
+            e.push(Invalid::new(key, "\"\"", format!("is required: set a URL starting with {allowed}")));
+        }
+        return;
+    }
+    let problem = match value.parse::<http::Uri>() {
+        Err(err) => Some(format!("is not a URL ({err}): use {allowed} followed by a host")),
+        Ok(uri) => match (uri.scheme_str(), uri.host()) {
+            (Some(scheme), _) if !schemes.contains(&scheme) => {
+                Some(format!("has scheme {scheme:?}: use one of {allowed}"))
+            }
+            (None, _) => Some(format!("has no scheme: start it with one of {allowed}")),
+            (_, None) | (_, Some("")) => Some(format!("has no host: use {allowed} followed by a host")),
+            _ => None,
+        },
+    };
+    if let Some(problem) = problem {
+        e.push(Invalid::new(key, quote(value), problem));
+    }
+}
+
+fn non_zero(e: &mut Vec<Invalid>, key: &str, value: Duration) {
+    if value.is_zero() {
+        e.push(Invalid::new(key, "\"0s\"", "must be longer than zero: use a duration like \"500ms\" or \"10s\""));
+    }
+}
+
+fn at_least_one(e: &mut Vec<Invalid>, key: &str, value: u64) {
+    if value < 1 {
+        e.push(Invalid::new(key, value.to_string(), "must be at least 1"));
+    }
+}
+
+fn socket_addr(e: &mut Vec<Invalid>, key: &str, value: &str) {
+    if value.parse::<SocketAddr>().is_err() {
+        e.push(Invalid::new(
+            key,
+            quote(value),
+            "is not a listen address: use IP:PORT, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+        ));
+    }
+}
+
+/// A bare word that is not a level is rejected even though `EnvFilter` would
+/// accept it as a target name: `level = "warning"` would otherwise silently
+/// log nothing but a target called "warning".
+fn check_log_level(e: &mut Vec<Invalid>, level: &str) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let lower = level.trim().to_ascii_lowercase();
+    if LEVELS.contains(&lower.as_str()) {
+        return;
+    }
+    let looks_like_directives = level.contains(['=', ',', '[', ':']);
+    let parses = tracing_subscriber::EnvFilter::builder().parse(level).is_ok();
+    if level.trim().is_empty() || !looks_like_directives || !parses {
+        e.push(Invalid::new(
+            "logging.level",
+            quote(level),
+            "is not a log level: use trace, debug, info, warn or error, or an EnvFilter string such as \"info,consonant_relayer=debug\"",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> RelayerConfig {
+        let mut cfg = RelayerConfig::default();
+        cfg.cluster.name = "prod-1".into();
+        cfg.backend.url = "https://backend.example.com".into();
+        cfg
+    }
+
+    /// Applies `edit` to a valid config and compares the `key = value problem`
+    /// lines (problem cut to its first word or two via `contains`).
+    fn check(edit: impl FnOnce(&mut RelayerConfig), expected: &[(&str, &str, &str)]) {
+        let mut cfg = valid();
+        edit(&mut cfg);
+        let errors = validate(&cfg);
+        let got: Vec<(String, String)> = errors.iter().map(|i| (i.key.clone(), i.value.clone())).collect();
+        assert_eq!(errors.len(), expected.len(), "got {errors:#?}");
+        for ((key, value, problem), error) in expected.iter().zip(&errors) {
+            assert_eq!((error.key.as_str(), error.value.as_str()), (*key, *value), "all: {got:?}");
+            assert!(error.problem.contains(problem), "{:?} lacks {problem:?}", error.problem);
+        }
+    }
+
+    #[test]
+    fn defaults_with_required_fields_are_valid() {
+        check(|_| {}, &[]);
+    }
+
+    #[test]
+    fn cluster_name() {
+        check(|c| c.cluster.name = String::new(), &[("cluster.name", "\"\"", "is required")]);
+        check(|c| c.cluster.name = "Prod_1".into(), &[("cluster.name", "\"Prod_1\"", "DNS-1123")]);
+        check(|c| c.cluster.name = "-a".into(), &[("cluster.name", "\"-a\"", "DNS-1123")]);
+        check(|c| c.cluster.name = "a".repeat(64), &[("cluster.name", &format!("{:?}", "a".repeat(64)), "63")]);
+        check(|c| c.cluster.name = "a".repeat(63), &[]);
+    }
+
+    #[test]
+    fn backend_urls() {
+        check(|c| c.backend.url = String::new(), &[("backend.url", "\"\"", "is required")]);
+        check(|c| c.backend.url = "ftp://x".into(), &[("backend.url", "\"ftp://x\"", "http://, https://")]);
+        check(|c| c.backend.url = "backend".into(), &[("backend.url", "\"backend\"", "no scheme")]);
+        check(|c| c.backend.grpc_endpoint = "grpcs://b:443".into(), &[]);
+        check(|c| c.backend.grpc_endpoint = "tcp://b:1".into(), &[("backend.grpc_endpoint", "\"tcp://b:1\"", "grpc://")]);
+        check(
+            |c| c.backend.client_cert_file = "/tls/crt".into(),
+            &[("backend.client_cert_file", "\"/tls/crt\"", "client_key_file is empty")],
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        check(|c| c.connection.heartbeat_interval = Duration::ZERO, &[("connection.heartbeat_interval", "\"0s\"", "longer than zero")]);
+        check(
+            |c| c.connection.backoff_max = Duration::from_millis(100),
+            &[("connection.backoff_max", "\"100ms\"", ">= backoff_base")],
+        );
+        check(|c| c.connection.breaker_failure_threshold = 0, &[("connection.breaker_failure_threshold", "0", "at least 1")]);
+        check(|c| c.connection.max_frame_bytes = 100, &[("connection.max_frame_bytes", "\"100\"", "1KiB and 64MiB")]);
+        check(
+            |c| c.connection.replay_buffer_bytes = 2 * MIB,
+            &[("connection.replay_buffer_bytes", "\"2MiB\"", "connection.max_frame_bytes (4MiB)")],
+        );
+    }
+
+    #[test]
+    fn commands() {
+        check(|c| c.commands.max_in_flight = 0, &[("commands.max_in_flight", "0", "at least 1")]);
+        check(|c| c.commands.allowed_namespaces.clear(), &[("commands.allowed_namespaces", "[]", "at least one")]);
+        check(
+            |c| c.commands.allowed_actions = vec!["ping".into(), "exec".into()],
+            &[("commands.allowed_actions", "\"exec\"", "ping, apply")],
+        );
+    }
+
+    #[test]
+    fn listen_addresses_and_logging() {
+        check(|c| c.health.listen = "8080".into(), &[("health.listen", "\"8080\"", "IP:PORT")]);
+        check(|c| c.telemetry.otlp_grpc_listen = "[::]:4317".into(), &[]);
+        check(|c| c.logging.format = "yaml".into(), &[("logging.format", "\"yaml\"", "json")]);
+        check(|c| c.logging.level = "WARN".into(), &[]);
+        check(|c| c.logging.level = "info,consonant_relayer=debug".into(), &[]);
+        check(|c| c.logging.level = "warning".into(), &[("logging.level", "\"warning\"", "EnvFilter")]);
+        check(|c| c.logging.level = "a=notalevel".into(), &[("logging.level", "\"a=notalevel\"", "EnvFilter")]);
+    }
+
+    #[test]
+    fn reports_every_problem_not_only_the_first() {
+        check(
+            |c| {
+                c.cluster.name = "Bad".into();
+                c.commands.burst = 0;
+                c.logging.format = "xml".into();
+            },
+            &[("cluster.name", "\"Bad\"", "DNS"), ("commands.burst", "0", "at least 1"), ("logging.format", "\"xml\"", "json")],
+        );
+    }
+}
