@@ -6,9 +6,13 @@
 #![deny(rust_2018_idioms)]
 
 pub mod config;
+pub mod actors;
 pub mod commands;
 pub mod connection;
 pub mod credentials;
+pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
+pub mod relayer;
 pub mod supervisor;

@@ -374,7 +374,9 @@ impl InboundBatch {
         use backend_frame::Body as B;
         self.frames += 1;
         match frame.body {
-            Some(B::Heartbeat(_)) => metrics.frames_in.heartbeat.inc(),
+            Some(B::Heartbeat(_)) => {
+                metrics.frames_in.heartbeat.inc();
+            }
             Some(B::Ack(ack)) => {
                 metrics.frames_in.ack.inc();
                 self.max_ack = Some(self.max_ack.unwrap_or(0).max(ack.acked_seq));

@@ -336,7 +336,7 @@ mod tests {
             Restart::Permanent,
             8,
             move |_, _| Probe { name, log: log.clone() },
-            move |addr| addrs.lock().push((name, addr)),
+            move |addr, _| addrs.lock().push((name, addr)),
         )
     }
 

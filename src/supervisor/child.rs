@@ -106,15 +106,15 @@ impl ChildSpec {
     where
         A: Actor<Context = Context<A>> + Handler<Stop>,
         F: Fn(ChildContext, MailboxGauge) -> A + 'static,
-        P: Fn(Addr<A>) + 'static,
+        P: Fn(Addr<A>, MailboxGauge) + 'static,
     {
         let factory = move |child: ChildContext| {
             let gauge = MailboxGauge::new(mailbox);
             child.board.actor_started(&child.name, gauge.clone());
             let exit = child.exit.clone();
-            let actor = make(child, gauge);
+            let actor = make(child, gauge.clone());
             let (addr, running) = spawn_actor(actor, mailbox, exit);
-            publish(addr);
+            publish(addr, gauge);
             running
         };
         Self {

@@ -1,0 +1,249 @@
+//! `CommandRouter`: takes every command the session reads, decides its fate
+//! in the protocol's order — dedup, validation, deadline, capacity — answers
+//! Ping itself, hands Kubernetes actions to the WorkloadExecutor, and puts
+//! each answer (`CommandAccepted`, `CommandResult`) into the outbox. Every
+//! command gets exactly one result per execution.
+//!
+//! It owns no state that must survive it: the dedup cache and the in-flight
+//! gauge live in the `RelayContext`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, Context, Handler, Message};
+use serde_json::json;
+
+use super::context::RelayContext;
+use super::workload_executor::Execute;
+use crate::commands::dedup::Seen;
+use crate::commands::outcome::{action_name, now_unix_ms, rejected, status_name, succeeded, CommandError};
+use crate::proto::{command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted, CommandResult};
+use crate::supervisor::{ChildContext, Stop};
+
+/// Commands read from the stream, in arrival order. `draining`: they arrived
+/// after `Drain`, so they are answered UNAVAILABLE (retryable) without running.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct IncomingCommands {
+    pub commands: Vec<Command>,
+    pub draining: bool,
+}
+
+/// `CancelCommand` ids read from the stream.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CancelCommands(pub Vec<String>);
+
+/// The WorkloadExecutor's answer for one command. `ran`: it was tried (so the
+/// result is cached for dedup); `false` for a refusal before running.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CommandFinished {
+    pub result: CommandResult,
+    pub action: &'static str,
+    pub ran: bool,
+}
+
+pub struct CommandRouter {
+    rc: Arc<RelayContext>,
+    child: ChildContext,
+    handled: u64,
+}
+
+impl CommandRouter {
+    pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
+        Self {
+            rc,
+            child,
+            handled: 0,
+        }
+    }
+
+    fn publish(&self) {
+        let dedup = self.rc.dedup.lock();
+        self.rc.metrics.dedup_entries.set(dedup.len() as i64);
+        self.rc.metrics.dedup_evictions.set(dedup.evicted());
+        self.child.set_details(json!({
+            "in_flight": self.rc.metrics.commands_in_flight.get(),
+            "max_in_flight": self.rc.config.commands.max_in_flight,
+            "dedup_entries": dedup.len(),
+            "dedup_evicted": dedup.evicted(),
+            "handled": self.handled,
+        }));
+    }
+
+    /// Decides one command. Answers go to `accepted`/`results`, written to
+    /// the outbox once per batch.
+    fn route(&mut self, command: Command, draining: bool, out: &mut Answers) {
+        let action = action_name(&command).unwrap_or("none");
+        if command.command_id.is_empty() {
+            let error = CommandError::InvalidArgument("command_id is empty: every command needs a UUID command_id (the idempotency key)".into());
+            out.reject(&self.rc, &command, action, &error);
+            return;
+        }
+        let seen = self.rc.dedup.lock().check_and_begin(&command.command_id, Instant::now());
+        match seen {
+            Seen::InFlight => {
+                tracing::debug!(command_id = %command.command_id, "duplicate of an in-flight command: accepted again");
+                out.accepted.push(accepted(&command));
+                return;
+            }
+            Seen::Finished(result) => {
+                tracing::debug!(command_id = %command.command_id, "duplicate of a finished command: cached result sent again");
+                out.results.push(Body::Result(result));
+                return;
+            }
+            Seen::New => {}
+        }
+        if let Err(error) = self.admit(&command, draining) {
+            self.rc.dedup.lock().forget(&command.command_id);
+            out.reject(&self.rc, &command, action, &error);
+            return;
+        }
+        match command.action.as_ref() {
+            Some(Action::Ping(ping)) => {
+                let started = now_unix_ms();
+                let result = succeeded(&command, &json!({ "payload_len": ping.payload.len() }), started);
+                self.rc.dedup.lock().finish(result.clone(), Instant::now());
+                self.rc.metrics.count_command(action, "succeeded");
+                out.accepted.push(accepted(&command));
+                out.results.push(Body::Result(result));
+            }
+            Some(_) => match self.rc.directory.executor() {
+                Some(executor) => {
+                    self.rc.metrics.commands_in_flight.inc();
+                    out.accepted.push(accepted(&command));
+                    // The executor's mailbox is bounded by max_in_flight, which admit() enforces.
+                    executor.do_send(Execute { command, action });
+                }
+                None => {
+                    self.rc.dedup.lock().forget(&command.command_id);
+                    out.reject(&self.rc, &command, action, &CommandError::busy("the workload executor is restarting; retry shortly"));
+                }
+            },
+            None => unreachable!("admit() refuses commands without an action"),
+        }
+    }
+
+    /// The checks after dedup, in the protocol's order.
+    fn admit(&self, command: &Command, draining: bool) -> Result<(), CommandError> {
+        if draining {
+            return Err(CommandError::busy("the relayer is draining this stream; re-send the command on the next session"));
+        }
+        let Some(action) = action_name(command) else {
+            return Err(CommandError::InvalidArgument("command has no action set: set exactly one of ping, apply, delete, get, list, scale, restart, logs, cluster_info".into()));
+        };
+        if command.deadline_unix_ms != 0 && command.deadline_unix_ms <= now_unix_ms() {
+            return Err(CommandError::DeadlineExceeded(format!(
+                "deadline_unix_ms {} had already passed when the command arrived",
+                command.deadline_unix_ms
+            )));
+        }
+        if action != "ping" && !self.rc.config.kubernetes.enabled {
+            return Err(CommandError::Unavailable {
+                message: format!("action {action} needs the Kubernetes API, and kubernetes.enabled is false on this relayer"),
+                retryable: false,
+            });
+        }
+        let in_flight = self.rc.metrics.commands_in_flight.get();
+        if in_flight >= i64::from(self.rc.config.commands.max_in_flight) {
+            return Err(CommandError::busy(format!(
+                "{in_flight} commands already running (commands.max_in_flight); retry later"
+            )));
+        }
+        if !self.rc.outbox.has_room_for_result() {
+            return Err(CommandError::busy(
+                "the replay buffer is full of unacknowledged frames; retry once the backend acknowledges them",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Answers collected over one batch.
+#[derive(Default)]
+struct Answers {
+    accepted: Vec<Body>,
+    results: Vec<Body>,
+}
+
+impl Answers {
+    fn reject(&mut self, rc: &RelayContext, command: &Command, action: &str, error: &CommandError) {
+        tracing::debug!(command_id = %command.command_id, action, code = ?error.code(), %error, "command rejected");
+        rc.metrics.count_command(action, "rejected");
+        self.results.push(Body::Result(rejected(command, error)));
+    }
+}
+
+fn accepted(command: &Command) -> Body {
+    Body::Accepted(CommandAccepted {
+        command_id: command.command_id.clone(),
+    })
+}
+
+impl Actor for CommandRouter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.child.set_state("Routing");
+        self.publish();
+    }
+}
+
+impl Handler<IncomingCommands> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: IncomingCommands, _: &mut Context<Self>) {
+        let mut answers = Answers::default();
+        for command in msg.commands {
+            self.handled += 1;
+            self.route(command, msg.draining, &mut answers);
+        }
+        self.rc.outbox.push_results(answers.accepted, answers.results);
+        self.publish();
+    }
+}
+
+impl Handler<CancelCommands> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelCommands, _: &mut Context<Self>) {
+        for command_id in msg.0 {
+            match self.rc.dedup.lock().peek(&command_id) {
+                Seen::InFlight => match self.rc.directory.executor() {
+                    Some(executor) => executor.do_send(super::workload_executor::Cancel { command_id }),
+                    None => tracing::debug!(%command_id, "cancel for a command whose executor is restarting"),
+                },
+                _ => tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored"),
+            }
+        }
+    }
+}
+
+impl Handler<CommandFinished> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: CommandFinished, _: &mut Context<Self>) {
+        self.rc.metrics.commands_in_flight.dec();
+        let status = status_name(msg.result.status);
+        self.rc.metrics.count_command(msg.action, status);
+        {
+            let mut dedup = self.rc.dedup.lock();
+            if msg.ran && msg.result.status != Status::Rejected as i32 {
+                dedup.finish(msg.result.clone(), Instant::now());
+            } else {
+                dedup.forget(&msg.result.command_id);
+            }
+        }
+        self.rc.outbox.push_result(Body::Result(msg.result));
+        self.publish();
+    }
+}
+
+impl Handler<Stop> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,455 @@
+//! `ConnectionActor`: the stream's lifecycle. It decides when to dial
+//! (backoff with full jitter, circuit breaker, drain delays), starts each
+//! session as its own task, and turns how a session ended into the next
+//! step (protocol.md, "Connection failures"). States: Idle, Connecting,
+//! Handshaking, Streaming, Backoff, BreakerOpen, HalfOpen, Draining.
+//!
+//! A restart of this actor aborts the running session; the outbox keeps
+//! every unacked frame and the sequence counter, so the next session
+//! replays them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::context::RelayContext;
+use super::workload_executor::SUPPORTED_ACTIONS;
+use crate::connection::backoff::{with_extra_jitter, Backoff};
+use crate::connection::breaker::{BreakerState, CircuitBreaker, Permit};
+use crate::connection::session::{self, CommandSink, SessionEnd, SessionOutcome, SessionParams, EARLY_END};
+use crate::credentials::Secret;
+use crate::metrics::Metrics;
+use crate::proto::{Hello, TelemetryStats, PROTOCOL_VERSION};
+use crate::supervisor::{ChildContext, Stop};
+
+/// A session that stayed up this long resets backoff and failure count.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// RESOURCE_EXHAUSTED: back off at least this long.
+const EXHAUSTED_FLOOR: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Idle,
+    Connecting,
+    Handshaking,
+    Streaming,
+    Backoff,
+    BreakerOpen,
+    HalfOpen,
+    Draining,
+}
+
+impl ConnState {
+    pub const ALL: [&'static str; 8] = [
+        "Idle",
+        "Connecting",
+        "Handshaking",
+        "Streaming",
+        "Backoff",
+        "BreakerOpen",
+        "HalfOpen",
+        "Draining",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        Self::ALL[*self as usize]
+    }
+}
+
+/// What a running session tells its ConnectionActor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum SessionEvent {
+    Handshaking,
+    Welcomed {
+        session_id: String,
+        acked_seq: u64,
+        heartbeat_interval: Duration,
+    },
+    Draining {
+        reason: String,
+    },
+    RotateCredentials {
+        token: Secret,
+    },
+}
+
+struct RunningSession {
+    id: u64,
+    cancel: CancellationToken,
+    abort: tokio::task::AbortHandle,
+}
+
+pub struct ConnectionActor {
+    rc: Arc<RelayContext>,
+    child: ChildContext,
+    backoff: Backoff,
+    breaker: CircuitBreaker,
+    state: ConnState,
+    session: Option<RunningSession>,
+    sessions_started: u64,
+    session_id: Option<String>,
+    welcomed_at: Option<Instant>,
+    probing: bool,
+    failing_hard: bool,
+    last_error: Option<String>,
+    cluster_id: Option<String>,
+    stopping: bool,
+    next_dial_at: Option<Instant>,
+}
+
+impl ConnectionActor {
+    pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
+        let cfg = &rc.config.connection;
+        let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
+        let breaker = CircuitBreaker::new(cfg.breaker_failure_threshold, cfg.breaker_open_duration);
+        let cluster_id = rc.credentials.current().map(|c| c.cluster_id);
+        Self {
+            rc,
+            child,
+            backoff,
+            breaker,
+            state: ConnState::Idle,
+            session: None,
+            sessions_started: 0,
+            session_id: None,
+            welcomed_at: None,
+            probing: false,
+            failing_hard: false,
+            last_error: None,
+            cluster_id,
+            stopping: false,
+            next_dial_at: None,
+        }
+    }
+
+    fn set_state(&mut self, state: ConnState) {
+        if self.state != state {
+            tracing::debug!(from = self.state.name(), to = state.name(), "connection state");
+        }
+        self.state = state;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let breaker = self.breaker.state();
+        let failing_hard = self.failing_hard || matches!(breaker, BreakerState::Open { .. });
+        {
+            let mut link = self.rc.link.write();
+            link.state = self.state.name().to_string();
+            link.connected = self.state == ConnState::Streaming;
+            link.cluster_id = self.cluster_id.clone();
+            link.session_id = self.session_id.clone();
+            link.last_error = self.last_error.clone();
+            link.failing_hard = failing_hard;
+            link.breaker = breaker.name().to_string();
+            link.consecutive_failures = self.breaker.consecutive_failures();
+        }
+        Metrics::set_state(&self.rc.metrics.connection_state, &ConnState::ALL, self.state.name());
+        Metrics::set_state(&self.rc.metrics.breaker_state, &["closed", "open", "half_open"], breaker.name());
+        self.child.set_state(self.state.name());
+        self.child.set_error(self.last_error.clone());
+        let outbox = self.rc.outbox.stats();
+        self.child.set_details(json!({
+            "endpoint": self.rc.dialer.uri(),
+            "tls": self.rc.dialer.is_tls(),
+            "cluster_id": self.cluster_id,
+            "session_id": self.session_id,
+            "sessions_started": self.sessions_started,
+            "breaker": breaker.name(),
+            "consecutive_failures": self.breaker.consecutive_failures(),
+            "backoff_attempt": self.backoff.attempt(),
+            "next_dial_in_ms": self.next_dial_at.map(|at| at.saturating_duration_since(Instant::now()).as_millis() as u64),
+            "replay_buffer": outbox,
+        }));
+    }
+
+    fn hello(&self, cluster_id: &str) -> Hello {
+        let cfg = &self.rc.config;
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("cluster.name".to_string(), cfg.cluster.name.clone());
+        if !cfg.cluster.region.is_empty() {
+            labels.insert("cluster.region".to_string(), cfg.cluster.region.clone());
+        }
+        if !cfg.cluster.environment.is_empty() {
+            labels.insert("cluster.environment".to_string(), cfg.cluster.environment.clone());
+        }
+        for (key, value) in &cfg.cluster.labels {
+            labels.insert(key.clone(), value.clone());
+        }
+        let allowed = &cfg.commands.allowed_actions;
+        let capabilities = std::iter::once("ping")
+            .chain(SUPPORTED_ACTIONS.iter().copied().filter(|_| cfg.kubernetes.enabled))
+            .filter(|action| allowed.iter().any(|a| a == action))
+            .map(str::to_string)
+            .collect();
+        let outbox = self.rc.outbox.stats();
+        Hello {
+            cluster_id: cluster_id.to_string(),
+            instance_id: self.rc.identity.instance_id.clone(),
+            incarnation: self.rc.identity.incarnation.clone(),
+            relayer_version: self.rc.identity.version.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            capabilities,
+            last_acked_seq: outbox.acked_seq,
+            labels,
+            leader: false,
+            telemetry_stats: Some(TelemetryStats {
+                batches_dropped: outbox.telemetry_batches_dropped,
+                items_dropped: outbox.telemetry_items_dropped,
+            }),
+            heartbeat_interval_ms: self.rc.heartbeat_interval().as_millis().min(u32::MAX as u128) as u32,
+        }
+    }
+
+    fn schedule_dial(&mut self, delay: Duration, state: ConnState, ctx: &mut Context<Self>) {
+        self.next_dial_at = Some(Instant::now() + delay);
+        self.set_state(state);
+        ctx.run_later(delay, |act, ctx| act.dial(ctx));
+    }
+
+    fn dial(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || self.session.is_some() {
+            return;
+        }
+        self.next_dial_at = None;
+        match self.breaker.permit(Instant::now()) {
+            Permit::WaitUntil(until) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                self.schedule_dial(wait, ConnState::BreakerOpen, ctx);
+                return;
+            }
+            Permit::Probe => self.probing = true,
+            Permit::Dial => self.probing = false,
+        }
+        let credentials = match self.rc.credentials.load() {
+            Ok(credentials) => credentials,
+            Err(err) => {
+                self.last_error = Some(format!("cannot load cluster credentials: {err}"));
+                self.failing_hard = true;
+                tracing::error!(error = %err, "cannot load cluster credentials");
+                self.after_failure(None, ctx);
+                return;
+            }
+        };
+        self.cluster_id = Some(credentials.cluster_id.clone());
+        let Some((router, gauge)) = self.rc.directory.router() else {
+            self.last_error = Some("the command router is not running".into());
+            self.after_failure(None, ctx);
+            return;
+        };
+        if self.sessions_started > 0 {
+            self.rc.metrics.reconnects.inc();
+        }
+        self.sessions_started += 1;
+        let id = self.sessions_started;
+        let cfg = &self.rc.config.connection;
+        let cancel = CancellationToken::new();
+        let params = SessionParams {
+            dialer: self.rc.dialer.clone(),
+            hello: self.hello(&credentials.cluster_id),
+            cluster_id: credentials.cluster_id,
+            token: credentials.token,
+            heartbeat_interval: cfg.heartbeat_interval,
+            handshake_timeout: cfg.connect_timeout,
+            max_frame_bytes: cfg.max_frame_bytes as usize,
+            outbox: self.rc.outbox.clone(),
+            sink: CommandSink {
+                commands: router.clone().recipient(),
+                cancels: router.recipient(),
+                gauge,
+            },
+            events: ctx.address().recipient(),
+            metrics: self.rc.metrics.clone(),
+            cancel: cancel.clone(),
+        };
+        // The session runs on the runtime's worker threads, off this actor's thread.
+        let join = tokio::spawn(session::run(params));
+        self.session = Some(RunningSession {
+            id,
+            cancel,
+            abort: join.abort_handle(),
+        });
+        self.welcomed_at = None;
+        self.session_id = None;
+        self.set_state(if self.probing { ConnState::HalfOpen } else { ConnState::Connecting });
+        ctx.spawn(join.into_actor(self).map(move |joined, act, ctx| {
+            let outcome = joined.unwrap_or_else(|err| SessionOutcome {
+                welcomed_at: act.welcomed_at,
+                end: SessionEnd::ProtocolViolation(format!("session task ended abnormally: {err}")),
+            });
+            act.session_ended(id, outcome, ctx);
+        }));
+    }
+
+    fn session_ended(&mut self, id: u64, outcome: SessionOutcome, ctx: &mut Context<Self>) {
+        if self.session.as_ref().map(|s| s.id) != Some(id) {
+            return;
+        }
+        self.session = None;
+        self.session_id = None;
+        let now = Instant::now();
+        if self.stopping {
+            ctx.stop();
+            return;
+        }
+        let end = outcome.end;
+        match &end {
+            SessionEnd::Drained { reconnect_after } => {
+                let delay = with_extra_jitter(*reconnect_after, 0.5);
+                tracing::info!(delay_ms = delay.as_millis() as u64, "stream drained; reconnecting");
+                self.schedule_dial(delay, ConnState::Draining, ctx);
+                return;
+            }
+            SessionEnd::Cancelled => {
+                self.schedule_dial(Duration::ZERO, ConnState::Idle, ctx);
+                return;
+            }
+            _ => {}
+        }
+        let lived = outcome.welcomed_at.map(|at| now.duration_since(at));
+        if lived.is_some_and(|lived| lived >= HEALTHY_AFTER) {
+            self.backoff.reset();
+            self.breaker.on_healthy();
+        }
+        let failure = lived.is_none_or(|lived| lived < EARLY_END);
+        self.failing_hard = false;
+        let mut floor = Duration::ZERO;
+        if let SessionEnd::Status { code, message } = &end {
+            match code {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    self.failing_hard = true;
+                    self.rc.metrics.credential_reloads.inc();
+                    if self.rc.credentials.current().is_some() {
+                        self.rc.credentials.rollback_rotated_token();
+                    }
+                    self.last_error = Some(format!(
+                        "the backend refused the cluster credentials ({code:?}: {message}); the relayer re-reads them before every dial — check the clusterId/clusterToken files or re-register the cluster"
+                    ));
+                }
+                tonic::Code::FailedPrecondition => {
+                    self.failing_hard = true;
+                    self.last_error = Some(format!(
+                        "the backend does not support protocol version {PROTOCOL_VERSION} of relayer {} ({message}); upgrade the backend or the relayer",
+                        self.rc.identity.version
+                    ));
+                    tracing::error!(relayer_protocol = PROTOCOL_VERSION, backend_said = %message, "protocol version refused by the backend");
+                    self.breaker.hold_open(now, self.breaker.open_for());
+                    self.schedule_dial(self.breaker.open_for(), ConnState::BreakerOpen, ctx);
+                    return;
+                }
+                tonic::Code::ResourceExhausted => floor = EXHAUSTED_FLOOR,
+                _ => {}
+            }
+        }
+        if !self.failing_hard {
+            self.last_error = Some(end.to_string());
+        }
+        tracing::warn!(reason = %end, failure, "session ended");
+        if failure {
+            self.after_failure(Some(floor), ctx);
+        } else {
+            let delay = self.backoff.next_delay().max(floor);
+            self.schedule_dial(delay, ConnState::Backoff, ctx);
+        }
+    }
+
+    fn after_failure(&mut self, floor: Option<Duration>, ctx: &mut Context<Self>) {
+        self.breaker.on_failure(Instant::now());
+        let delay = self.backoff.next_delay().max(floor.unwrap_or_default());
+        match self.breaker.state() {
+            BreakerState::Open { until } => {
+                let wait = until.saturating_duration_since(Instant::now()).max(delay);
+                tracing::warn!(open_for_ms = wait.as_millis() as u64, failures = self.breaker.consecutive_failures(), "circuit breaker open");
+                self.schedule_dial(wait, ConnState::BreakerOpen, ctx);
+            }
+            _ => self.schedule_dial(delay, ConnState::Backoff, ctx),
+        }
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
+        self.dial(ctx);
+    }
+}
+
+impl Handler<SessionEvent> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
+        match event {
+            SessionEvent::Handshaking => {
+                if self.state != ConnState::HalfOpen {
+                    self.set_state(ConnState::Handshaking);
+                }
+            }
+            SessionEvent::Welcomed {
+                session_id,
+                acked_seq,
+                heartbeat_interval,
+            } => {
+                tracing::info!(%session_id, acked_seq, heartbeat_interval_ms = heartbeat_interval.as_millis() as u64, "stream established");
+                self.breaker.on_welcome();
+                self.probing = false;
+                self.failing_hard = false;
+                self.last_error = None;
+                self.welcomed_at = Some(Instant::now());
+                self.session_id = Some(session_id);
+                self.set_state(ConnState::Streaming);
+                let id = self.session.as_ref().map(|s| s.id);
+                ctx.run_later(HEALTHY_AFTER, move |act, _| {
+                    if act.session.as_ref().map(|s| s.id) == id && act.state == ConnState::Streaming {
+                        act.backoff.reset();
+                        act.breaker.on_healthy();
+                        act.publish();
+                    }
+                });
+            }
+            SessionEvent::Draining { reason } => {
+                tracing::info!(%reason, "draining the stream");
+                self.set_state(ConnState::Draining);
+            }
+            SessionEvent::RotateCredentials { token } => {
+                tracing::info!("backend rotated the cluster token; the next connection uses the new one");
+                self.rc.credentials.set_rotated_token(token);
+            }
+        }
+    }
+}
+
+impl Handler<Stop> for ConnectionActor {
+    type Result = ();
+
+    /// Closes the stream gracefully (the request side ends, so the backend
+    /// sees a clean close), then stops; unacked frames stay in the outbox.
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        match &self.session {
+            Some(session) => {
+                session.cancel.cancel();
+                self.set_state(ConnState::Draining);
+                ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
+            }
+            None => ctx.stop(),
+        }
+    }
+}
+
+impl Drop for ConnectionActor {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.cancel.cancel();
+            session.abort.abort();
+        }
+        let mut link = self.rc.link.write();
+        link.connected = false;
+        link.state = "Idle".to_string();
+    }
+}

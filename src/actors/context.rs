@@ -1,0 +1,180 @@
+//! `RelayContext`: everything the actors share that must outlive any one of
+//! them — configuration, identity, the outbox (replay buffer and sequence
+//! counter), the dedup cache, credentials, metrics, the status board, the
+//! directory of current actor addresses, and the link status `/health`
+//! reports. Created once per process; every actor factory gets an `Arc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use super::command_router::CommandRouter;
+use super::connection_actor::ConnectionActor;
+use super::health_actor::HealthActor;
+use super::workload_executor::WorkloadExecutor;
+use crate::commands::dedup::DedupCache;
+use crate::config::RelayerConfig;
+use crate::connection::channel::Dialer;
+use crate::connection::outbox_handle::OutboxHandle;
+use crate::credentials::CredentialStore;
+use crate::metrics::Metrics;
+use crate::supervisor::{MailboxGauge, StatusBoard};
+
+/// Who this process is, as `Hello` says it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// New UUID on every process start.
+    pub incarnation: String,
+    /// The pod name when known (`POD_NAME`), else the host name.
+    pub instance_id: String,
+    pub version: &'static str,
+}
+
+impl Identity {
+    pub fn for_this_process() -> Self {
+        let instance_id = std::env::var("POD_NAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "unknown".to_string());
+        Self {
+            incarnation: uuid::Uuid::new_v4().to_string(),
+            instance_id,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// The current address of each actor, replaced on every restart.
+#[derive(Debug, Default, Clone)]
+pub struct Directory {
+    router: Arc<RwLock<Option<(Addr<CommandRouter>, MailboxGauge)>>>,
+    executor: Arc<RwLock<Option<Addr<WorkloadExecutor>>>>,
+    connection: Arc<RwLock<Option<Addr<ConnectionActor>>>>,
+    health: Arc<RwLock<Option<Addr<HealthActor>>>>,
+}
+
+impl Directory {
+    /// The router's address and the gauge that counts its mailbox.
+    pub fn router(&self) -> Option<(Addr<CommandRouter>, MailboxGauge)> {
+        self.router.read().clone()
+    }
+    pub fn set_router(&self, addr: Addr<CommandRouter>, gauge: MailboxGauge) {
+        *self.router.write() = Some((addr, gauge));
+    }
+    pub fn executor(&self) -> Option<Addr<WorkloadExecutor>> {
+        self.executor.read().clone()
+    }
+    pub fn set_executor(&self, addr: Addr<WorkloadExecutor>) {
+        *self.executor.write() = Some(addr);
+    }
+    pub fn connection(&self) -> Option<Addr<ConnectionActor>> {
+        self.connection.read().clone()
+    }
+    pub fn set_connection(&self, addr: Addr<ConnectionActor>) {
+        *self.connection.write() = Some(addr);
+    }
+    pub fn health(&self) -> Option<Addr<HealthActor>> {
+        self.health.read().clone()
+    }
+    pub fn set_health(&self, addr: Addr<HealthActor>) {
+        *self.health.write() = Some(addr);
+    }
+}
+
+/// The stream as `/health` reports it; written only by the ConnectionActor.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub state: String,
+    pub connected: bool,
+    pub cluster_id: Option<String>,
+    pub session_id: Option<String>,
+    pub last_error: Option<String>,
+    /// The backend refused us in a way retrying alone will not fix
+    /// (credentials, protocol version) or the breaker is open.
+    pub failing_hard: bool,
+    pub breaker: String,
+    pub consecutive_failures: u32,
+    pub endpoint: String,
+    pub tls: bool,
+}
+
+impl LinkStatus {
+    fn initial(endpoint: &str, tls: bool) -> Self {
+        Self {
+            state: "Idle".to_string(),
+            connected: false,
+            cluster_id: None,
+            session_id: None,
+            last_error: None,
+            failing_hard: false,
+            breaker: "closed".to_string(),
+            consecutive_failures: 0,
+            endpoint: endpoint.to_string(),
+            tls,
+        }
+    }
+}
+
+pub struct RelayContext {
+    pub config: Arc<RelayerConfig>,
+    pub identity: Identity,
+    pub dialer: Dialer,
+    pub outbox: OutboxHandle,
+    pub dedup: Arc<Mutex<DedupCache>>,
+    pub credentials: Arc<CredentialStore>,
+    pub metrics: Arc<Metrics>,
+    pub board: StatusBoard,
+    pub directory: Directory,
+    pub link: RwLock<LinkStatus>,
+    /// Set when `backend.tls_verify = false`: shown in every `/health`.
+    pub insecure_warning: Option<String>,
+}
+
+impl std::fmt::Debug for RelayContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayContext")
+            .field("identity", &self.identity)
+            .field("dialer", &self.dialer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayContext {
+    pub fn new(config: RelayerConfig, dialer: Dialer, credentials: Arc<CredentialStore>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let outbox = OutboxHandle::new(config.connection.replay_buffer_bytes as usize, metrics.clone());
+        let dedup = DedupCache::new(config.commands.dedup_retention, config.commands.dedup_max_entries as usize);
+        let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
+            format!(
+                "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
+                dialer.uri()
+            )
+        });
+        let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
+        Self {
+            config: Arc::new(config),
+            identity: Identity::for_this_process(),
+            dialer,
+            outbox,
+            dedup: Arc::new(Mutex::new(dedup)),
+            credentials,
+            metrics,
+            board: StatusBoard::new(),
+            directory: Directory::default(),
+            link: RwLock::new(link),
+            insecure_warning,
+        }
+    }
+
+    /// The heartbeat interval this relayer announces in `Hello`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.config.connection.heartbeat_interval
+    }
+}

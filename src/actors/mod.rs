@@ -1,0 +1,11 @@
+//! The relayer's actors and the tree that supervises them. `actors.md` at
+//! the repository root draws the tree and lists every message and policy.
+
+pub mod command_router;
+pub mod connection_actor;
+pub mod context;
+pub mod health_actor;
+pub mod tree;
+pub mod workload_executor;
+
+pub use context::{Directory, Identity, LinkStatus, RelayContext};

@@ -1,0 +1,158 @@
+//! Assembling and running one relayer: configuration → dialer, credentials,
+//! shared context → the supervision tree and the HTTP endpoints; then
+//! waiting for SIGTERM/Ctrl-C (graceful stop, exit 0) or for the root
+//! supervisor to give up (exit 70, so Kubernetes restarts the pod).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+
+use crate::actors::tree::relayer_tree;
+use crate::actors::RelayContext;
+use crate::config::{ConfigError, RelayerConfig};
+use crate::connection::channel::{DialError, Dialer};
+use crate::credentials::{CredentialStore, WatchHandle};
+use crate::supervisor::{Escalation, Stop, Supervisor};
+
+/// Exit code when the supervision tree gives up (EX_SOFTWARE).
+pub const EXIT_ESCALATED: i32 = 70;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("cannot listen on health.listen {listen}: {source}; pick a free address or port")]
+    Listen { listen: String, source: std::io::Error },
+}
+
+/// A started relayer inside the current actix system.
+pub struct RunningRelayer {
+    pub rc: Arc<RelayContext>,
+    pub root: Addr<Supervisor>,
+    pub http_addr: SocketAddr,
+    http: actix_web::dev::ServerHandle,
+    _watch: Option<WatchHandle>,
+}
+
+impl RunningRelayer {
+    /// Starts the tree and the HTTP server on the current actix arbiter.
+    pub fn start(config: RelayerConfig, on_escalate: Escalation) -> Result<Self, StartError> {
+        let target = config.backend.grpc_target()?;
+        let dialer = Dialer::new(&target.uri, target.tls, &config.backend, &config.connection)?;
+        let credentials = Arc::new(CredentialStore::new(&config.credentials));
+        match credentials.load() {
+            Ok(loaded) => tracing::info!(cluster_id = %loaded.cluster_id, "cluster credentials loaded"),
+            Err(err) => tracing::error!(error = %err, "cluster credentials not available yet; will retry before every dial"),
+        }
+        let watch = match credentials.watch() {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(error = %err, "credential files are not watched; they are still re-read before every dial");
+                None
+            }
+        };
+        let listen = config.health.listen.clone();
+        let debug_actors = config.health.debug_actors;
+        let rc = Arc::new(RelayContext::new(config, dialer, credentials));
+        if let Some(warning) = &rc.insecure_warning {
+            tracing::warn!("{warning}");
+        }
+        let root = Supervisor::start_root(relayer_tree(&rc), rc.board.clone(), on_escalate);
+        let (server, http_addr) = crate::http::serve(&listen, rc.directory.clone(), debug_actors)
+            .map_err(|source| StartError::Listen { listen, source })?;
+        let http = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!(
+            version = rc.identity.version,
+            incarnation = %rc.identity.incarnation,
+            instance_id = %rc.identity.instance_id,
+            backend = %rc.dialer.uri(),
+            health = %http_addr,
+            "relayer started"
+        );
+        Ok(Self {
+            rc,
+            root,
+            http_addr,
+            http,
+            _watch: watch,
+        })
+    }
+
+    /// Stops the tree (the stream closes cleanly) and the HTTP server.
+    pub async fn shutdown(self) {
+        self.root.do_send(Stop);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.root.connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.http.stop(true).await;
+    }
+}
+
+/// Runs a relayer until SIGTERM/Ctrl-C or escalation; returns the exit code.
+pub async fn run_until_signal(config: RelayerConfig) -> Result<i32, StartError> {
+    let (escalated_tx, escalated_rx) = tokio::sync::oneshot::channel::<String>();
+    let escalated_tx = Rc::new(RefCell::new(Some(escalated_tx)));
+    let on_escalate: Escalation = Rc::new(move |reason: &str| {
+        if let Some(tx) = escalated_tx.borrow_mut().take() {
+            let _ = tx.send(reason.to_string());
+        }
+    });
+    let relayer = RunningRelayer::start(config, on_escalate)?;
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutdown requested; closing the stream");
+            relayer.shutdown().await;
+            tracing::info!("stopped");
+            Ok(0)
+        }
+        reason = escalated_rx => {
+            let reason = reason.unwrap_or_else(|_| "root supervisor stopped".into());
+            tracing::error!(%reason, exit_code = EXIT_ESCALATED, "supervision tree gave up; exiting so Kubernetes restarts the pod");
+            relayer.http.stop(false).await;
+            Ok(EXIT_ESCALATED)
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The runtime every command runs on: actix's system arbiter on the main
+/// thread for the actors, tokio's multi-thread pool for sockets and sessions.
+pub fn system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("relayer-io")
+            .build()
+            .expect("building the tokio runtime needs only memory and threads")
+    })
+}
