@@ -227,8 +227,19 @@ pub fn redacted_toml(cfg: &RelayerConfig) -> String {
         Err(err) => return format!("# cannot render the configuration: {err}\n"),
     };
     redact(&mut value, "");
-    toml::to_string_pretty(&value)
-        .unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n"))
+    // `toml::Value` tables are sorted by key; a trip back through the model
+    // restores the contract's section and key order. Redaction only swaps
+    // strings for strings, so the trip cannot fail on a well-formed model.
+    let ordered = value
+        .clone()
+        .try_into::<RelayerConfig>()
+        .ok()
+        .and_then(|redacted| toml::to_string_pretty(&redacted).ok());
+    match ordered {
+        Some(text) => text,
+        None => toml::to_string_pretty(&value)
+            .unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n")),
+    }
 }
 
 const REDACTED: &str = "***";
@@ -490,10 +501,30 @@ mod tests {
         );
         assert_eq!(redact_url_password("https://b.example.com/x@y"), None);
 
+        // A future section holding a token, plain or as `Secret`.
+        let mut future: toml::Value =
+            toml::from_str("[auth]\nbootstrap_token = \"hunter2\"\ntoken_file = \"/t\"\n")
+                .expect("toml");
+        redact(&mut future, "");
+        assert_eq!(future["auth"]["bootstrap_token"].as_str(), Some("***"));
+        assert_eq!(future["auth"]["token_file"].as_str(), Some("/t"));
+        let secret =
+            toml::Value::try_from(crate::credentials::Secret::new("hunter2")).expect("toml");
+        assert_eq!(secret.as_str(), Some("***"));
+
         let mut cfg = RelayerConfig::default();
         cfg.backend.url = "https://u:hunter2@b".into();
         let text = redacted_toml(&cfg);
         assert!(!text.contains("hunter2"), "{text}");
+        let position = |section: &str| text.find(section).unwrap_or(usize::MAX);
+        assert!(
+            position("[cluster]") < position("[backend]"),
+            "contract order: {text}"
+        );
+        assert!(
+            position("[backend]") < position("[logging]"),
+            "contract order: {text}"
+        );
         assert!(
             text.contains("cluster_token_file = \"/var/run/secrets/consonant/clusterToken\""),
             "{text}"
