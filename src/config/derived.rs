@@ -24,17 +24,16 @@ impl BackendConfig {
     /// without a port gets 443/80 for https/http and 50051 for grpcs/grpc.
     pub fn grpc_target(&self) -> Result<GrpcTarget, ConfigError> {
         let url = parse("backend.url", &self.url)?;
-        let url_tls = match url.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(invalid(
+        let url_tls =
+            match url.scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err(invalid(
                     "backend.url",
                     &self.url,
                     "has no http:// or https:// scheme: use e.g. \"https://backend.company.com\"",
-                ))
-            }
-        };
+                )),
+            };
         let url_host = url.host().unwrap_or_default();
 
         if self.grpc_endpoint.is_empty() {
@@ -55,7 +54,11 @@ impl BackendConfig {
             }
         };
         let host = endpoint.host().unwrap_or_default();
-        Ok(target(tls, host, endpoint.port_u16().unwrap_or(default_port)))
+        Ok(target(
+            tls,
+            host,
+            endpoint.port_u16().unwrap_or(default_port),
+        ))
     }
 }
 
@@ -70,7 +73,11 @@ fn target(tls: bool, host: &str, port: u16) -> GrpcTarget {
 fn parse(key: &str, value: &str) -> Result<Uri, ConfigError> {
     match value.parse::<Uri>() {
         Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
-        _ => Err(invalid(key, value, "is not a URL with a host, e.g. \"https://backend.company.com\"")),
+        _ => Err(invalid(
+            key,
+            value,
+            "is not a URL with a host, e.g. \"https://backend.company.com\"",
+        )),
     }
 }
 
@@ -90,7 +97,9 @@ mod tests {
         };
         let got = backend.grpc_target();
         match (got, expected) {
-            (Ok(t), Ok((uri, tls))) => assert_eq!((t.uri.as_str(), t.tls), (uri, tls), "{url} {grpc_endpoint}"),
+            (Ok(t), Ok((uri, tls))) => {
+                assert_eq!((t.uri.as_str(), t.tls), (uri, tls), "{url} {grpc_endpoint}")
+            }
             (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{e}"),
             (got, expected) => panic!("{url} {grpc_endpoint}: got {got:?}, expected {expected:?}"),
         }
@@ -98,15 +107,31 @@ mod tests {
 
     #[test]
     fn derived_from_url_when_empty() {
-        check("https://backend.company.com", "", Ok(("https://backend.company.com:50051", true)));
-        check("http://backend.local:8080", "", Ok(("http://backend.local:50051", false)));
+        check(
+            "https://backend.company.com",
+            "",
+            Ok(("https://backend.company.com:50051", true)),
+        );
+        check(
+            "http://backend.local:8080",
+            "",
+            Ok(("http://backend.local:50051", false)),
+        );
         check("https://[::1]/api", "", Ok(("https://[::1]:50051", true)));
     }
 
     #[test]
     fn explicit_schemes() {
-        check("http://b", "https://g.example.com:8443", Ok(("https://g.example.com:8443", true)));
-        check("http://b", "https://g.example.com", Ok(("https://g.example.com:443", true)));
+        check(
+            "http://b",
+            "https://g.example.com:8443",
+            Ok(("https://g.example.com:8443", true)),
+        );
+        check(
+            "http://b",
+            "https://g.example.com",
+            Ok(("https://g.example.com:443", true)),
+        );
         check("http://b", "grpcs://g:9000", Ok(("https://g:9000", true)));
         check("http://b", "grpcs://g", Ok(("https://g:50051", true)));
         check("https://b", "http://g:9000", Ok(("http://g:9000", false)));
@@ -124,7 +149,11 @@ mod tests {
     fn bad_inputs_name_the_key() {
         check("", "", Err("backend.url = \"\""));
         check("ftp://b", "", Err("backend.url = \"ftp://b\""));
-        check("https://b", "tcp://g:1", Err("backend.grpc_endpoint = \"tcp://g:1\""));
+        check(
+            "https://b",
+            "tcp://g:1",
+            Err("backend.grpc_endpoint = \"tcp://g:1\""),
+        );
         check("https://b", "g:1", Err("backend.grpc_endpoint"));
     }
 }

@@ -49,6 +49,13 @@ pub fn load_with_env(
 
     let mut builder = Config::builder().add_source(File::from_str(&text, FileFormat::Toml));
     for o in &origins.env {
+        if o.key.split('.').any(str::is_empty) {
+            return Err(ConfigError::Parse {
+                key: o.key.clone(),
+                origin: format!("from {}", o.var),
+                message: format!("is not a config key: name it {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}BACKEND__URL"),
+            });
+        }
         builder = builder
             .set_override(o.key.as_str(), o.value.clone())
             .map_err(|err| ConfigError::Parse {
@@ -111,15 +118,7 @@ impl Origins {
 
     fn parse_error(&self, err: serde_path_to_error::Error<config::ConfigError>) -> ConfigError {
         let mut key = err.path().to_string();
-        let inner = err.into_inner();
-        let message = match &inner {
-            config::ConfigError::Type {
-                unexpected,
-                expected,
-                ..
-            } => format!("expected {expected}, found {unexpected}"),
-            other => other.to_string(),
-        };
+        let message = plain_message(&err.into_inner());
         let message = match unknown_field(&message) {
             Some((field, expected)) => {
                 // serde_path_to_error stops at the struct holding the
@@ -138,6 +137,20 @@ impl Origins {
             key,
             message,
         }
+    }
+}
+
+/// The error without config's " for key `x` in origin" suffixes: the key
+/// and origin are already in our message, worded for the user.
+fn plain_message(err: &config::ConfigError) -> String {
+    match err {
+        config::ConfigError::At { error, .. } => plain_message(error),
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        other => other.to_string(),
     }
 }
 
@@ -214,8 +227,19 @@ pub fn redacted_toml(cfg: &RelayerConfig) -> String {
         Err(err) => return format!("# cannot render the configuration: {err}\n"),
     };
     redact(&mut value, "");
-    toml::to_string_pretty(&value)
-        .unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n"))
+    // `toml::Value` tables are sorted by key; a trip back through the model
+    // restores the contract's section and key order. Redaction only swaps
+    // strings for strings, so the trip cannot fail on a well-formed model.
+    let ordered = value
+        .clone()
+        .try_into::<RelayerConfig>()
+        .ok()
+        .and_then(|redacted| toml::to_string_pretty(&redacted).ok());
+    match ordered {
+        Some(text) => text,
+        None => toml::to_string_pretty(&value)
+            .unwrap_or_else(|err| format!("# cannot render the configuration: {err}\n")),
+    }
 }
 
 const REDACTED: &str = "***";
@@ -245,9 +269,16 @@ fn is_secret_key(key: &str) -> bool {
     let names_a_secret = ["_file", "_name", "_namespace", "_path"]
         .iter()
         .any(|suffix| key.ends_with(suffix));
-    let looks_secret = ["token", "password", "passwd", "secret", "private_key", "api_key"]
-        .iter()
-        .any(|word| key.contains(word));
+    let looks_secret = [
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "private_key",
+        "api_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word));
     looks_secret && !names_a_secret
 }
 
@@ -268,7 +299,8 @@ mod tests {
 
     use super::*;
 
-    const MINIMAL: &str = "[cluster]\nname = \"prod-1\"\n[backend]\nurl = \"https://backend.example.com\"\n";
+    const MINIMAL: &str =
+        "[cluster]\nname = \"prod-1\"\n[backend]\nurl = \"https://backend.example.com\"\n";
 
     fn write(toml: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
@@ -277,13 +309,16 @@ mod tests {
     }
 
     fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    /// Loads `toml` with `vars`; `Ok` is checked by `expect_ok`, `Err` must
-    /// contain every needle (the file path is appended by the helper as
-    /// `{file}`).
-    fn check(toml: &str, vars: &[(&str, &str)], expected: Result<&dyn Fn(&RelayerConfig), &[&str]>) {
+    /// What a load must give: a config passing the closure's asserts, or an
+    /// error containing every needle (`{file}` stands for the file's path).
+    type Expected<'a> = Result<&'a dyn Fn(&RelayerConfig), &'a [&'a str]>;
+
+    fn check(toml: &str, vars: &[(&str, &str)], expected: Expected<'_>) {
         let file = write(toml);
         let result = load_with_env(file.path(), env(vars));
         match (result, expected) {
@@ -349,7 +384,10 @@ mod tests {
                 ("CONSONANT_RELAYER__COMMANDS__MAX_IN_FLIGHT", "10"),
                 ("CONSONANT_RELAYER__COMMANDS__ALLOWED_NAMESPACES", "a, b"),
                 ("CONSONANT_RELAYER__TELEMETRY__ENABLED", "false"),
-                ("CONSONANT_RELAYER__CONNECTION__REPLAY_BUFFER_BYTES", "16MiB"),
+                (
+                    "CONSONANT_RELAYER__CONNECTION__REPLAY_BUFFER_BYTES",
+                    "16MiB",
+                ),
                 ("CONSONANT_RELAYER__CONNECTION__HEARTBEAT_INTERVAL", "3s"),
                 ("CONSONANT_RELAYER__CLUSTER__NAME", "123"),
                 ("CONSONANT_RELAYER__CLUSTER__LABELS__TEAM", "true"),
@@ -374,13 +412,29 @@ mod tests {
         check(
             &format!("{MINIMAL}[connection]\nheartbeat_intervall = \"5s\"\n"),
             &[],
-            Err(&["connection.heartbeat_intervall in {file}", "unknown key", "heartbeat_interval"]),
+            Err(&[
+                "connection.heartbeat_intervall in {file}",
+                "unknown key",
+                "heartbeat_interval",
+            ]),
         );
-        check(&format!("{MINIMAL}[loging]\nlevel = \"info\"\n"), &[], Err(&["loging in {file}", "unknown key"]));
+        check(
+            &format!("{MINIMAL}[loging]\nlevel = \"info\"\n"),
+            &[],
+            Err(&["loging in {file}", "unknown key"]),
+        );
+        check(
+            MINIMAL,
+            &[("CONSONANT_RELAYER__BACKEND____URL", "x")],
+            Err(&["from CONSONANT_RELAYER__BACKEND____URL: is not a config key"]),
+        );
         check(
             MINIMAL,
             &[("CONSONANT_RELAYER__COMMANDS__MAX_INFLIGHT", "3")],
-            Err(&["commands.max_inflight from CONSONANT_RELAYER__COMMANDS__MAX_INFLIGHT", "unknown key"]),
+            Err(&[
+                "commands.max_inflight from CONSONANT_RELAYER__COMMANDS__MAX_INFLIGHT",
+                "unknown key",
+            ]),
         );
     }
 
@@ -389,14 +443,25 @@ mod tests {
         check(
             &format!("{MINIMAL}[connection]\nbackoff_base = \"ten\"\n"),
             &[],
-            Err(&["connection.backoff_base in {file}", "\"ten\"", "like \"500ms\""]),
+            Err(&[
+                "connection.backoff_base in {file}",
+                "\"ten\"",
+                "like \"500ms\"",
+            ]),
         );
         check(
             MINIMAL,
             &[("CONSONANT_RELAYER__COMMANDS__BURST", "lots")],
-            Err(&["commands.burst from CONSONANT_RELAYER__COMMANDS__BURST", "\"lots\""]),
+            Err(&[
+                "commands.burst from CONSONANT_RELAYER__COMMANDS__BURST",
+                "\"lots\"",
+            ]),
         );
-        check("[cluster\nname = 1", &[], Err(&["{file} is not valid TOML"]));
+        check(
+            "[cluster\nname = 1",
+            &[],
+            Err(&["{file} is not valid TOML"]),
+        );
     }
 
     #[test]
@@ -404,7 +469,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("nope.toml");
         let err = load_with_env(&path, Vec::new()).expect_err("missing file");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -433,10 +501,33 @@ mod tests {
         );
         assert_eq!(redact_url_password("https://b.example.com/x@y"), None);
 
+        // A future section holding a token, plain or as `Secret`.
+        let mut future: toml::Value =
+            toml::from_str("[auth]\nbootstrap_token = \"hunter2\"\ntoken_file = \"/t\"\n")
+                .expect("toml");
+        redact(&mut future, "");
+        assert_eq!(future["auth"]["bootstrap_token"].as_str(), Some("***"));
+        assert_eq!(future["auth"]["token_file"].as_str(), Some("/t"));
+        let secret =
+            toml::Value::try_from(crate::credentials::Secret::new("hunter2")).expect("toml");
+        assert_eq!(secret.as_str(), Some("***"));
+
         let mut cfg = RelayerConfig::default();
         cfg.backend.url = "https://u:hunter2@b".into();
         let text = redacted_toml(&cfg);
         assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("cluster_token_file = \"/var/run/secrets/consonant/clusterToken\""), "{text}");
+        let position = |section: &str| text.find(section).unwrap_or(usize::MAX);
+        assert!(
+            position("[cluster]") < position("[backend]"),
+            "contract order: {text}"
+        );
+        assert!(
+            position("[backend]") < position("[logging]"),
+            "contract order: {text}"
+        );
+        assert!(
+            text.contains("cluster_token_file = \"/var/run/secrets/consonant/clusterToken\""),
+            "{text}"
+        );
     }
 }

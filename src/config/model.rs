@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-
 /// The whole configuration file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayerConfig {
     pub cluster: ClusterConfig,
@@ -22,22 +21,6 @@ pub struct RelayerConfig {
     pub kubernetes: KubernetesConfig,
     pub health: HealthConfig,
     pub logging: LoggingConfig,
-}
-
-impl Default for RelayerConfig {
-    fn default() -> Self {
-        Self {
-            cluster: ClusterConfig::default(),
-            backend: BackendConfig::default(),
-            credentials: CredentialsConfig::default(),
-            connection: ConnectionConfig::default(),
-            commands: CommandsConfig::default(),
-            telemetry: TelemetryConfig::default(),
-            kubernetes: KubernetesConfig::default(),
-            health: HealthConfig::default(),
-            logging: LoggingConfig::default(),
-        }
-    }
 }
 
 /// `[cluster]`

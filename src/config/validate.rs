@@ -53,7 +53,11 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         ("credentials.cluster_token_file", &creds.cluster_token_file),
     ] {
         if path.as_os_str().is_empty() {
-            e.push(Invalid::new(key, "\"\"", "is empty: give the path of the mounted credentials file"));
+            e.push(Invalid::new(
+                key,
+                "\"\"",
+                "is empty: give the path of the mounted credentials file",
+            ));
         }
     }
 
@@ -78,9 +82,17 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
             "must be at least 1 (consecutive failures before the circuit breaker opens)",
         ));
     }
-    non_zero(e, "connection.breaker_open_duration", conn.breaker_open_duration);
+    non_zero(
+        e,
+        "connection.breaker_open_duration",
+        conn.breaker_open_duration,
+    );
     // A zero keepalive would make tokio's interval panic; "off" is not offered.
-    non_zero(e, "connection.http2_keepalive_interval", conn.http2_keepalive_interval);
+    non_zero(
+        e,
+        "connection.http2_keepalive_interval",
+        conn.http2_keepalive_interval,
+    );
     if !(KIB..=64 * MIB).contains(&conn.max_frame_bytes) {
         e.push(Invalid::new(
             "connection.max_frame_bytes",
@@ -105,7 +117,9 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
     at_least_one(e, "commands.burst", cmds.burst.into());
     at_least_one(e, "commands.dedup_max_entries", cmds.dedup_max_entries);
     non_zero(e, "commands.default_timeout", cmds.default_timeout);
-    if cmds.allowed_namespaces.is_empty() || cmds.allowed_namespaces.iter().any(|n| n.trim().is_empty()) {
+    if cmds.allowed_namespaces.is_empty()
+        || cmds.allowed_namespaces.iter().any(|n| n.trim().is_empty())
+    {
         e.push(Invalid::new(
             "commands.allowed_namespaces",
             format!("{:?}", cmds.allowed_namespaces),
@@ -127,7 +141,11 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
     socket_addr(e, "telemetry.otlp_http_listen", &tel.otlp_http_listen);
     non_zero(e, "telemetry.flush_interval", tel.flush_interval);
     if tel.max_batch_bytes == 0 {
-        e.push(Invalid::new("telemetry.max_batch_bytes", "0", "must be at least 1 byte, e.g. \"1MiB\""));
+        e.push(Invalid::new(
+            "telemetry.max_batch_bytes",
+            "0",
+            "must be at least 1 byte, e.g. \"1MiB\"",
+        ));
     }
     if tel.buffer_bytes < tel.max_batch_bytes {
         e.push(Invalid::new(
@@ -144,7 +162,11 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
 
     check_log_level(e, &cfg.logging.level);
     if !matches!(cfg.logging.format.as_str(), "json" | "text") {
-        e.push(Invalid::new("logging.format", quote(&cfg.logging.format), "is not a log format: use \"json\" or \"text\""));
+        e.push(Invalid::new(
+            "logging.format",
+            quote(&cfg.logging.format),
+            "is not a log format: use \"json\" or \"text\"",
+        ));
     }
 
     errors
@@ -159,7 +181,11 @@ fn quote(value: &str) -> String {
 fn check_cluster_name(e: &mut Vec<Invalid>, name: &str) {
     const KEY: &str = "cluster.name";
     if name.is_empty() {
-        e.push(Invalid::new(KEY, "\"\"", "is required: set a DNS-1123 label such as \"production-us-east-1\""));
+        e.push(Invalid::new(
+            KEY,
+            "\"\"",
+            "is required: set a DNS-1123 label such as \"production-us-east-1\"",
+        ));
         return;
     }
     let bytes = name.as_bytes();
@@ -179,21 +205,33 @@ fn check_cluster_name(e: &mut Vec<Invalid>, name: &str) {
 }
 
 fn check_url(e: &mut Vec<Invalid>, key: &str, value: &str, schemes: &[&str], required: bool) {
-    let allowed = schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ");
+    let allowed = schemes
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if value.is_empty() {
         if required {
-            e.push(Invalid::new(key, "\"\"", format!("is required: set a URL starting with {allowed}")));
+            e.push(Invalid::new(
+                key,
+                "\"\"",
+                format!("is required: set a URL starting with {allowed}"),
+            ));
         }
         return;
     }
     let problem = match value.parse::<http::Uri>() {
-        Err(err) => Some(format!("is not a URL ({err}): use {allowed} followed by a host")),
+        Err(err) => Some(format!(
+            "is not a URL ({err}): use {allowed} followed by a host"
+        )),
         Ok(uri) => match (uri.scheme_str(), uri.host()) {
             (Some(scheme), _) if !schemes.contains(&scheme) => {
                 Some(format!("has scheme {scheme:?}: use one of {allowed}"))
             }
             (None, _) => Some(format!("has no scheme: start it with one of {allowed}")),
-            (_, None) | (_, Some("")) => Some(format!("has no host: use {allowed} followed by a host")),
+            (_, None) | (_, Some("")) => {
+                Some(format!("has no host: use {allowed} followed by a host"))
+            }
             _ => None,
         },
     };
@@ -204,7 +242,11 @@ fn check_url(e: &mut Vec<Invalid>, key: &str, value: &str, schemes: &[&str], req
 
 fn non_zero(e: &mut Vec<Invalid>, key: &str, value: Duration) {
     if value.is_zero() {
-        e.push(Invalid::new(key, "\"0s\"", "must be longer than zero: use a duration like \"500ms\" or \"10s\""));
+        e.push(Invalid::new(
+            key,
+            "\"0s\"",
+            "must be longer than zero: use a duration like \"500ms\" or \"10s\"",
+        ));
     }
 }
 
@@ -234,7 +276,9 @@ fn check_log_level(e: &mut Vec<Invalid>, level: &str) {
         return;
     }
     let looks_like_directives = level.contains(['=', ',', '[', ':']);
-    let parses = tracing_subscriber::EnvFilter::builder().parse(level).is_ok();
+    let parses = tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .is_ok();
     if level.trim().is_empty() || !looks_like_directives || !parses {
         e.push(Invalid::new(
             "logging.level",
@@ -261,11 +305,22 @@ mod tests {
         let mut cfg = valid();
         edit(&mut cfg);
         let errors = validate(&cfg);
-        let got: Vec<(String, String)> = errors.iter().map(|i| (i.key.clone(), i.value.clone())).collect();
+        let got: Vec<(String, String)> = errors
+            .iter()
+            .map(|i| (i.key.clone(), i.value.clone()))
+            .collect();
         assert_eq!(errors.len(), expected.len(), "got {errors:#?}");
         for ((key, value, problem), error) in expected.iter().zip(&errors) {
-            assert_eq!((error.key.as_str(), error.value.as_str()), (*key, *value), "all: {got:?}");
-            assert!(error.problem.contains(problem), "{:?} lacks {problem:?}", error.problem);
+            assert_eq!(
+                (error.key.as_str(), error.value.as_str()),
+                (*key, *value),
+                "all: {got:?}"
+            );
+            assert!(
+                error.problem.contains(problem),
+                "{:?} lacks {problem:?}",
+                error.problem
+            );
         }
     }
 
@@ -276,45 +331,96 @@ mod tests {
 
     #[test]
     fn cluster_name() {
-        check(|c| c.cluster.name = String::new(), &[("cluster.name", "\"\"", "is required")]);
-        check(|c| c.cluster.name = "Prod_1".into(), &[("cluster.name", "\"Prod_1\"", "DNS-1123")]);
-        check(|c| c.cluster.name = "-a".into(), &[("cluster.name", "\"-a\"", "DNS-1123")]);
-        check(|c| c.cluster.name = "a".repeat(64), &[("cluster.name", &format!("{:?}", "a".repeat(64)), "63")]);
+        check(
+            |c| c.cluster.name = String::new(),
+            &[("cluster.name", "\"\"", "is required")],
+        );
+        check(
+            |c| c.cluster.name = "Prod_1".into(),
+            &[("cluster.name", "\"Prod_1\"", "DNS-1123")],
+        );
+        check(
+            |c| c.cluster.name = "-a".into(),
+            &[("cluster.name", "\"-a\"", "DNS-1123")],
+        );
+        check(
+            |c| c.cluster.name = "a".repeat(64),
+            &[("cluster.name", &format!("{:?}", "a".repeat(64)), "63")],
+        );
         check(|c| c.cluster.name = "a".repeat(63), &[]);
     }
 
     #[test]
     fn backend_urls() {
-        check(|c| c.backend.url = String::new(), &[("backend.url", "\"\"", "is required")]);
-        check(|c| c.backend.url = "ftp://x".into(), &[("backend.url", "\"ftp://x\"", "http://, https://")]);
-        check(|c| c.backend.url = "backend".into(), &[("backend.url", "\"backend\"", "no scheme")]);
+        check(
+            |c| c.backend.url = String::new(),
+            &[("backend.url", "\"\"", "is required")],
+        );
+        check(
+            |c| c.backend.url = "ftp://x".into(),
+            &[("backend.url", "\"ftp://x\"", "http://, https://")],
+        );
+        check(
+            |c| c.backend.url = "backend".into(),
+            &[("backend.url", "\"backend\"", "no scheme")],
+        );
         check(|c| c.backend.grpc_endpoint = "grpcs://b:443".into(), &[]);
-        check(|c| c.backend.grpc_endpoint = "tcp://b:1".into(), &[("backend.grpc_endpoint", "\"tcp://b:1\"", "grpc://")]);
+        check(
+            |c| c.backend.grpc_endpoint = "tcp://b:1".into(),
+            &[("backend.grpc_endpoint", "\"tcp://b:1\"", "grpc://")],
+        );
         check(
             |c| c.backend.client_cert_file = "/tls/crt".into(),
-            &[("backend.client_cert_file", "\"/tls/crt\"", "client_key_file is empty")],
+            &[(
+                "backend.client_cert_file",
+                "\"/tls/crt\"",
+                "client_key_file is empty",
+            )],
         );
     }
 
     #[test]
     fn durations_and_sizes() {
-        check(|c| c.connection.heartbeat_interval = Duration::ZERO, &[("connection.heartbeat_interval", "\"0s\"", "longer than zero")]);
+        check(
+            |c| c.connection.heartbeat_interval = Duration::ZERO,
+            &[(
+                "connection.heartbeat_interval",
+                "\"0s\"",
+                "longer than zero",
+            )],
+        );
         check(
             |c| c.connection.backoff_max = Duration::from_millis(100),
             &[("connection.backoff_max", "\"100ms\"", ">= backoff_base")],
         );
-        check(|c| c.connection.breaker_failure_threshold = 0, &[("connection.breaker_failure_threshold", "0", "at least 1")]);
-        check(|c| c.connection.max_frame_bytes = 100, &[("connection.max_frame_bytes", "\"100\"", "1KiB and 64MiB")]);
+        check(
+            |c| c.connection.breaker_failure_threshold = 0,
+            &[("connection.breaker_failure_threshold", "0", "at least 1")],
+        );
+        check(
+            |c| c.connection.max_frame_bytes = 100,
+            &[("connection.max_frame_bytes", "\"100\"", "1KiB and 64MiB")],
+        );
         check(
             |c| c.connection.replay_buffer_bytes = 2 * MIB,
-            &[("connection.replay_buffer_bytes", "\"2MiB\"", "connection.max_frame_bytes (4MiB)")],
+            &[(
+                "connection.replay_buffer_bytes",
+                "\"2MiB\"",
+                "connection.max_frame_bytes (4MiB)",
+            )],
         );
     }
 
     #[test]
     fn commands() {
-        check(|c| c.commands.max_in_flight = 0, &[("commands.max_in_flight", "0", "at least 1")]);
-        check(|c| c.commands.allowed_namespaces.clear(), &[("commands.allowed_namespaces", "[]", "at least one")]);
+        check(
+            |c| c.commands.max_in_flight = 0,
+            &[("commands.max_in_flight", "0", "at least 1")],
+        );
+        check(
+            |c| c.commands.allowed_namespaces.clear(),
+            &[("commands.allowed_namespaces", "[]", "at least one")],
+        );
         check(
             |c| c.commands.allowed_actions = vec!["ping".into(), "exec".into()],
             &[("commands.allowed_actions", "\"exec\"", "ping, apply")],
@@ -323,13 +429,28 @@ mod tests {
 
     #[test]
     fn listen_addresses_and_logging() {
-        check(|c| c.health.listen = "8080".into(), &[("health.listen", "\"8080\"", "IP:PORT")]);
+        check(
+            |c| c.health.listen = "8080".into(),
+            &[("health.listen", "\"8080\"", "IP:PORT")],
+        );
         check(|c| c.telemetry.otlp_grpc_listen = "[::]:4317".into(), &[]);
-        check(|c| c.logging.format = "yaml".into(), &[("logging.format", "\"yaml\"", "json")]);
+        check(
+            |c| c.logging.format = "yaml".into(),
+            &[("logging.format", "\"yaml\"", "json")],
+        );
         check(|c| c.logging.level = "WARN".into(), &[]);
-        check(|c| c.logging.level = "info,consonant_relayer=debug".into(), &[]);
-        check(|c| c.logging.level = "warning".into(), &[("logging.level", "\"warning\"", "EnvFilter")]);
-        check(|c| c.logging.level = "a=notalevel".into(), &[("logging.level", "\"a=notalevel\"", "EnvFilter")]);
+        check(
+            |c| c.logging.level = "info,consonant_relayer=debug".into(),
+            &[],
+        );
+        check(
+            |c| c.logging.level = "warning".into(),
+            &[("logging.level", "\"warning\"", "EnvFilter")],
+        );
+        check(
+            |c| c.logging.level = "a=notalevel".into(),
+            &[("logging.level", "\"a=notalevel\"", "EnvFilter")],
+        );
     }
 
     #[test]
@@ -340,7 +461,11 @@ mod tests {
                 c.commands.burst = 0;
                 c.logging.format = "xml".into();
             },
-            &[("cluster.name", "\"Bad\"", "DNS"), ("commands.burst", "0", "at least 1"), ("logging.format", "\"xml\"", "json")],
+            &[
+                ("cluster.name", "\"Bad\"", "DNS"),
+                ("commands.burst", "0", "at least 1"),
+                ("logging.format", "\"xml\"", "json"),
+            ],
         );
     }
 }

@@ -178,7 +178,10 @@ impl CredentialStore {
         for dir in dirs {
             watcher
                 .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|source| CredentialsError::Watch { path: dir.clone(), source })?;
+                .map_err(|source| CredentialsError::Watch {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         Ok(WatchHandle { _watcher: watcher })
     }
@@ -299,7 +302,10 @@ mod tests {
         let f = fixture(id, token);
         match (f.store.load(), expected) {
             (Ok(creds), Ok((id, token))) => {
-                assert_eq!((creds.cluster_id.as_str(), creds.token.expose()), (id, token));
+                assert_eq!(
+                    (creds.cluster_id.as_str(), creds.token.expose()),
+                    (id, token)
+                );
                 assert_eq!(f.store.current(), Some(creds));
             }
             (Err(err), Err(needles)) => {
@@ -316,7 +322,11 @@ mod tests {
 
     #[test]
     fn load_trims_whitespace() {
-        check(Some(" c-123\n"), Some("tok-abc\r\n\n"), Ok(("c-123", "tok-abc")));
+        check(
+            Some(" c-123\n"),
+            Some("tok-abc\r\n\n"),
+            Ok(("c-123", "tok-abc")),
+        );
     }
 
     #[test]
@@ -324,10 +334,22 @@ mod tests {
         check(
             Some("c-1"),
             None,
-            Err(&["cluster token file {dir}/clusterToken is missing", "consonant-relayer register", "relayer-cluster"]),
+            Err(&[
+                "cluster token file {dir}/clusterToken is missing",
+                "consonant-relayer register",
+                "relayer-cluster",
+            ]),
         );
-        check(None, Some("t"), Err(&["cluster id file {dir}/clusterId is missing"]));
-        check(Some("c-1"), Some(" \n"), Err(&["cluster token file {dir}/clusterToken is empty"]));
+        check(
+            None,
+            Some("t"),
+            Err(&["cluster id file {dir}/clusterId is missing"]),
+        );
+        check(
+            Some("c-1"),
+            Some(" \n"),
+            Err(&["cluster token file {dir}/clusterToken is empty"]),
+        );
     }
 
     #[test]
@@ -354,7 +376,10 @@ mod tests {
 
         f.store.set_rotated_token(Secret::new("rotated"));
         fs::write(f.dir.path().join("clusterToken"), "new-from-disk").expect("write");
-        assert_eq!(f.store.load().expect("load").token.expose(), "new-from-disk");
+        assert_eq!(
+            f.store.load().expect("load").token.expose(),
+            "new-from-disk"
+        );
         assert_eq!(f.store.generation(), 5);
     }
 
@@ -384,7 +409,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         kubelet_write(dir.path(), "..2026_01", "first");
         for key in ["clusterId", "clusterToken"] {
-            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).expect("key symlink");
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key))
+                .expect("key symlink");
         }
         let store = Arc::new(CredentialStore::new(&config_for(dir.path())));
         assert_eq!(store.load().expect("load").token.expose(), "first");
