@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod actors;
+pub mod cli;
 pub mod commands;
 pub mod connection;
 pub mod credentials;

@@ -1,1 +1,47 @@
-fn main() {}
+//! The `consonant-relayer` binary: parses the command line and hands off to
+//! the library. Errors end here as one readable message and exit code 1.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use consonant_relayer::cli::{Cli, Command};
+use consonant_relayer::{config, logging, relayer};
+
+fn main() -> ExitCode {
+    logging::install_crypto_provider();
+    // Test builds only: fail points configured by the FAILPOINTS variable.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::CheckConfig(args) => {
+            let cfg = config::load(&args.config)?;
+            println!("# {} is valid; effective configuration:", args.config.display());
+            print!("{}", config::redacted_toml(&cfg));
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let cfg = config::load(&args.config)?;
+            logging::init(&cfg.logging.level, &cfg.logging.format);
+            let code = relayer::system().block_on(relayer::run_until_signal(cfg))?;
+            Ok(code)
+        }
+        Command::DevBackend(args) => {
+            logging::init(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()), "text");
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(consonant_relayer::devbackend::run(args))?;
+            Ok(0)
+        }
+        Command::Demo(args) => consonant_relayer::demo::run(args),
+    }
+}

@@ -194,6 +194,7 @@ impl Handler<IncomingCommands> for CommandRouter {
     type Result = ();
 
     fn handle(&mut self, msg: IncomingCommands, _: &mut Context<Self>) {
+        fail::fail_point!("router-incoming");
         let mut answers = Answers::default();
         for command in msg.commands {
             self.handled += 1;

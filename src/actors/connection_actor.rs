@@ -216,6 +216,7 @@ impl ConnectionActor {
             return;
         }
         self.next_dial_at = None;
+        fail::fail_point!("connection-dial");
         match self.breaker.permit(Instant::now()) {
             Permit::WaitUntil(until) => {
                 let wait = until.saturating_duration_since(Instant::now());
@@ -289,6 +290,7 @@ impl ConnectionActor {
         if self.session.as_ref().map(|s| s.id) != Some(id) {
             return;
         }
+        fail::fail_point!("connection-session-ended");
         self.session = None;
         self.session_id = None;
         let now = Instant::now();

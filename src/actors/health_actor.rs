@@ -154,6 +154,7 @@ impl Handler<Alive> for HealthActor {
 impl Handler<GetHealth> for HealthActor {
     type Result = MessageResult<GetHealth>;
     fn handle(&mut self, _: GetHealth, _: &mut Context<Self>) -> Self::Result {
+        fail::fail_point!("health-request", |_| MessageResult(Value::Null));
         self.answered += 1;
         MessageResult(self.health())
     }

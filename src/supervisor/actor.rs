@@ -211,6 +211,11 @@ impl Supervisor {
                 self.board.actor_exited(&slot.spec.name, None);
             }
         }
+        // The delay doubles with each restart still inside the intensity window.
+        self.delay.reset();
+        for _ in 1..self.tracker.recent() {
+            self.delay.next_delay();
+        }
         let delay = self.delay.next_delay().max(Duration::from_millis(10));
         tracing::warn!(supervisor = %self.spec.name, children = ?set.iter().map(|i| self.slots[*i].spec.name.clone()).collect::<Vec<_>>(), delay_ms = delay.as_millis() as u64, "restarting");
         ctx.run_later(delay, move |act, ctx| {

@@ -1,0 +1,180 @@
+//! `consonant-relayer demo`: the reference backend and a relayer on one
+//! machine, wired the way a cluster would be — the cluster registers over
+//! the backend's registration API, its credentials land in files the relayer
+//! reads, and the relayer dials out to the backend's gRPC port. Interactive
+//! mode prints copy-paste `curl` lines and runs until Ctrl-C; `--script`
+//! runs a scenario, prints each step with its outcome and latency, and exits
+//! 0 only if every step passed.
+//!
+//! The in-memory Kubernetes API is not part of this release yet, so the
+//! demo's relayer runs with `kubernetes.enabled = false`: Kubernetes actions
+//! are answered REJECTED/UNAVAILABLE, as the protocol says for that setting.
+
+mod scenario;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::config::RelayerConfig;
+use crate::devbackend::{self, DevBackendHandle, DevBackendOptions};
+use crate::relayer::{self, RunningRelayer};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run a short scenario (ping, health, actors, drain and reconnect), print each step, exit 0 only if all pass.
+    #[arg(long)]
+    pub script: bool,
+}
+
+/// Everything a running demo holds.
+pub struct Demo {
+    pub backend: DevBackendHandle,
+    pub relayer: RunningRelayer,
+    pub cluster_id: String,
+    pub admin: String,
+    pub health: String,
+    workdir: PathBuf,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let level = if args.script { "warn" } else { "info" };
+    crate::logging::init(&std::env::var("RUST_LOG").unwrap_or_else(|_| level.into()), "text");
+    relayer::system().block_on(async move {
+        let demo = Demo::start().await?;
+        let code = if args.script {
+            let passed = scenario::run(&demo).await;
+            if passed {
+                0
+            } else {
+                1
+            }
+        } else {
+            demo.print_instructions();
+            relayer::shutdown_signal().await;
+            println!("\nstopping…");
+            0
+        };
+        demo.stop().await;
+        Ok(code)
+    })
+}
+
+/// Binds `preferred` if free, else any free port on loopback.
+fn pick(preferred: &str) -> SocketAddr {
+    let preferred: SocketAddr = preferred.parse().expect("demo addresses are valid literals");
+    match std::net::TcpListener::bind(preferred) {
+        Ok(listener) => {
+            drop(listener);
+            preferred
+        }
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+impl Demo {
+    pub async fn start() -> anyhow::Result<Self> {
+        let backend = devbackend::start(DevBackendOptions {
+            grpc_listen: pick("127.0.0.1:50051"),
+            http_listen: pick("127.0.0.1:3000"),
+            ..Default::default()
+        })
+        .await?;
+        let admin = backend.http_url();
+
+        // Register the way the chart's pre-install hook does: a bootstrap
+        // token for POST /api/v1/clusters buys the cluster's credentials.
+        let bootstrap = uuid::Uuid::new_v4().simple().to_string();
+        let client = reqwest::Client::new();
+        let response = client
+            .post(format!("{admin}/api/v1/clusters"))
+            .bearer_auth(&bootstrap)
+            .json(&serde_json::json!({
+                "name": "demo", "region": "local", "environment": "development",
+                "labels": {}, "kubernetes_version": "", "relayer_version": env!("CARGO_PKG_VERSION"),
+            }))
+            .send()
+            .await
+            .context("registering the demo cluster with the reference backend")?;
+        anyhow::ensure!(response.status().as_u16() == 201, "registration answered {}", response.status());
+        let registered: serde_json::Value = response.json().await?;
+        let cluster_id = registered["cluster_id"].as_str().unwrap_or_default().to_string();
+        let token = registered["cluster_token"].as_str().unwrap_or_default().to_string();
+
+        let workdir = std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&workdir)?;
+        std::fs::write(workdir.join("clusterId"), &cluster_id)?;
+        std::fs::write(workdir.join("clusterToken"), &token)?;
+
+        let mut config = RelayerConfig::default();
+        config.cluster.name = "demo".into();
+        config.cluster.environment = "development".into();
+        config.backend.url = admin.clone();
+        config.backend.grpc_endpoint = backend.grpc_url();
+        config.credentials.cluster_id_file = workdir.join("clusterId");
+        config.credentials.cluster_token_file = workdir.join("clusterToken");
+        config.health.listen = pick("127.0.0.1:8080").to_string();
+        config.kubernetes.enabled = false;
+        config.telemetry.enabled = false;
+        config.connection.heartbeat_interval = Duration::from_secs(2);
+        let relayer = RunningRelayer::start(config, std::rc::Rc::new(|reason: &str| {
+            tracing::error!(%reason, "demo relayer gave up");
+        }))?;
+        let health = format!("http://{}", relayer.http_addr);
+        let demo = Self {
+            backend,
+            relayer,
+            cluster_id,
+            admin,
+            health,
+            workdir,
+        };
+        demo.wait_connected(Duration::from_secs(10)).await?;
+        Ok(demo)
+    }
+
+    /// Waits until the relayer reports a live stream.
+    pub async fn wait_connected(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.relayer.rc.link.read().connected {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = self.relayer.rc.link.read().last_error.clone().unwrap_or_default();
+        anyhow::bail!("the relayer did not connect within {within:?}: {last}")
+    }
+
+    fn print_instructions(&self) {
+        let id = &self.cluster_id;
+        println!("Consonant Relayer demo is running.\n");
+        println!("  reference backend  gRPC  {}", self.backend.grpc_url());
+        println!("  reference backend  admin {}", self.admin);
+        println!("  relayer health           {}", self.health);
+        println!("  cluster id               {id}\n");
+        println!("Try:\n");
+        println!("  # a ping, end to end (backend → relayer → backend)");
+        println!(
+            "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{{\"ping\": {{\"payload\": \"aGVsbG8=\"}}}}'\n",
+            self.admin
+        );
+        println!("  # drain the stream; the relayer reconnects after ~1 s");
+        println!("  curl -s -X POST '{}/api/v1/clusters/{id}/drain'\n", self.admin);
+        println!("  # the relayer's actors, mailboxes and restarts");
+        println!("  curl -s {}/debug/actors\n", self.health);
+        println!("  # health as Kubernetes and people see it");
+        println!("  curl -s {}/health\n", self.health);
+        println!("Kubernetes actions answer REJECTED/UNAVAILABLE in this demo: it runs with kubernetes.enabled = false.");
+        println!("Ctrl-C stops everything.");
+    }
+
+    pub async fn stop(self) {
+        self.relayer.shutdown().await;
+        self.backend.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}

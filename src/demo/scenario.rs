@@ -1,0 +1,134 @@
+//! `demo --script`: each step runs against the live demo over loopback HTTP,
+//! the way a person would with curl, and is checked on its data.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Demo;
+
+type StepResult = Result<String, String>;
+
+/// Runs every step; true when all passed.
+pub async fn run(demo: &Demo) -> bool {
+    let client = reqwest::Client::new();
+    let mut passed = 0;
+    let mut failed = 0;
+    let steps: Vec<(&str, StepFn)> = vec![
+        ("relayer reports a live stream in /health", health_connected),
+        ("ping round trip", ping),
+        ("/debug/actors lists every actor with its mailbox", actors),
+        ("drain, then reconnect with a new session", drain_and_reconnect),
+        ("ping after the reconnect", ping),
+        ("/metrics counts the commands", metrics),
+    ];
+    for (name, step) in steps {
+        let started = Instant::now();
+        let outcome = step(demo, &client).await;
+        let latency = started.elapsed();
+        match outcome {
+            Ok(detail) => {
+                passed += 1;
+                println!("PASS  {name:<52} {:>8.1} ms  {detail}", latency.as_secs_f64() * 1e3);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAIL  {name:<52} {:>8.1} ms  {why}", latency.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    println!("\ndemo: {passed} passed, {failed} failed");
+    failed == 0
+}
+
+type StepFn = for<'a> fn(&'a Demo, &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult>;
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    response.json().await.map_err(|e| format!("GET {url}: body is not JSON: {e}"))
+}
+
+fn health_connected<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let body = get_json(client, &format!("{}/health", demo.health)).await?;
+        if body["status"] == "healthy" && body["grpc"]["connected"] == true && body["grpc"]["clusterId"] == demo.cluster_id.as_str() {
+            Ok(format!("state {}", body["grpc"]["state"]))
+        } else {
+            Err(format!("unexpected /health: {body}"))
+        }
+    })
+}
+
+fn ping<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let url = format!("{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=10000", demo.admin, demo.cluster_id);
+        let response = client
+            .post(&url)
+            .json(&serde_json::json!({"ping": {"payload": "aGVsbG8="}}))
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() && body["status"] == "SUCCEEDED" && body["output"]["payload_len"] == 5 {
+            Ok("SUCCEEDED, payload_len 5".into())
+        } else {
+            Err(format!("HTTP {status}: {body}"))
+        }
+    })
+}
+
+fn actors<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let body = get_json(client, &format!("{}/debug/actors", demo.health)).await?;
+        let names: Vec<&str> = body["actors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default();
+        for expected in ["ConnectionActor", "CommandRouter", "WorkloadExecutor", "HealthActor"] {
+            if !names.contains(&expected) {
+                return Err(format!("{expected} missing from {names:?}"));
+            }
+        }
+        Ok(format!("{} actors", names.len()))
+    })
+}
+
+fn drain_and_reconnect<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let before = demo.relayer.rc.link.read().session_id.clone();
+        let url = format!("{}/api/v1/clusters/{}/drain", demo.admin, demo.cluster_id);
+        let response = client.post(&url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("POST {url}: HTTP {}", response.status()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut saw_drain = false;
+        while Instant::now() < deadline {
+            let link = demo.relayer.rc.link.read().clone();
+            saw_drain |= !link.connected;
+            if saw_drain && link.connected && link.session_id != before {
+                return Ok(format!("new session {}", link.session_id.unwrap_or_default()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("no new session within 10 s".into())
+    })
+}
+
+fn metrics<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let url = format!("{}/metrics", demo.health);
+        let text = client.get(&url).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("consonant_relayer_commands_total{action=\"ping\",status=\"succeeded\"}"))
+            .ok_or("no ping counter in /metrics")?;
+        let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        if count >= 2.0 {
+            Ok(format!("{count} pings succeeded"))
+        } else {
+            Err(format!("expected at least 2 pings, metrics say: {line}"))
+        }
+    })
+}
