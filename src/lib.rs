@@ -7,4 +7,5 @@
 
 pub mod config;
 pub mod credentials;
+pub mod devbackend;
 pub mod proto;
