@@ -199,8 +199,9 @@ async fn submit_command(
     }
 }
 
-/// A `CommandResult` in proto3 JSON plus `output`: `output_json` parsed
-/// (null when empty, the text when it is not JSON).
+/// A `CommandResult` in proto3 JSON (`commandId`, `status`, `error`,
+/// `outputJson`, ...) plus `output`: `output_json` parsed (null when empty,
+/// the text when it is not JSON), and `command_id` as an alias.
 pub(crate) fn result_json(result: &proto::CommandResult) -> Value {
     let mut value = serde_json::to_value(result).unwrap_or_else(|_| json!({}));
     let output = if result.output_json.is_empty() {
@@ -212,6 +213,11 @@ pub(crate) fn result_json(result: &proto::CommandResult) -> Value {
     };
     if let Value::Object(map) = &mut value {
         map.insert("output".into(), output);
+        // Convenience alias matching the 202 answer's `command_id`.
+        map.insert(
+            "command_id".into(),
+            Value::String(result.command_id.clone()),
+        );
     }
     value
 }

@@ -23,6 +23,8 @@ use crate::proto::{
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// At most this many frames are read before an ack goes out.
 const ACK_BATCH: usize = 256;
+/// How often a session re-sends due retries and releases withheld acks.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// How long a client may take to send `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -159,6 +161,8 @@ async fn run_session(
 ) {
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
     let mut last_ack = None::<u64>;
     let mut last_frame = tokio::time::Instant::now();
@@ -214,9 +218,11 @@ async fn run_session(
                         state.stats.heartbeats_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
+            }
+            _ = housekeeping.tick() => {
                 // Acks withheld by a fault go out once the fault is lifted.
                 send_ack(&state, &session, &tx, &mut last_ack);
-                state.resend_due_retries(&session, &tx);
+                state.resend_due_retries(&session);
             }
         }
     };

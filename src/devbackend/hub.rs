@@ -759,12 +759,8 @@ impl DevBackendState {
                     .commands
                     .on_accepted(&accepted.command_id, &session.incarnation)
                 {
-                    let action = inner
-                        .commands
-                        .get(&accepted.command_id)
-                        .map_or("none", |r| r.action());
                     drop(inner);
-                    tracing::info!(cluster_id = %session.cluster.id, command_id = %accepted.command_id, action, status = "ACCEPTED", "command");
+                    tracing::debug!(cluster_id = %session.cluster.id, command_id = %accepted.command_id, "command accepted");
                 }
             }
             In::Result(result) => {
@@ -827,11 +823,15 @@ impl DevBackendState {
             .acked(&session.incarnation)
     }
 
-    /// Re-sends retryable rejections whose wait is over on this session.
-    pub(crate) fn resend_due_retries(&self, session: &SessionStart, tx: &FrameSender) {
+    /// Re-sends retryable rejections whose wait is over (to the leader
+    /// session, like new commands).
+    pub(crate) fn resend_due_retries(&self, session: &SessionStart) {
         let mut inner = session.cluster.inner.lock();
-        for id in inner.commands.due_retries(Instant::now()) {
-            inner.send_command(&id, tx, &self.stats);
+        let due = inner.commands.due_retries(Instant::now());
+        if let Some(tx) = inner.command_target().cloned() {
+            for id in due {
+                inner.send_command(&id, &tx, &self.stats);
+            }
         }
     }
 }

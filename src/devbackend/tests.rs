@@ -465,3 +465,63 @@ async fn faults_reject_connects_and_are_counted() {
     assert_eq!(stats["connect_attempts"], 2);
     assert_eq!(stats["sessions_started"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pings_in_flight_complete_with_batched_acks() {
+    const N: u64 = 5_000;
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let fake = tokio::spawn(async move {
+        let (mut seq, mut acked, mut acks) = (0u64, 0u64, 0u64);
+        while acked < N {
+            match relayer.next().await.unwrap() {
+                Out::Command(command) => {
+                    seq += 1;
+                    let id = command.command_id;
+                    relayer
+                        .send(frame(
+                            0,
+                            In::Accepted(proto::CommandAccepted {
+                                command_id: id.clone(),
+                            }),
+                        ))
+                        .await;
+                    relayer
+                        .send(frame(
+                            seq,
+                            In::Result(succeeded(&id, json!({"payload_len": 0}))),
+                        ))
+                        .await;
+                }
+                Out::Ack(ack) => {
+                    assert!(ack.acked_seq > acked, "acks move forward");
+                    (acked, acks) = (ack.acked_seq, acks + 1);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        acks
+    });
+    let started = std::time::Instant::now();
+    let waiters: Vec<_> = (0..N)
+        .map(|_| {
+            let ping = proto::Command {
+                action: Some(proto::command::Action::Ping(proto::Ping::default())),
+                ..Default::default()
+            };
+            handle.state().submit_command(CLUSTER, ping).unwrap()
+        })
+        .collect();
+    for waiter in waiters {
+        let result = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+        assert_eq!(
+            result.status,
+            proto::command_result::Status::Succeeded as i32
+        );
+    }
+    let elapsed = started.elapsed();
+    let acks = tokio::time::timeout(WAIT, fake).await.unwrap().unwrap();
+    eprintln!("{N} pings in {elapsed:?}, {acks} acks");
+    assert!(acks <= N, "acks are cumulative");
+    assert_eq!(handle.state().stats().results_received, N);
+}
