@@ -5,12 +5,14 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod config;
 pub mod actors;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod demo;
+pub mod devbackend;
 pub mod http;
 pub mod logging;
 pub mod metrics;

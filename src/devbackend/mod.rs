@@ -1,0 +1,312 @@
+//! `consonant-relayer dev-backend`: the reference implementation of the
+//! backend side of the relay protocol (`protocol.md`), in memory, one
+//! process, real sockets. Not a production backend. Used by `demo`, by the
+//! project's tests and benchmarks (in process, via [`start`]) and as a
+//! counterpart for teams writing a backend.
+//!
+//! Modules: `state` (bookkeeping as plain structs, no I/O), `hub` (the
+//! shared state and its in-process API), `grpc` (`RelayService/Connect`),
+//! `admin` (the admin HTTP API; its module docs list the extra test/debug
+//! endpoints that are not part of the contract), `otlp` (counting OTLP items).
+
+mod admin;
+mod grpc;
+mod hub;
+mod otlp;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use hub::{
+    ClusterError, ClusterView, CommandView, DevBackendState, Faults, FaultsUpdate, FramesView,
+    RegisterError, RejectCode, SessionView, StatsView,
+};
+pub use otlp::{count as count_otlp, OtlpCounts, OtlpError};
+pub use state::{CommandState, FrameKind, FrameRecord, TelemetryCounters};
+
+use crate::credentials::secret::Secret;
+use crate::proto::relay_service_server::RelayServiceServer;
+
+/// How long `shutdown` waits for the servers before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Command line of `consonant-relayer dev-backend`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Run the reference backend: a reference implementation of the backend side of the relay protocol, \
+             in memory only, for demos, tests and development. Not a production backend.",
+    long_about = "Run the reference backend: a reference implementation of the backend side of the relay \
+                  protocol (gRPC RelayService plus the admin HTTP API), in memory only, one process. \
+                  Everything is lost when it exits. It is not a production backend: no persistence, \
+                  no TLS, no multi-tenancy."
+)]
+pub struct DevBackendArgs {
+    /// Address of the gRPC RelayService.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Address of the admin HTTP API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    pub http_listen: SocketAddr,
+    /// Accepted registration bootstrap token, single-use (repeatable; none given = accept any non-empty bearer).
+    #[arg(
+        long = "bootstrap-token",
+        value_name = "TOKEN",
+        env = "CONSONANT_DEV_BOOTSTRAP_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub bootstrap_tokens: Vec<String>,
+    /// Pre-registered cluster as ID=TOKEN (repeatable).
+    #[arg(
+        long = "cluster",
+        value_name = "ID=TOKEN",
+        env = "CONSONANT_DEV_CLUSTERS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = parse_cluster
+    )]
+    pub clusters: Vec<(String, String)>,
+    /// Heartbeat interval imposed on both sides (sent in Welcome), e.g. 10s; default: the relayer's.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::units::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+}
+
+fn parse_cluster(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((id, token)) if !id.trim().is_empty() && !token.trim().is_empty() => {
+            Ok((id.trim().to_string(), token.trim().to_string()))
+        }
+        _ => Err(format!(
+            "expected ID=TOKEN, e.g. cls_demo=secret-token, got {:?}",
+            redact_token(text)
+        )),
+    }
+}
+
+fn redact_token(text: &str) -> String {
+    match text.split_once('=') {
+        Some((id, _)) => format!("{id}=***"),
+        None => text.to_string(),
+    }
+}
+
+/// Options for [`start`].
+#[derive(Debug, Clone)]
+pub struct DevBackendOptions {
+    /// gRPC listen address (port 0 picks a free port).
+    pub grpc_listen: SocketAddr,
+    /// Admin HTTP listen address (port 0 picks a free port).
+    pub http_listen: SocketAddr,
+    /// Single-use bootstrap tokens; empty = accept any non-empty bearer.
+    pub bootstrap_tokens: Vec<Secret>,
+    /// Pre-registered clusters `(cluster_id, token)`.
+    pub clusters: Vec<(String, Secret)>,
+    /// Heartbeat interval imposed in `Welcome`; `None` keeps the relayer's.
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl Default for DevBackendOptions {
+    /// Both listeners on 127.0.0.1 with free ports, no tokens, no clusters.
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bootstrap_tokens: Vec::new(),
+            clusters: Vec::new(),
+            heartbeat_interval: None,
+        }
+    }
+}
+
+impl From<DevBackendArgs> for DevBackendOptions {
+    fn from(args: DevBackendArgs) -> Self {
+        Self {
+            grpc_listen: args.grpc_listen,
+            http_listen: args.http_listen,
+            bootstrap_tokens: args.bootstrap_tokens.into_iter().map(Secret::new).collect(),
+            clusters: args
+                .clusters
+                .into_iter()
+                .map(|(id, token)| (id, Secret::new(token)))
+                .collect(),
+            heartbeat_interval: args.heartbeat_interval,
+        }
+    }
+}
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevBackendError {
+    #[error(
+        "cannot listen for {what} on {addr}: {source}; pick another address with --{what}-listen"
+    )]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running backend. Dropping it stops the servers (abruptly);
+/// [`DevBackendHandle::shutdown`] stops them gracefully.
+#[derive(Debug)]
+pub struct DevBackendHandle {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    state: Arc<DevBackendState>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DevBackendHandle {
+    /// The in-process API: register clusters, submit commands, read what arrived.
+    pub fn state(&self) -> &Arc<DevBackendState> {
+        &self.state
+    }
+
+    /// `http://` URL of the gRPC listener.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// `http://` URL of the admin HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Ends open streams with UNAVAILABLE, stops both servers and waits
+    /// (at most 5 s) for them.
+    pub async fn shutdown(mut self) {
+        self.state
+            .end_all_streams(&tonic::Status::unavailable("the backend is shutting down"));
+        let _ = self.shutdown_tx.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for DevBackendHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds both listeners and serves until the handle is shut down or dropped.
+pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBackendError> {
+    let state = Arc::new(DevBackendState::new(opts.bootstrap_tokens));
+    for (id, token) in opts.clusters {
+        state.add_cluster(&id, token);
+    }
+    let grpc_listener = TcpListener::bind(opts.grpc_listen)
+        .await
+        .map_err(|source| DevBackendError::Bind {
+            what: "grpc",
+            addr: opts.grpc_listen,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(opts.http_listen)
+        .await
+        .map_err(|source| DevBackendError::Bind {
+            what: "http",
+            addr: opts.http_listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| DevBackendError::Bind {
+            what: "grpc",
+            addr: opts.grpc_listen,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| DevBackendError::Bind {
+            what: "http",
+            addr: opts.http_listen,
+            source,
+        })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let service = grpc::RelayServiceImpl::new(state.clone(), opts.heartbeat_interval);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc_task = tokio::spawn({
+        let stop = stopped(shutdown_rx.clone());
+        async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(RelayServiceServer::new(service))
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await;
+            if let Err(err) = result {
+                tracing::error!("dev-backend gRPC server failed: {err}");
+            }
+        }
+    });
+    let router = admin::router(state.clone());
+    let http_task = tokio::spawn({
+        let stop = stopped(shutdown_rx);
+        async move {
+            if let Err(err) = axum::serve(http_listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!("dev-backend admin HTTP server failed: {err}");
+            }
+        }
+    });
+    Ok(DevBackendHandle {
+        grpc_addr,
+        http_addr,
+        state,
+        shutdown_tx,
+        tasks: vec![grpc_task, http_task],
+    })
+}
+
+/// Runs `dev-backend` until Ctrl-C or SIGTERM.
+pub async fn run(args: DevBackendArgs) -> anyhow::Result<()> {
+    let handle = start(args.into()).await?;
+    tracing::info!(
+        grpc = %handle.grpc_addr, http = %handle.http_addr,
+        "reference backend listening (in memory only, not a production backend)"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down the reference backend");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
