@@ -165,6 +165,8 @@ pub(crate) struct ClusterInner {
     pub events: VecDeque<proto::ClusterEvent>,
     pub telemetry: TelemetryCounters,
     pub dropped_by_incarnation: HashMap<Arc<str>, u64>,
+    /// The most recent `Hello`, for tests and debugging.
+    pub last_hello: Option<proto::Hello>,
 }
 
 impl ClusterInner {
@@ -180,6 +182,7 @@ impl ClusterInner {
             events: VecDeque::new(),
             telemetry: TelemetryCounters::default(),
             dropped_by_incarnation: HashMap::new(),
+            last_hello: None,
         }
     }
 
@@ -387,6 +390,18 @@ impl DevBackendState {
             }
         }
         Ok(id.to_string())
+    }
+
+    /// The last `Hello` a session of this cluster sent.
+    pub fn last_hello(&self, cluster_id: &str) -> Option<proto::Hello> {
+        self.cluster(cluster_id).ok()?.inner.lock().last_hello.clone()
+    }
+
+    /// Forgets a command entirely (as a backend that lost its state would).
+    pub fn forget_command(&self, cluster_id: &str, command_id: &str) {
+        if let Ok(cluster) = self.cluster(cluster_id) {
+            cluster.inner.lock().commands.forget(command_id);
+        }
     }
 
     /// One command's state and result.
@@ -647,6 +662,7 @@ impl DevBackendState {
                 cluster.id
             )));
         }
+        inner.last_hello = Some(hello.clone());
         let acked_seq = inner.dedup.resume(&incarnation, hello.last_acked_seq);
         if let Some(stats) = &hello.telemetry_stats {
             inner

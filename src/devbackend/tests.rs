@@ -115,7 +115,7 @@ fn succeeded(command_id: &str, output: Value) -> proto::CommandResult {
     proto::CommandResult {
         command_id: command_id.into(),
         status: proto::command_result::Status::Succeeded as i32,
-        output_json: serde_json::to_vec(&output).unwrap(),
+        output_json: serde_json::to_vec(&output).unwrap().into(),
         ..Default::default()
     }
 }
@@ -293,7 +293,7 @@ async fn telemetry_is_counted_from_otlp_once_per_seq() {
     let batch = proto::TelemetryBatch {
         signal: proto::telemetry_batch::Signal::Traces as i32,
         item_count: 6,
-        otlp: otlp.clone(),
+        otlp: otlp.clone().into(),
         ..Default::default()
     };
     relayer.send(frame(1, In::Telemetry(batch.clone()))).await;

@@ -1,0 +1,101 @@
+//! Supervision in the real binary: fail points (the `fail` crate, compiled
+//! in with `--features failpoints`) make actors panic on cue, and the tests
+//! check that supervisors restart them without losing frames, and that a
+//! tree that keeps failing ends the process with a non-zero code.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use consonant_relayer::devbackend::FaultsUpdate;
+use consonant_relayer::proto::command_result::Status;
+
+#[tokio::test]
+async fn panicking_connection_actor_is_restarted_and_unacked_frames_survive() {
+    let backend = backend().await;
+    let (grpc, http) = (backend.grpc_addr, backend.http_addr);
+    // The first session end panics the ConnectionActor.
+    let relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "connection-session-ended=1*panic"));
+    relayer.wait_connected().await;
+    backend.state().set_faults(FaultsUpdate {
+        withhold_acks: Some(true),
+        ..Default::default()
+    });
+    let mut waiters = Vec::new();
+    for i in 0..10 {
+        waiters.push(backend.state().submit_command(CLUSTER_ID, ping(&format!("p-{i}"), b"x")).unwrap());
+    }
+    for waiter in waiters {
+        tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    }
+    // Backend gone (with nothing acked): the session ends, the actor panics.
+    backend.shutdown().await;
+    let actors_ok = |relayer: &Relayer| {
+        let relayer_health = relayer.health.clone();
+        async move {
+            let body: serde_json::Value = reqwest::get(format!("{relayer_health}/debug/actors")).await.ok()?.json().await.ok()?;
+            body["actors"].as_array()?.iter().find(|a| a["name"] == "ConnectionActor").cloned()
+        }
+    };
+    let mut restarted = None;
+    for _ in 0..100 {
+        if let Some(actor) = actors_ok(&relayer).await {
+            if actor["restarts"].as_u64().unwrap_or(0) >= 1 {
+                restarted = Some(actor);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let actor = restarted.unwrap_or_else(|| panic!("ConnectionActor not restarted\n{}", relayer.output()));
+    assert!(actor["last_error"].as_str().unwrap().contains("panicked"), "{actor}");
+    // A fresh backend on the same ports receives every unacked result.
+    let revived = backend_on(Some(grpc), Some(http)).await;
+    relayer.wait_connected().await;
+    let all = eventually(Duration::from_secs(10), || {
+        let frames = revived.state().frames(CLUSTER_ID).unwrap();
+        (0..10).all(|i| frames.frames.iter().any(|f| f.command_id.as_deref() == Some(&format!("p-{i}"))))
+    })
+    .await;
+    assert!(all, "unacked frames lost across the restart\n{}", relayer.output());
+    assert!(relayer.metric("consonant_relayer_actor_restarts", "actor=\"ConnectionActor\"").await >= 1.0);
+}
+
+#[tokio::test]
+async fn panicking_router_restarts_with_its_dependents_and_commands_still_run() {
+    let backend = backend().await;
+    // The router's first batch panics: rest_for_one restarts it and the ConnectionActor.
+    let relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "router-incoming=1*panic"));
+    relayer.wait_connected().await;
+    // That command was read but never answered: the backend re-sends it on the next session.
+    let result = run_command(&backend, ping("survivor", b"abc")).await;
+    assert_eq!(result.status, Status::Succeeded as i32);
+    let actors = relayer.json("/debug/actors").await.unwrap();
+    let restarts = |name: &str| {
+        actors["actors"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["restarts"].as_u64().unwrap()
+    };
+    assert_eq!(restarts("CommandRouter"), 1);
+    assert_eq!(restarts("ConnectionActor"), 1, "rest_for_one restarts what depends on the router");
+    assert_eq!(restarts("WorkloadExecutor"), 0, "but nothing before it");
+}
+
+#[tokio::test]
+async fn restart_intensity_exceeded_escalates_and_the_process_exits_non_zero() {
+    let backend = backend().await;
+    // Every /health request panics the HealthActor; the root allows 5 restarts in 60 s.
+    let mut relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "health-request=panic"));
+    relayer.wait_health(Duration::from_secs(10), |_| true).await;
+    let mut status = None;
+    for _ in 0..400 {
+        let _ = relayer.get("/health").await;
+        if let Some(exit) = relayer.wait_exit(Duration::from_millis(50)) {
+            status = Some(exit);
+            break;
+        }
+    }
+    let status = status.unwrap_or_else(|| panic!("the relayer kept running\n{}", relayer.output()));
+    assert_eq!(status.code(), Some(70), "{}", relayer.output());
+    assert!(relayer.output().contains("restart intensity exceeded"));
+}
