@@ -237,6 +237,8 @@ pub struct DevBackendState {
     silent: AtomicBool,
     /// 0 = none, else `RejectCode` index + 1.
     reject_all: AtomicU8,
+    /// Set by shutdown: every new `Connect` gets UNAVAILABLE.
+    stopping: AtomicBool,
     pub(crate) stats: Stats,
 }
 
@@ -248,6 +250,7 @@ impl DevBackendState {
             withhold_acks: AtomicBool::new(false),
             silent: AtomicBool::new(false),
             reject_all: AtomicU8::new(0),
+            stopping: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -523,6 +526,12 @@ impl DevBackendState {
             .sum()
     }
 
+    /// Refuses new streams and ends the open ones with UNAVAILABLE.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+        self.end_all_streams(&Status::unavailable("the backend is shutting down"));
+    }
+
     // ------------------------------------------------------------ faults and stats
 
     pub fn faults(&self) -> Faults {
@@ -604,6 +613,9 @@ impl DevBackendState {
         cluster_id: &str,
         token: &str,
     ) -> Result<Arc<Cluster>, Status> {
+        if self.stopping.load(Relaxed) {
+            return Err(Status::unavailable("the backend is shutting down"));
+        }
         if let Some(reject) = self.faults().reject_all {
             return Err(Status::new(
                 reject.code(),

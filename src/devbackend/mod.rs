@@ -187,8 +187,7 @@ impl DevBackendHandle {
     /// Ends open streams with UNAVAILABLE, stops both servers and waits
     /// (at most 5 s) for them.
     pub async fn shutdown(mut self) {
-        self.state
-            .end_all_streams(&tonic::Status::unavailable("the backend is shutting down"));
+        self.state.stop();
         let _ = self.shutdown_tx.send(true);
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
@@ -200,10 +199,12 @@ impl DevBackendHandle {
 }
 
 impl Drop for DevBackendHandle {
+    /// Same as `shutdown` without waiting: streams end with UNAVAILABLE,
+    /// new ones are refused, and the servers finish in the background.
     fn drop(&mut self) {
-        let _ = self.shutdown_tx.send(true);
-        for task in &self.tasks {
-            task.abort();
+        if !self.tasks.is_empty() {
+            self.state.stop();
+            let _ = self.shutdown_tx.send(true);
         }
     }
 }

@@ -525,3 +525,78 @@ async fn many_pings_in_flight_complete_with_batched_acks() {
     assert!(acks <= N, "acks are cumulative");
     assert_eq!(handle.state().stats().results_received, N);
 }
+
+#[tokio::test]
+async fn shutdown_and_drop_end_streams_with_unavailable() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let started = std::time::Instant::now();
+    handle.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "graceful shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(relayer.next().await.unwrap_err().code(), Code::Unavailable);
+
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let state = handle.state().clone();
+    drop(handle);
+    assert_eq!(relayer.next().await.unwrap_err().code(), Code::Unavailable);
+    let hello = proto::Hello {
+        incarnation: "inc-2".into(),
+        ..hello("inc-2")
+    };
+    assert!(
+        state.authenticate(CLUSTER, TOKEN).is_err(),
+        "{hello:?} refused after drop"
+    );
+}
+
+#[test]
+fn command_line_matches_the_spec() {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevBackendArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "dev-backend",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--bootstrap-token",
+        "a",
+        "--bootstrap-token",
+        "b",
+        "--cluster",
+        "cls_1=tok1",
+        "--cluster",
+        "cls_2=tok2",
+        "--heartbeat-interval",
+        "2s",
+    ])
+    .unwrap();
+    assert_eq!(cli.args.grpc_listen.port(), 0);
+    assert_eq!(cli.args.http_listen, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(cli.args.bootstrap_tokens, ["a", "b"]);
+    assert_eq!(
+        cli.args.clusters,
+        [
+            ("cls_1".into(), "tok1".into()),
+            ("cls_2".into(), "tok2".into())
+        ]
+    );
+    assert_eq!(cli.args.heartbeat_interval, Some(Duration::from_secs(2)));
+    assert!(Cli::try_parse_from(["dev-backend", "--cluster", "no-token"]).is_err());
+    let help = Cli::command().render_long_help().to_string();
+    for needle in [
+        "reference implementation",
+        "in memory only",
+        "not a production backend",
+        "--cluster <ID=TOKEN>",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+}
