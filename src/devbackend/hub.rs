@@ -149,6 +149,8 @@ pub(crate) struct Session {
     pub leader: bool,
     pub connected_since: SystemTime,
     pub last_heartbeat: Option<SystemTime>,
+    /// `Drain` was sent: no new commands go to this session.
+    pub draining: bool,
     pub tx: FrameSender,
 }
 
@@ -185,11 +187,10 @@ impl ClusterInner {
 
     /// The session commands go to: the leader if any, else the newest.
     fn command_target(&self) -> Option<&FrameSender> {
-        self.sessions
-            .iter()
-            .rev()
+        let open = || self.sessions.iter().rev().filter(|s| !s.draining);
+        open()
             .find(|s| s.leader)
-            .or(self.sessions.last())
+            .or_else(|| open().next())
             .map(|s| &s.tx)
     }
 
@@ -451,7 +452,15 @@ impl DevBackendState {
                 reconnect_after_ms,
             })),
         };
-        self.broadcast(cluster_id, frame)
+        let cluster = self.cluster(cluster_id)?;
+        let mut inner = cluster.inner.lock();
+        let mut told = 0;
+        for session in &mut inner.sessions {
+            // A draining session gets no new commands; they wait for the next one.
+            session.draining = true;
+            told += usize::from(session.tx.send(Ok(frame.clone())).is_ok());
+        }
+        Ok(told)
     }
 
     /// Starts a credential rotation; returns the new token and how many
@@ -493,20 +502,6 @@ impl DevBackendState {
             .count();
         tracing::info!(cluster_id, sessions = ended, "cluster revoked");
         Ok(ended)
-    }
-
-    fn broadcast(
-        &self,
-        cluster_id: &str,
-        frame: proto::BackendFrame,
-    ) -> Result<usize, ClusterError> {
-        let cluster = self.cluster(cluster_id)?;
-        let inner = cluster.inner.lock();
-        Ok(inner
-            .sessions
-            .iter()
-            .filter(|s| s.tx.send(Ok(frame.clone())).is_ok())
-            .count())
     }
 
     /// Ends every open stream with `status`; returns how many.
@@ -692,6 +687,7 @@ impl DevBackendState {
             leader: hello.leader,
             connected_since: SystemTime::now(),
             last_heartbeat: None,
+            draining: false,
             tx,
         });
         drop(inner);

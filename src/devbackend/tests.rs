@@ -598,3 +598,31 @@ fn command_line_matches_the_spec() {
         assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn drain_reaches_every_session_and_holds_new_commands_for_the_next() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let url = format!(
+        "{}/api/v1/clusters/{CLUSTER}/drain?reconnect_after_ms=5",
+        handle.http_url()
+    );
+    let response = reqwest::Client::new().post(url).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    match relayer.next().await.unwrap() {
+        Out::Drain(drain) => assert_eq!(
+            (drain.reason.as_str(), drain.reconnect_after_ms),
+            ("requested by admin", 5)
+        ),
+        other => panic!("expected Drain, got {other:?}"),
+    }
+    let ping = proto::Command {
+        command_id: "after-drain".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    let (mut next, _) = session(&handle, "inc-1").await;
+    assert!(matches!(next.next().await.unwrap(), Out::Command(c) if c.command_id == "after-drain"));
+    drop(relayer);
+}
