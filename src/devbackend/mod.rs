@@ -255,7 +255,10 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
         async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(RelayServiceServer::new(service))
+                .add_service(
+                    RelayServiceServer::new(service)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;
             if let Err(err) = result {
