@@ -8,6 +8,18 @@
 //! shared state and its in-process API), `grpc` (`RelayService/Connect`),
 //! `admin` (the admin HTTP API; its module docs list the extra test/debug
 //! endpoints that are not part of the contract), `otlp` (counting OTLP items).
+//!
+//! Test/debug endpoints, NOT part of the contract in `dev-backend.md`:
+//! `GET /api/v1/clusters/{id}/frames` (reliable frames in arrival order plus
+//! a duplicate count), `GET|POST /api/v1/debug/faults` (withhold acks, go
+//! silent, refuse new streams, end open streams) and `GET /api/v1/debug/stats`
+//! (every `Connect` attempt counted, accepted or not).
+//!
+//! Behaviour beyond the spec tables: a command answered REJECTED with
+//! `retryable = true` is not final; it is re-sent after 1 s and on the next
+//! session. Sessions that were sent `Drain` get no new commands. A session
+//! with no frame from the relayer for 3 heartbeat intervals is ended with
+//! UNAVAILABLE.
 
 mod admin;
 mod grpc;

@@ -626,3 +626,75 @@ async fn drain_reaches_every_session_and_holds_new_commands_for_the_next() {
     assert!(matches!(next.next().await.unwrap(), Out::Command(c) if c.command_id == "after-drain"));
     drop(relayer);
 }
+
+#[tokio::test]
+async fn commands_without_wait_and_timeouts_and_events() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let client = reqwest::Client::new();
+    let base = format!("{}/api/v1/clusters/{CLUSTER}", handle.http_url());
+    let queued = client
+        .post(format!("{base}/commands"))
+        .json(&json!({"ping": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let id = queued.json::<Value>().await.unwrap()["command_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state: Value = client
+        .get(format!("{base}/commands/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (state["state"].as_str(), state["action"].as_str()),
+        (Some("queued"), Some("ping")),
+        "{state}"
+    );
+    let late = client
+        .post(format!("{base}/commands?wait=true&timeout_ms=50"))
+        .json(&json!({"scale": {"target": {"api_version": "apps/v1", "kind": "Deployment", "namespace": "default", "name": "web"}, "replicas": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 504);
+    let bad = client
+        .post(format!("{base}/commands"))
+        .json(&json!({"warp": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("warp"));
+
+    let (relayer, _) = session(&handle, "inc-1").await;
+    let event = proto::ClusterEvent {
+        event_id: "ev-1".into(),
+        kind: "pod.failed".into(),
+        payload_json: br#"{"reason": "OOMKilled"}"#.to_vec(),
+        ..Default::default()
+    };
+    relayer.send(frame(1, In::Event(event))).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let events: Value = client
+            .get(format!("{base}/events?limit=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !events.as_array().unwrap().is_empty() || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(events[0]["kind"], "pod.failed");
+    assert_eq!(events[0]["payload"], json!({"reason": "OOMKilled"}));
+}
