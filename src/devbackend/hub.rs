@@ -185,13 +185,35 @@ impl ClusterInner {
         }
     }
 
-    /// The session commands go to: the leader if any, else the newest.
-    fn command_target(&self) -> Option<&FrameSender> {
+    /// Where commands go: the newest leader session if any, else the
+    /// newest session; never one that is draining.
+    fn command_target(&self) -> Option<Target> {
         let open = || self.sessions.iter().rev().filter(|s| !s.draining);
         open()
             .find(|s| s.leader)
             .or_else(|| open().next())
-            .map(|s| &s.tx)
+            .map(|s| Target {
+                session_id: s.id.clone(),
+                incarnation: s.incarnation.clone(),
+                tx: s.tx.clone(),
+            })
+    }
+
+    /// Sends `target` every command due on it: queued, unacknowledged, or
+    /// accepted by an incarnation that is no longer connected.
+    fn send_due_commands(&mut self, target: &Target, stats: &Stats) -> usize {
+        let live: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .map(|s| s.incarnation.clone())
+            .collect();
+        let due = self
+            .commands
+            .due_on_session(&target.incarnation, |inc| live.iter().any(|l| &**l == inc));
+        for id in &due {
+            self.send_command(id, &target.tx, stats);
+        }
+        due.len()
     }
 
     /// Writes the command `id` to `tx` and marks it sent.
@@ -211,6 +233,14 @@ impl ClusterInner {
 pub(crate) struct Cluster {
     pub id: Arc<str>,
     pub inner: Mutex<ClusterInner>,
+}
+
+/// The routing fields of the session commands go to.
+#[derive(Debug)]
+struct Target {
+    session_id: Arc<str>,
+    incarnation: Arc<str>,
+    tx: FrameSender,
 }
 
 /// What `start_session` hands the gRPC layer.
@@ -386,8 +416,8 @@ impl DevBackendState {
         let (id, fresh) = inner.commands.submit(command, waiter, SystemTime::now());
         if fresh {
             self.stats.commands_submitted.fetch_add(1, Relaxed);
-            if let Some(tx) = inner.command_target().cloned() {
-                inner.send_command(&id, &tx, &self.stats);
+            if let Some(target) = inner.command_target() {
+                inner.send_command(&id, &target.tx, &self.stats);
             }
         }
         Ok(id.to_string())
@@ -669,17 +699,6 @@ impl DevBackendState {
         let _ = tx.send(Ok(proto::BackendFrame {
             body: Some(Out::Welcome(welcome)),
         }));
-        let live: Vec<Arc<str>> = inner
-            .sessions
-            .iter()
-            .map(|s| s.incarnation.clone())
-            .collect();
-        let due = inner
-            .commands
-            .due_on_session(&incarnation, |inc| live.iter().any(|l| &**l == inc));
-        for id in &due {
-            inner.send_command(id, &tx, &self.stats);
-        }
         inner.sessions.push(Session {
             id: session_id.clone(),
             instance_id: hello.instance_id.clone(),
@@ -688,13 +707,21 @@ impl DevBackendState {
             connected_since: SystemTime::now(),
             last_heartbeat: None,
             draining: false,
-            tx,
+            tx: tx.clone(),
         });
+        // Queued and unacknowledged commands go to the new session only if
+        // it is where commands go now (a standby replica does not get them).
+        let resent = match inner.command_target() {
+            Some(target) if target.session_id == session_id => {
+                inner.send_due_commands(&target, &self.stats)
+            }
+            _ => 0,
+        };
         drop(inner);
         self.stats.sessions_started.fetch_add(1, Relaxed);
         tracing::info!(
             cluster_id = %cluster.id, session_id = %session_id, instance_id = %hello.instance_id,
-            incarnation = %incarnation, leader = hello.leader, acked_seq, resent_commands = due.len(),
+            incarnation = %incarnation, leader = hello.leader, acked_seq, resent_commands = resent,
             "session started"
         );
         Ok(SessionStart {
@@ -707,7 +734,17 @@ impl DevBackendState {
     /// Removes a session (if a revoke or fault did not already).
     pub(crate) fn end_session(&self, session: &SessionStart, reason: &str) {
         let mut inner = session.cluster.inner.lock();
+        let was_target = inner
+            .command_target()
+            .is_some_and(|t| t.session_id == session.session_id);
         inner.sessions.retain(|s| s.id != session.session_id);
+        if was_target {
+            // Hand what the ended session had not acknowledged to the next
+            // target (e.g. a replica that is still connected).
+            if let Some(target) = inner.command_target() {
+                inner.send_due_commands(&target, &self.stats);
+            }
+        }
         drop(inner);
         self.stats.sessions_ended.fetch_add(1, Relaxed);
         tracing::info!(
@@ -836,9 +873,9 @@ impl DevBackendState {
     pub(crate) fn resend_due_retries(&self, session: &SessionStart) {
         let mut inner = session.cluster.inner.lock();
         let due = inner.commands.due_retries(Instant::now());
-        if let Some(tx) = inner.command_target().cloned() {
+        if let Some(target) = inner.command_target() {
             for id in due {
-                inner.send_command(&id, &tx, &self.stats);
+                inner.send_command(&id, &target.tx, &self.stats);
             }
         }
     }

@@ -698,3 +698,45 @@ async fn commands_without_wait_and_timeouts_and_events() {
     assert_eq!(events[0]["kind"], "pod.failed");
     assert_eq!(events[0]["payload"], json!({"reason": "OOMKilled"}));
 }
+
+#[tokio::test]
+async fn a_standby_replica_gets_no_commands_while_the_leader_is_connected() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut leader, _) = session(&handle, "inc-leader").await;
+    let mut standby_hello = hello("inc-standby");
+    standby_hello.leader = false;
+    let mut standby = connect(&handle, CLUSTER, TOKEN, frame(0, In::Hello(standby_hello)))
+        .await
+        .unwrap();
+    assert!(matches!(standby.next().await.unwrap(), Out::Welcome(_)));
+    let ping = proto::Command {
+        command_id: "to-leader".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    assert!(matches!(leader.next().await.unwrap(), Out::Command(c) if c.command_id == "to-leader"));
+    let quiet = tokio::time::timeout(Duration::from_millis(200), standby.next()).await;
+    assert!(quiet.is_err(), "standby got {quiet:?}");
+}
+
+#[tokio::test]
+async fn unacknowledged_commands_move_to_the_remaining_session() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut leader, _) = session(&handle, "inc-leader").await;
+    let mut standby_hello = hello("inc-standby");
+    standby_hello.leader = false;
+    let mut standby = connect(&handle, CLUSTER, TOKEN, frame(0, In::Hello(standby_hello)))
+        .await
+        .unwrap();
+    assert!(matches!(standby.next().await.unwrap(), Out::Welcome(_)));
+    let ping = proto::Command {
+        command_id: "moves".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    assert!(matches!(leader.next().await.unwrap(), Out::Command(c) if c.command_id == "moves"));
+    drop(leader);
+    assert!(matches!(standby.next().await.unwrap(), Out::Command(c) if c.command_id == "moves"));
+}
