@@ -168,8 +168,28 @@ async fn run_session(
     let mut last_frame = tokio::time::Instant::now();
     let reason = loop {
         tokio::select! {
+            // Timers before frames, so a flood of frames cannot starve heartbeats.
             biased;
             () = tx.closed() => break "ended by the backend".to_string(),
+            _ = heartbeat.tick() => {
+                if last_frame.elapsed() > interval * 3 {
+                    let why = format!("no frame from the relayer for 3 heartbeat intervals ({interval:?} each)");
+                    let _ = tx.send(Err(Status::unavailable(why.clone())));
+                    break why;
+                }
+                if state.heartbeats_enabled() {
+                    nonce += 1;
+                    let beat = proto::Heartbeat { sent_at_unix_ms: unix_ms(), nonce };
+                    if tx.send(Ok(proto::BackendFrame { body: Some(Out::Heartbeat(beat)) })).is_ok() {
+                        state.stats.heartbeats_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = housekeeping.tick() => {
+                // Acks withheld by a fault go out once the fault is lifted.
+                send_ack(&state, &session, &tx, &mut last_ack);
+                state.resend_due_retries(&session);
+            }
             next = inbound.next() => {
                 let mut next = next;
                 let (mut ack_due, mut force_ack) = (false, false);
@@ -204,25 +224,6 @@ async fn run_session(
                 if let Some(reason) = end {
                     break reason;
                 }
-            }
-            _ = heartbeat.tick() => {
-                if last_frame.elapsed() > interval * 3 {
-                    let why = format!("no frame from the relayer for 3 heartbeat intervals ({interval:?} each)");
-                    let _ = tx.send(Err(Status::unavailable(why.clone())));
-                    break why;
-                }
-                if state.heartbeats_enabled() {
-                    nonce += 1;
-                    let beat = proto::Heartbeat { sent_at_unix_ms: unix_ms(), nonce };
-                    if tx.send(Ok(proto::BackendFrame { body: Some(Out::Heartbeat(beat)) })).is_ok() {
-                        state.stats.heartbeats_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
-            _ = housekeeping.tick() => {
-                // Acks withheld by a fault go out once the fault is lifted.
-                send_ack(&state, &session, &tx, &mut last_ack);
-                state.resend_due_retries(&session);
             }
         }
     };

@@ -149,6 +149,8 @@ pub(crate) struct Session {
     pub leader: bool,
     pub connected_since: SystemTime,
     pub last_heartbeat: Option<SystemTime>,
+    /// `Drain` was sent: no new commands go to this session.
+    pub draining: bool,
     pub tx: FrameSender,
 }
 
@@ -186,14 +188,35 @@ impl ClusterInner {
         }
     }
 
-    /// The session commands go to: the leader if any, else the newest.
-    fn command_target(&self) -> Option<&FrameSender> {
-        self.sessions
-            .iter()
-            .rev()
+    /// Where commands go: the newest leader session if any, else the
+    /// newest session; never one that is draining.
+    fn command_target(&self) -> Option<Target> {
+        let open = || self.sessions.iter().rev().filter(|s| !s.draining);
+        open()
             .find(|s| s.leader)
-            .or(self.sessions.last())
-            .map(|s| &s.tx)
+            .or_else(|| open().next())
+            .map(|s| Target {
+                session_id: s.id.clone(),
+                incarnation: s.incarnation.clone(),
+                tx: s.tx.clone(),
+            })
+    }
+
+    /// Sends `target` every command due on it: queued, unacknowledged, or
+    /// accepted by an incarnation that is no longer connected.
+    fn send_due_commands(&mut self, target: &Target, stats: &Stats) -> usize {
+        let live: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .map(|s| s.incarnation.clone())
+            .collect();
+        let due = self
+            .commands
+            .due_on_session(&target.incarnation, |inc| live.iter().any(|l| &**l == inc));
+        for id in &due {
+            self.send_command(id, &target.tx, stats);
+        }
+        due.len()
     }
 
     /// Writes the command `id` to `tx` and marks it sent.
@@ -213,6 +236,14 @@ impl ClusterInner {
 pub(crate) struct Cluster {
     pub id: Arc<str>,
     pub inner: Mutex<ClusterInner>,
+}
+
+/// The routing fields of the session commands go to.
+#[derive(Debug)]
+struct Target {
+    session_id: Arc<str>,
+    incarnation: Arc<str>,
+    tx: FrameSender,
 }
 
 /// What `start_session` hands the gRPC layer.
@@ -240,6 +271,8 @@ pub struct DevBackendState {
     silent: AtomicBool,
     /// 0 = none, else `RejectCode` index + 1.
     reject_all: AtomicU8,
+    /// Set by shutdown: every new `Connect` gets UNAVAILABLE.
+    stopping: AtomicBool,
     pub(crate) stats: Stats,
 }
 
@@ -251,6 +284,7 @@ impl DevBackendState {
             withhold_acks: AtomicBool::new(false),
             silent: AtomicBool::new(false),
             reject_all: AtomicU8::new(0),
+            stopping: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -385,8 +419,8 @@ impl DevBackendState {
         let (id, fresh) = inner.commands.submit(command, waiter, SystemTime::now());
         if fresh {
             self.stats.commands_submitted.fetch_add(1, Relaxed);
-            if let Some(tx) = inner.command_target().cloned() {
-                inner.send_command(&id, &tx, &self.stats);
+            if let Some(target) = inner.command_target() {
+                inner.send_command(&id, &target.tx, &self.stats);
             }
         }
         Ok(id.to_string())
@@ -463,7 +497,15 @@ impl DevBackendState {
                 reconnect_after_ms,
             })),
         };
-        self.broadcast(cluster_id, frame)
+        let cluster = self.cluster(cluster_id)?;
+        let mut inner = cluster.inner.lock();
+        let mut told = 0;
+        for session in &mut inner.sessions {
+            // A draining session gets no new commands; they wait for the next one.
+            session.draining = true;
+            told += usize::from(session.tx.send(Ok(frame.clone())).is_ok());
+        }
+        Ok(told)
     }
 
     /// Starts a credential rotation; returns the new token and how many
@@ -507,20 +549,6 @@ impl DevBackendState {
         Ok(ended)
     }
 
-    fn broadcast(
-        &self,
-        cluster_id: &str,
-        frame: proto::BackendFrame,
-    ) -> Result<usize, ClusterError> {
-        let cluster = self.cluster(cluster_id)?;
-        let inner = cluster.inner.lock();
-        Ok(inner
-            .sessions
-            .iter()
-            .filter(|s| s.tx.send(Ok(frame.clone())).is_ok())
-            .count())
-    }
-
     /// Ends every open stream with `status`; returns how many.
     pub fn end_all_streams(&self, status: &Status) -> usize {
         let clusters: Vec<Arc<Cluster>> = self.clusters.read().values().cloned().collect();
@@ -536,6 +564,12 @@ impl DevBackendState {
                     .count()
             })
             .sum()
+    }
+
+    /// Refuses new streams and ends the open ones with UNAVAILABLE.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+        self.end_all_streams(&Status::unavailable("the backend is shutting down"));
     }
 
     // ------------------------------------------------------------ faults and stats
@@ -619,6 +653,9 @@ impl DevBackendState {
         cluster_id: &str,
         token: &str,
     ) -> Result<Arc<Cluster>, Status> {
+        if self.stopping.load(Relaxed) {
+            return Err(Status::unavailable("the backend is shutting down"));
+        }
         if let Some(reject) = self.faults().reject_all {
             return Err(Status::new(
                 reject.code(),
@@ -678,17 +715,6 @@ impl DevBackendState {
         let _ = tx.send(Ok(proto::BackendFrame {
             body: Some(Out::Welcome(welcome)),
         }));
-        let live: Vec<Arc<str>> = inner
-            .sessions
-            .iter()
-            .map(|s| s.incarnation.clone())
-            .collect();
-        let due = inner
-            .commands
-            .due_on_session(&incarnation, |inc| live.iter().any(|l| &**l == inc));
-        for id in &due {
-            inner.send_command(id, &tx, &self.stats);
-        }
         inner.sessions.push(Session {
             id: session_id.clone(),
             instance_id: hello.instance_id.clone(),
@@ -696,13 +722,22 @@ impl DevBackendState {
             leader: hello.leader,
             connected_since: SystemTime::now(),
             last_heartbeat: None,
-            tx,
+            draining: false,
+            tx: tx.clone(),
         });
+        // Queued and unacknowledged commands go to the new session only if
+        // it is where commands go now (a standby replica does not get them).
+        let resent = match inner.command_target() {
+            Some(target) if target.session_id == session_id => {
+                inner.send_due_commands(&target, &self.stats)
+            }
+            _ => 0,
+        };
         drop(inner);
         self.stats.sessions_started.fetch_add(1, Relaxed);
         tracing::info!(
             cluster_id = %cluster.id, session_id = %session_id, instance_id = %hello.instance_id,
-            incarnation = %incarnation, leader = hello.leader, acked_seq, resent_commands = due.len(),
+            incarnation = %incarnation, leader = hello.leader, acked_seq, resent_commands = resent,
             "session started"
         );
         Ok(SessionStart {
@@ -715,7 +750,17 @@ impl DevBackendState {
     /// Removes a session (if a revoke or fault did not already).
     pub(crate) fn end_session(&self, session: &SessionStart, reason: &str) {
         let mut inner = session.cluster.inner.lock();
+        let was_target = inner
+            .command_target()
+            .is_some_and(|t| t.session_id == session.session_id);
         inner.sessions.retain(|s| s.id != session.session_id);
+        if was_target {
+            // Hand what the ended session had not acknowledged to the next
+            // target (e.g. a replica that is still connected).
+            if let Some(target) = inner.command_target() {
+                inner.send_due_commands(&target, &self.stats);
+            }
+        }
         drop(inner);
         self.stats.sessions_ended.fetch_add(1, Relaxed);
         tracing::info!(
@@ -844,9 +889,9 @@ impl DevBackendState {
     pub(crate) fn resend_due_retries(&self, session: &SessionStart) {
         let mut inner = session.cluster.inner.lock();
         let due = inner.commands.due_retries(Instant::now());
-        if let Some(tx) = inner.command_target().cloned() {
+        if let Some(target) = inner.command_target() {
             for id in due {
-                inner.send_command(&id, &tx, &self.stats);
+                inner.send_command(&id, &target.tx, &self.stats);
             }
         }
     }

@@ -8,6 +8,18 @@
 //! shared state and its in-process API), `grpc` (`RelayService/Connect`),
 //! `admin` (the admin HTTP API; its module docs list the extra test/debug
 //! endpoints that are not part of the contract), `otlp` (counting OTLP items).
+//!
+//! Test/debug endpoints, NOT part of the contract in `dev-backend.md`:
+//! `GET /api/v1/clusters/{id}/frames` (reliable frames in arrival order plus
+//! a duplicate count), `GET|POST /api/v1/debug/faults` (withhold acks, go
+//! silent, refuse new streams, end open streams) and `GET /api/v1/debug/stats`
+//! (every `Connect` attempt counted, accepted or not).
+//!
+//! Behaviour beyond the spec tables: a command answered REJECTED with
+//! `retryable = true` is not final; it is re-sent after 1 s and on the next
+//! session. Sessions that were sent `Drain` get no new commands. A session
+//! with no frame from the relayer for 3 heartbeat intervals is ended with
+//! UNAVAILABLE.
 
 mod admin;
 mod grpc;
@@ -187,8 +199,7 @@ impl DevBackendHandle {
     /// Ends open streams with UNAVAILABLE, stops both servers and waits
     /// (at most 5 s) for them.
     pub async fn shutdown(mut self) {
-        self.state
-            .end_all_streams(&tonic::Status::unavailable("the backend is shutting down"));
+        self.state.stop();
         let _ = self.shutdown_tx.send(true);
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
@@ -200,10 +211,12 @@ impl DevBackendHandle {
 }
 
 impl Drop for DevBackendHandle {
+    /// Same as `shutdown` without waiting: streams end with UNAVAILABLE,
+    /// new ones are refused, and the servers finish in the background.
     fn drop(&mut self) {
-        let _ = self.shutdown_tx.send(true);
-        for task in &self.tasks {
-            task.abort();
+        if !self.tasks.is_empty() {
+            self.state.stop();
+            let _ = self.shutdown_tx.send(true);
         }
     }
 }
@@ -254,7 +267,10 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
         async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(RelayServiceServer::new(service))
+                .add_service(
+                    RelayServiceServer::new(service)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;
             if let Err(err) = result {

@@ -525,3 +525,218 @@ async fn many_pings_in_flight_complete_with_batched_acks() {
     assert!(acks <= N, "acks are cumulative");
     assert_eq!(handle.state().stats().results_received, N);
 }
+
+#[tokio::test]
+async fn shutdown_and_drop_end_streams_with_unavailable() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let started = std::time::Instant::now();
+    handle.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "graceful shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(relayer.next().await.unwrap_err().code(), Code::Unavailable);
+
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let state = handle.state().clone();
+    drop(handle);
+    assert_eq!(relayer.next().await.unwrap_err().code(), Code::Unavailable);
+    let refused = state.authenticate(CLUSTER, TOKEN).err().map(|s| s.code());
+    assert_eq!(
+        refused,
+        Some(Code::Unavailable),
+        "new streams are refused after drop"
+    );
+}
+
+#[test]
+fn command_line_matches_the_spec() {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevBackendArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "dev-backend",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--bootstrap-token",
+        "a",
+        "--bootstrap-token",
+        "b",
+        "--cluster",
+        "cls_1=tok1",
+        "--cluster",
+        "cls_2=tok2",
+        "--heartbeat-interval",
+        "2s",
+    ])
+    .unwrap();
+    assert_eq!(cli.args.grpc_listen.port(), 0);
+    assert_eq!(cli.args.http_listen, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(cli.args.bootstrap_tokens, ["a", "b"]);
+    assert_eq!(
+        cli.args.clusters,
+        [
+            ("cls_1".into(), "tok1".into()),
+            ("cls_2".into(), "tok2".into())
+        ]
+    );
+    assert_eq!(cli.args.heartbeat_interval, Some(Duration::from_secs(2)));
+    assert!(Cli::try_parse_from(["dev-backend", "--cluster", "no-token"]).is_err());
+    let help = Cli::command().render_long_help().to_string();
+    for needle in [
+        "reference implementation",
+        "in memory only",
+        "not a production backend",
+        "--cluster <ID=TOKEN>",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn drain_reaches_every_session_and_holds_new_commands_for_the_next() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut relayer, _) = session(&handle, "inc-1").await;
+    let url = format!(
+        "{}/api/v1/clusters/{CLUSTER}/drain?reconnect_after_ms=5",
+        handle.http_url()
+    );
+    let response = reqwest::Client::new().post(url).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    match relayer.next().await.unwrap() {
+        Out::Drain(drain) => assert_eq!(
+            (drain.reason.as_str(), drain.reconnect_after_ms),
+            ("requested by admin", 5)
+        ),
+        other => panic!("expected Drain, got {other:?}"),
+    }
+    let ping = proto::Command {
+        command_id: "after-drain".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    let (mut next, _) = session(&handle, "inc-1").await;
+    assert!(matches!(next.next().await.unwrap(), Out::Command(c) if c.command_id == "after-drain"));
+    drop(relayer);
+}
+
+#[tokio::test]
+async fn commands_without_wait_and_timeouts_and_events() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let client = reqwest::Client::new();
+    let base = format!("{}/api/v1/clusters/{CLUSTER}", handle.http_url());
+    let queued = client
+        .post(format!("{base}/commands"))
+        .json(&json!({"ping": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let id = queued.json::<Value>().await.unwrap()["command_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state: Value = client
+        .get(format!("{base}/commands/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (state["state"].as_str(), state["action"].as_str()),
+        (Some("queued"), Some("ping")),
+        "{state}"
+    );
+    let late = client
+        .post(format!("{base}/commands?wait=true&timeout_ms=50"))
+        .json(&json!({"scale": {"target": {"api_version": "apps/v1", "kind": "Deployment", "namespace": "default", "name": "web"}, "replicas": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 504);
+    let bad = client
+        .post(format!("{base}/commands"))
+        .json(&json!({"warp": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("warp"));
+
+    let (relayer, _) = session(&handle, "inc-1").await;
+    let event = proto::ClusterEvent {
+        event_id: "ev-1".into(),
+        kind: "pod.failed".into(),
+        payload_json: br#"{"reason": "OOMKilled"}"#.to_vec(),
+        ..Default::default()
+    };
+    relayer.send(frame(1, In::Event(event))).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let events: Value = client
+            .get(format!("{base}/events?limit=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !events.as_array().unwrap().is_empty() || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(events[0]["kind"], "pod.failed");
+    assert_eq!(events[0]["payload"], json!({"reason": "OOMKilled"}));
+}
+
+#[tokio::test]
+async fn a_standby_replica_gets_no_commands_while_the_leader_is_connected() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut leader, _) = session(&handle, "inc-leader").await;
+    let mut standby_hello = hello("inc-standby");
+    standby_hello.leader = false;
+    let mut standby = connect(&handle, CLUSTER, TOKEN, frame(0, In::Hello(standby_hello)))
+        .await
+        .unwrap();
+    assert!(matches!(standby.next().await.unwrap(), Out::Welcome(_)));
+    let ping = proto::Command {
+        command_id: "to-leader".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    assert!(matches!(leader.next().await.unwrap(), Out::Command(c) if c.command_id == "to-leader"));
+    let quiet = tokio::time::timeout(Duration::from_millis(200), standby.next()).await;
+    assert!(quiet.is_err(), "standby got {quiet:?}");
+}
+
+#[tokio::test]
+async fn unacknowledged_commands_move_to_the_remaining_session() {
+    let handle = backend(DevBackendOptions::default()).await;
+    let (mut leader, _) = session(&handle, "inc-leader").await;
+    let mut standby_hello = hello("inc-standby");
+    standby_hello.leader = false;
+    let mut standby = connect(&handle, CLUSTER, TOKEN, frame(0, In::Hello(standby_hello)))
+        .await
+        .unwrap();
+    assert!(matches!(standby.next().await.unwrap(), Out::Welcome(_)));
+    let ping = proto::Command {
+        command_id: "moves".into(),
+        action: Some(proto::command::Action::Ping(proto::Ping::default())),
+        ..Default::default()
+    };
+    let _result = handle.state().submit_command(CLUSTER, ping).unwrap();
+    assert!(matches!(leader.next().await.unwrap(), Out::Command(c) if c.command_id == "moves"));
+    drop(leader);
+    assert!(matches!(standby.next().await.unwrap(), Out::Command(c) if c.command_id == "moves"));
+}
