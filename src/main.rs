@@ -26,7 +26,10 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::CheckConfig(args) => {
             let cfg = config::load(&args.config)?;
-            println!("# {} is valid; effective configuration:", args.config.display());
+            println!(
+                "# {} is valid; effective configuration:",
+                args.config.display()
+            );
             print!("{}", config::redacted_toml(&cfg));
             Ok(0)
         }
@@ -37,7 +40,10 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
             Ok(code)
         }
         Command::DevBackend(args) => {
-            logging::init(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()), "text");
+            logging::init(
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                "text",
+            );
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(consonant_relayer::devbackend::run(args))?;
             Ok(0)

@@ -28,7 +28,10 @@ pub enum StartError {
     #[error(transparent)]
     Dial(#[from] DialError),
     #[error("cannot listen on health.listen {listen}: {source}; pick a free address or port")]
-    Listen { listen: String, source: std::io::Error },
+    Listen {
+        listen: String,
+        source: std::io::Error,
+    },
 }
 
 /// A started relayer inside the current actix system.
@@ -47,8 +50,12 @@ impl RunningRelayer {
         let dialer = Dialer::new(&target.uri, target.tls, &config.backend, &config.connection)?;
         let credentials = Arc::new(CredentialStore::new(&config.credentials));
         match credentials.load() {
-            Ok(loaded) => tracing::info!(cluster_id = %loaded.cluster_id, "cluster credentials loaded"),
-            Err(err) => tracing::error!(error = %err, "cluster credentials not available yet; will retry before every dial"),
+            Ok(loaded) => {
+                tracing::info!(cluster_id = %loaded.cluster_id, "cluster credentials loaded")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cluster credentials not available yet; will retry before every dial")
+            }
         }
         let watch = match credentials.watch() {
             Ok(handle) => Some(handle),

@@ -17,7 +17,9 @@ async fn panicking_connection_actor_is_restarted_and_unacked_frames_survive() {
     let backend = backend().await;
     let (grpc, http) = (backend.grpc_addr, backend.http_addr);
     // The first session end panics the ConnectionActor.
-    let relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "connection-session-ended=1*panic"));
+    let relayer = Relayer::start(
+        RelayerOptions::new(&backend).env("FAILPOINTS", "connection-session-ended=1*panic"),
+    );
     relayer.wait_connected().await;
     backend.state().set_faults(FaultsUpdate {
         withhold_acks: Some(true),
@@ -25,18 +27,35 @@ async fn panicking_connection_actor_is_restarted_and_unacked_frames_survive() {
     });
     let mut waiters = Vec::new();
     for i in 0..10 {
-        waiters.push(backend.state().submit_command(CLUSTER_ID, ping(&format!("p-{i}"), b"x")).unwrap());
+        waiters.push(
+            backend
+                .state()
+                .submit_command(CLUSTER_ID, ping(&format!("p-{i}"), b"x"))
+                .unwrap(),
+        );
     }
     for waiter in waiters {
-        tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
     // Backend gone (with nothing acked): the session ends, the actor panics.
     backend.shutdown().await;
     let actors_ok = |relayer: &Relayer| {
         let relayer_health = relayer.health.clone();
         async move {
-            let body: serde_json::Value = reqwest::get(format!("{relayer_health}/debug/actors")).await.ok()?.json().await.ok()?;
-            body["actors"].as_array()?.iter().find(|a| a["name"] == "ConnectionActor").cloned()
+            let body: serde_json::Value = reqwest::get(format!("{relayer_health}/debug/actors"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body["actors"]
+                .as_array()?
+                .iter()
+                .find(|a| a["name"] == "ConnectionActor")
+                .cloned()
         }
     };
     let mut restarted = None;
@@ -49,35 +68,70 @@ async fn panicking_connection_actor_is_restarted_and_unacked_frames_survive() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let actor = restarted.unwrap_or_else(|| panic!("ConnectionActor not restarted\n{}", relayer.output()));
-    assert!(actor["last_error"].as_str().unwrap().contains("panicked"), "{actor}");
+    let actor =
+        restarted.unwrap_or_else(|| panic!("ConnectionActor not restarted\n{}", relayer.output()));
+    assert_eq!(actor["restarts"], 1, "{actor}");
+    let output = relayer.output();
+    assert!(
+        output.contains("child failed") && output.contains("panicked"),
+        "the supervisor saw the panic as a failure\n{output}"
+    );
     // A fresh backend on the same ports receives every unacked result.
     let revived = backend_on(Some(grpc), Some(http)).await;
     relayer.wait_connected().await;
     let all = eventually(Duration::from_secs(10), || {
         let frames = revived.state().frames(CLUSTER_ID).unwrap();
-        (0..10).all(|i| frames.frames.iter().any(|f| f.command_id.as_deref() == Some(&format!("p-{i}"))))
+        (0..10).all(|i| {
+            frames
+                .frames
+                .iter()
+                .any(|f| f.command_id.as_deref() == Some(&format!("p-{i}")))
+        })
     })
     .await;
-    assert!(all, "unacked frames lost across the restart\n{}", relayer.output());
-    assert!(relayer.metric("consonant_relayer_actor_restarts", "actor=\"ConnectionActor\"").await >= 1.0);
+    assert!(
+        all,
+        "unacked frames lost across the restart\n{}",
+        relayer.output()
+    );
+    assert!(
+        relayer
+            .metric(
+                "consonant_relayer_actor_restarts",
+                "actor=\"ConnectionActor\""
+            )
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
 async fn panicking_router_restarts_with_its_dependents_and_commands_still_run() {
     let backend = backend().await;
     // The router's first batch panics: rest_for_one restarts it and the ConnectionActor.
-    let relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "router-incoming=1*panic"));
+    let relayer =
+        Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "router-incoming=1*panic"));
     relayer.wait_connected().await;
     // That command was read but never answered: the backend re-sends it on the next session.
     let result = run_command(&backend, ping("survivor", b"abc")).await;
     assert_eq!(result.status, Status::Succeeded as i32);
     let actors = relayer.json("/debug/actors").await.unwrap();
     let restarts = |name: &str| {
-        actors["actors"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["restarts"].as_u64().unwrap()
+        actors["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()["restarts"]
+            .as_u64()
+            .unwrap()
     };
     assert_eq!(restarts("CommandRouter"), 1);
-    assert_eq!(restarts("ConnectionActor"), 1, "rest_for_one restarts what depends on the router");
+    assert_eq!(
+        restarts("ConnectionActor"),
+        1,
+        "rest_for_one restarts what depends on the router"
+    );
     assert_eq!(restarts("WorkloadExecutor"), 0, "but nothing before it");
 }
 
@@ -85,7 +139,8 @@ async fn panicking_router_restarts_with_its_dependents_and_commands_still_run() 
 async fn restart_intensity_exceeded_escalates_and_the_process_exits_non_zero() {
     let backend = backend().await;
     // Every /health request panics the HealthActor; the root allows 5 restarts in 60 s.
-    let mut relayer = Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "health-request=panic"));
+    let mut relayer =
+        Relayer::start(RelayerOptions::new(&backend).env("FAILPOINTS", "health-request=panic"));
     relayer.wait_health(Duration::from_secs(10), |_| true).await;
     let mut status = None;
     for _ in 0..400 {

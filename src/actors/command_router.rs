@@ -16,8 +16,13 @@ use serde_json::json;
 use super::context::RelayContext;
 use super::workload_executor::Execute;
 use crate::commands::dedup::Seen;
-use crate::commands::outcome::{action_name, now_unix_ms, rejected, status_name, succeeded, CommandError};
-use crate::proto::{command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted, CommandResult};
+use crate::commands::outcome::{
+    action_name, now_unix_ms, rejected, status_name, succeeded, CommandError,
+};
+use crate::proto::{
+    command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
+    CommandResult,
+};
 use crate::supervisor::{ChildContext, Stop};
 
 /// Commands read from the stream, in arrival order. `draining`: they arrived
@@ -77,11 +82,18 @@ impl CommandRouter {
     fn route(&mut self, command: Command, draining: bool, out: &mut Answers) {
         let action = action_name(&command).unwrap_or("none");
         if command.command_id.is_empty() {
-            let error = CommandError::InvalidArgument("command_id is empty: every command needs a UUID command_id (the idempotency key)".into());
+            let error = CommandError::InvalidArgument(
+                "command_id is empty: every command needs a UUID command_id (the idempotency key)"
+                    .into(),
+            );
             out.reject(&self.rc, &command, action, &error);
             return;
         }
-        let seen = self.rc.dedup.lock().check_and_begin(&command.command_id, Instant::now());
+        let seen = self
+            .rc
+            .dedup
+            .lock()
+            .check_and_begin(&command.command_id, Instant::now());
         match seen {
             Seen::InFlight => {
                 tracing::debug!(command_id = %command.command_id, "duplicate of an in-flight command: accepted again");
@@ -103,7 +115,11 @@ impl CommandRouter {
         match command.action.as_ref() {
             Some(Action::Ping(ping)) => {
                 let started = now_unix_ms();
-                let result = succeeded(&command, &json!({ "payload_len": ping.payload.len() }), started);
+                let result = succeeded(
+                    &command,
+                    &json!({ "payload_len": ping.payload.len() }),
+                    started,
+                );
                 self.rc.dedup.lock().finish(result.clone(), Instant::now());
                 self.rc.metrics.count_command(action, "succeeded");
                 out.accepted.push(accepted(&command));
@@ -118,7 +134,12 @@ impl CommandRouter {
                 }
                 None => {
                     self.rc.dedup.lock().forget(&command.command_id);
-                    out.reject(&self.rc, &command, action, &CommandError::busy("the workload executor is restarting; retry shortly"));
+                    out.reject(
+                        &self.rc,
+                        &command,
+                        action,
+                        &CommandError::busy("the workload executor is restarting; retry shortly"),
+                    );
                 }
             },
             None => unreachable!("admit() refuses commands without an action"),
@@ -128,7 +149,9 @@ impl CommandRouter {
     /// The checks after dedup, in the protocol's order.
     fn admit(&self, command: &Command, draining: bool) -> Result<(), CommandError> {
         if draining {
-            return Err(CommandError::busy("the relayer is draining this stream; re-send the command on the next session"));
+            return Err(CommandError::busy(
+                "the relayer is draining this stream; re-send the command on the next session",
+            ));
         }
         let Some(action) = action_name(command) else {
             return Err(CommandError::InvalidArgument("command has no action set: set exactly one of ping, apply, delete, get, list, scale, restart, logs, cluster_info".into()));
@@ -200,7 +223,9 @@ impl Handler<IncomingCommands> for CommandRouter {
             self.handled += 1;
             self.route(command, msg.draining, &mut answers);
         }
-        self.rc.outbox.push_results(answers.accepted, answers.results);
+        self.rc
+            .outbox
+            .push_results(answers.accepted, answers.results);
         self.publish();
     }
 }
@@ -212,10 +237,16 @@ impl Handler<CancelCommands> for CommandRouter {
         for command_id in msg.0 {
             match self.rc.dedup.lock().peek(&command_id) {
                 Seen::InFlight => match self.rc.directory.executor() {
-                    Some(executor) => executor.do_send(super::workload_executor::Cancel { command_id }),
-                    None => tracing::debug!(%command_id, "cancel for a command whose executor is restarting"),
+                    Some(executor) => {
+                        executor.do_send(super::workload_executor::Cancel { command_id })
+                    }
+                    None => {
+                        tracing::debug!(%command_id, "cancel for a command whose executor is restarting")
+                    }
                 },
-                _ => tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored"),
+                _ => {
+                    tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored")
+                }
             }
         }
     }
@@ -246,5 +277,216 @@ impl Handler<Stop> for CommandRouter {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::actors::context::testing;
+    use crate::actors::workload_executor::WorkloadExecutor;
+    use crate::config::RelayerConfig;
+    use crate::proto::{error::Code, GetClusterInfo, Ping};
+    use crate::supervisor::{spawn_actor, ExitReporter, MailboxGauge, StatusBoard};
+
+    fn child(name: &str) -> ChildContext {
+        ChildContext {
+            name: name.into(),
+            board: StatusBoard::new(),
+            exit: ExitReporter::default(),
+        }
+    }
+
+    fn command(id: &str, action: Action) -> Command {
+        Command {
+            command_id: id.into(),
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+
+    /// Drains what the router wrote, as `(kind, command_id, status)`.
+    fn written(rc: &RelayContext, epoch: u64) -> Vec<(&'static str, String, i32)> {
+        let mut frames = VecDeque::new();
+        rc.outbox.take_ready(epoch, &mut frames, 1000);
+        frames
+            .into_iter()
+            .map(|(frame, _)| match frame.body.unwrap() {
+                Body::Accepted(a) => ("accepted", a.command_id, 0),
+                Body::Result(r) => ("result", r.command_id, r.status),
+                _ => ("other", String::new(), 0),
+            })
+            .collect()
+    }
+
+    async fn start(
+        config: RelayerConfig,
+    ) -> (
+        Arc<RelayContext>,
+        actix::Addr<CommandRouter>,
+        u64,
+        tempfile::TempDir,
+    ) {
+        let (rc, dir) = testing::context(config);
+        let (executor, _) = spawn_actor(
+            WorkloadExecutor::new(rc.clone(), child("WorkloadExecutor")),
+            16,
+            ExitReporter::default(),
+        );
+        rc.directory.set_executor(executor);
+        let (router, _) = spawn_actor(
+            CommandRouter::new(rc.clone(), child("CommandRouter")),
+            16,
+            ExitReporter::default(),
+        );
+        rc.directory
+            .set_router(router.clone(), MailboxGauge::new(16));
+        let epoch = rc.outbox.begin_session();
+        rc.outbox.on_welcome(epoch, 0);
+        (rc, router, epoch, dir)
+    }
+
+    #[actix_rt::test]
+    async fn duplicate_of_an_in_flight_command_is_accepted_again_and_runs_once() {
+        let (rc, router, epoch, _dir) = start(RelayerConfig::default()).await;
+        let info = command("c1", Action::ClusterInfo(GetClusterInfo {}));
+        router
+            .send(IncomingCommands {
+                commands: vec![info.clone(), info],
+                draining: false,
+            })
+            .await
+            .unwrap();
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        let frames = written(&rc, epoch);
+        let accepted = frames.iter().filter(|f| f.0 == "accepted").count();
+        let results: Vec<_> = frames.iter().filter(|f| f.0 == "result").collect();
+        assert_eq!(accepted, 2, "{frames:?}");
+        assert_eq!(results.len(), 1, "one execution, one result: {frames:?}");
+        assert_eq!(rc.metrics.commands_in_flight.get(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn finished_ping_is_answered_from_cache() {
+        let (rc, router, epoch, _dir) = start(RelayerConfig::default()).await;
+        let ping = |len: usize| {
+            command(
+                "p1",
+                Action::Ping(Ping {
+                    payload: vec![0; len].into(),
+                }),
+            )
+        };
+        router
+            .send(IncomingCommands {
+                commands: vec![ping(3)],
+                draining: false,
+            })
+            .await
+            .unwrap();
+        router
+            .send(IncomingCommands {
+                commands: vec![ping(9)],
+                draining: false,
+            })
+            .await
+            .unwrap();
+        let mut frames = VecDeque::new();
+        rc.outbox.take_ready(epoch, &mut frames, 100);
+        let outputs: Vec<_> = frames
+            .into_iter()
+            .filter_map(|(f, _)| match f.body {
+                Some(Body::Result(r)) => Some(String::from_utf8(r.output_json.to_vec()).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            outputs,
+            vec![r#"{"payload_len":3}"#, r#"{"payload_len":3}"#]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn commands_beyond_max_in_flight_are_refused_retryably() {
+        let mut config = RelayerConfig::default();
+        config.commands.max_in_flight = 1;
+        let (rc, router, epoch, _dir) = start(config).await;
+        let commands = (0..3)
+            .map(|i| command(&format!("k{i}"), Action::ClusterInfo(GetClusterInfo {})))
+            .collect();
+        router
+            .send(IncomingCommands {
+                commands,
+                draining: false,
+            })
+            .await
+            .unwrap();
+        let mut frames = VecDeque::new();
+        rc.outbox.take_ready(epoch, &mut frames, 100);
+        let refused: Vec<_> = frames
+            .into_iter()
+            .filter_map(|(f, _)| match f.body {
+                Some(Body::Result(r))
+                    if r.error
+                        .as_ref()
+                        .is_some_and(|e| e.code == Code::Unavailable as i32) =>
+                {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 2, "k1 and k2 over the limit");
+        assert!(refused.iter().all(|r| r.error.as_ref().unwrap().retryable));
+        assert!(refused[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("max_in_flight"));
+    }
+
+    #[actix_rt::test]
+    async fn empty_id_and_draining_are_rejected_and_not_cached() {
+        let (rc, router, epoch, _dir) = start(RelayerConfig::default()).await;
+        let ping = |id: &str| command(id, Action::Ping(Ping::default()));
+        router
+            .send(IncomingCommands {
+                commands: vec![ping("")],
+                draining: false,
+            })
+            .await
+            .unwrap();
+        router
+            .send(IncomingCommands {
+                commands: vec![ping("d1")],
+                draining: true,
+            })
+            .await
+            .unwrap();
+        router
+            .send(IncomingCommands {
+                commands: vec![ping("d1")],
+                draining: false,
+            })
+            .await
+            .unwrap();
+        let frames = written(&rc, epoch);
+        let statuses: Vec<_> = frames
+            .iter()
+            .filter(|f| f.0 == "result")
+            .map(|f| (f.1.as_str(), f.2))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("", Status::Rejected as i32),
+                ("d1", Status::Rejected as i32),
+                ("d1", Status::Succeeded as i32)
+            ]
+        );
     }
 }

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +21,9 @@ use super::context::RelayContext;
 use super::workload_executor::SUPPORTED_ACTIONS;
 use crate::connection::backoff::{with_extra_jitter, Backoff};
 use crate::connection::breaker::{BreakerState, CircuitBreaker, Permit};
-use crate::connection::session::{self, CommandSink, SessionEnd, SessionOutcome, SessionParams, EARLY_END};
+use crate::connection::session::{
+    self, CommandSink, SessionEnd, SessionOutcome, SessionParams, EARLY_END,
+};
 use crate::credentials::Secret;
 use crate::metrics::Metrics;
 use crate::proto::{Hello, TelemetryStats, PROTOCOL_VERSION};
@@ -128,7 +132,11 @@ impl ConnectionActor {
 
     fn set_state(&mut self, state: ConnState) {
         if self.state != state {
-            tracing::debug!(from = self.state.name(), to = state.name(), "connection state");
+            tracing::debug!(
+                from = self.state.name(),
+                to = state.name(),
+                "connection state"
+            );
         }
         self.state = state;
         self.publish();
@@ -148,10 +156,21 @@ impl ConnectionActor {
             link.breaker = breaker.name().to_string();
             link.consecutive_failures = self.breaker.consecutive_failures();
         }
-        Metrics::set_state(&self.rc.metrics.connection_state, &ConnState::ALL, self.state.name());
-        Metrics::set_state(&self.rc.metrics.breaker_state, &["closed", "open", "half_open"], breaker.name());
+        Metrics::set_state(
+            &self.rc.metrics.connection_state,
+            &ConnState::ALL,
+            self.state.name(),
+        );
+        Metrics::set_state(
+            &self.rc.metrics.breaker_state,
+            &["closed", "open", "half_open"],
+            breaker.name(),
+        );
         self.child.set_state(self.state.name());
-        self.child.set_error(self.last_error.clone());
+        // The board keeps the last error (a crash's too) after recovery.
+        if self.last_error.is_some() {
+            self.child.set_error(self.last_error.clone());
+        }
         let outbox = self.rc.outbox.stats();
         self.child.set_details(json!({
             "endpoint": self.rc.dialer.uri(),
@@ -175,14 +194,22 @@ impl ConnectionActor {
             labels.insert("cluster.region".to_string(), cfg.cluster.region.clone());
         }
         if !cfg.cluster.environment.is_empty() {
-            labels.insert("cluster.environment".to_string(), cfg.cluster.environment.clone());
+            labels.insert(
+                "cluster.environment".to_string(),
+                cfg.cluster.environment.clone(),
+            );
         }
         for (key, value) in &cfg.cluster.labels {
             labels.insert(key.clone(), value.clone());
         }
         let allowed = &cfg.commands.allowed_actions;
         let capabilities = std::iter::once("ping")
-            .chain(SUPPORTED_ACTIONS.iter().copied().filter(|_| cfg.kubernetes.enabled))
+            .chain(
+                SUPPORTED_ACTIONS
+                    .iter()
+                    .copied()
+                    .filter(|_| cfg.kubernetes.enabled),
+            )
             .filter(|action| allowed.iter().any(|a| a == action))
             .map(str::to_string)
             .collect();
@@ -201,7 +228,11 @@ impl ConnectionActor {
                 batches_dropped: outbox.telemetry_batches_dropped,
                 items_dropped: outbox.telemetry_items_dropped,
             }),
-            heartbeat_interval_ms: self.rc.heartbeat_interval().as_millis().min(u32::MAX as u128) as u32,
+            heartbeat_interval_ms: self
+                .rc
+                .heartbeat_interval()
+                .as_millis()
+                .min(u32::MAX as u128) as u32,
         }
     }
 
@@ -276,7 +307,11 @@ impl ConnectionActor {
         });
         self.welcomed_at = None;
         self.session_id = None;
-        self.set_state(if self.probing { ConnState::HalfOpen } else { ConnState::Connecting });
+        self.set_state(if self.probing {
+            ConnState::HalfOpen
+        } else {
+            ConnState::Connecting
+        });
         ctx.spawn(join.into_actor(self).map(move |joined, act, ctx| {
             let outcome = joined.unwrap_or_else(|err| SessionOutcome {
                 welcomed_at: act.welcomed_at,
@@ -302,7 +337,10 @@ impl ConnectionActor {
         match &end {
             SessionEnd::Drained { reconnect_after } => {
                 let delay = with_extra_jitter(*reconnect_after, 0.5);
-                tracing::info!(delay_ms = delay.as_millis() as u64, "stream drained; reconnecting");
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "stream drained; reconnecting"
+                );
                 self.schedule_dial(delay, ConnState::Draining, ctx);
                 return;
             }
@@ -365,7 +403,11 @@ impl ConnectionActor {
         match self.breaker.state() {
             BreakerState::Open { until } => {
                 let wait = until.saturating_duration_since(Instant::now()).max(delay);
-                tracing::warn!(open_for_ms = wait.as_millis() as u64, failures = self.breaker.consecutive_failures(), "circuit breaker open");
+                tracing::warn!(
+                    open_for_ms = wait.as_millis() as u64,
+                    failures = self.breaker.consecutive_failures(),
+                    "circuit breaker open"
+                );
                 self.schedule_dial(wait, ConnState::BreakerOpen, ctx);
             }
             _ => self.schedule_dial(delay, ConnState::Backoff, ctx),
@@ -407,7 +449,8 @@ impl Handler<SessionEvent> for ConnectionActor {
                 self.set_state(ConnState::Streaming);
                 let id = self.session.as_ref().map(|s| s.id);
                 ctx.run_later(HEALTHY_AFTER, move |act, _| {
-                    if act.session.as_ref().map(|s| s.id) == id && act.state == ConnState::Streaming {
+                    if act.session.as_ref().map(|s| s.id) == id && act.state == ConnState::Streaming
+                    {
                         act.backoff.reset();
                         act.breaker.on_healthy();
                         act.publish();
@@ -419,7 +462,9 @@ impl Handler<SessionEvent> for ConnectionActor {
                 self.set_state(ConnState::Draining);
             }
             SessionEvent::RotateCredentials { token } => {
-                tracing::info!("backend rotated the cluster token; the next connection uses the new one");
+                tracing::info!(
+                    "backend rotated the cluster token; the next connection uses the new one"
+                );
                 self.rc.credentials.set_rotated_token(token);
             }
         }

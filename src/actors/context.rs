@@ -51,10 +51,13 @@ impl Identity {
     }
 }
 
+/// The router's address and the gauge that counts its mailbox.
+type RouterSlot = Option<(Addr<CommandRouter>, MailboxGauge)>;
+
 /// The current address of each actor, replaced on every restart.
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
-    router: Arc<RwLock<Option<(Addr<CommandRouter>, MailboxGauge)>>>,
+    router: Arc<RwLock<RouterSlot>>,
     executor: Arc<RwLock<Option<Addr<WorkloadExecutor>>>>,
     connection: Arc<RwLock<Option<Addr<ConnectionActor>>>>,
     health: Arc<RwLock<Option<Addr<HealthActor>>>>,
@@ -149,8 +152,14 @@ impl std::fmt::Debug for RelayContext {
 impl RelayContext {
     pub fn new(config: RelayerConfig, dialer: Dialer, credentials: Arc<CredentialStore>) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let outbox = OutboxHandle::new(config.connection.replay_buffer_bytes as usize, metrics.clone());
-        let dedup = DedupCache::new(config.commands.dedup_retention, config.commands.dedup_max_entries as usize);
+        let outbox = OutboxHandle::new(
+            config.connection.replay_buffer_bytes as usize,
+            metrics.clone(),
+        );
+        let dedup = DedupCache::new(
+            config.commands.dedup_retention,
+            config.commands.dedup_max_entries as usize,
+        );
         let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
             format!(
                 "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
@@ -176,5 +185,31 @@ impl RelayContext {
     /// The heartbeat interval this relayer announces in `Hello`.
     pub fn heartbeat_interval(&self) -> Duration {
         self.config.connection.heartbeat_interval
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A `RelayContext` for actor tests: no backend, credentials in a temp dir.
+    use super::*;
+
+    pub fn context(mut config: RelayerConfig) -> (Arc<RelayContext>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("clusterId"), "cls_unit").unwrap();
+        std::fs::write(dir.path().join("clusterToken"), "unit-token-unit-token").unwrap();
+        config.credentials.cluster_id_file = dir.path().join("clusterId");
+        config.credentials.cluster_token_file = dir.path().join("clusterToken");
+        let dialer = Dialer::new(
+            "http://127.0.0.1:9",
+            false,
+            &config.backend,
+            &config.connection,
+        )
+        .unwrap();
+        let credentials = Arc::new(CredentialStore::new(&config.credentials));
+        (
+            Arc::new(RelayContext::new(config, dialer, credentials)),
+            dir,
+        )
     }
 }

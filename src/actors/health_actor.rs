@@ -13,7 +13,12 @@ use crate::metrics::ActorLabel;
 use crate::supervisor::{ChildContext, Stop};
 
 /// The actors whose running makes the relayer ready.
-pub const CORE_ACTORS: [&str; 4] = ["HealthActor", "WorkloadExecutor", "CommandRouter", "ConnectionActor"];
+pub const CORE_ACTORS: [&str; 4] = [
+    "HealthActor",
+    "WorkloadExecutor",
+    "CommandRouter",
+    "ConnectionActor",
+];
 
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -44,7 +49,11 @@ pub struct HealthActor {
 
 impl HealthActor {
     pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
-        Self { rc, child, answered: 0 }
+        Self {
+            rc,
+            child,
+            answered: 0,
+        }
     }
 
     fn health(&self) -> Value {
@@ -82,7 +91,9 @@ impl HealthActor {
 
     fn readiness(&self) -> Result<(), String> {
         if self.rc.credentials.current().is_none() {
-            return Err("cluster credentials are not loaded yet (see /health grpc.lastError)".into());
+            return Err(
+                "cluster credentials are not loaded yet (see /health grpc.lastError)".into(),
+            );
         }
         let actors = self.rc.board.actors();
         for name in CORE_ACTORS {
@@ -124,14 +135,29 @@ impl HealthActor {
     fn metrics(&self) -> String {
         let metrics = &self.rc.metrics;
         for actor in self.rc.board.actors() {
-            let label = ActorLabel { actor: actor.name.clone() };
-            metrics.actor_restarts.get_or_create(&label).set(actor.restarts as i64);
-            metrics.mailbox_depth.get_or_create(&label).set(actor.mailbox.len as i64);
-            metrics.mailbox_capacity.get_or_create(&label).set(actor.mailbox.capacity as i64);
+            let label = ActorLabel {
+                actor: actor.name.clone(),
+            };
+            metrics
+                .actor_restarts
+                .get_or_create(&label)
+                .set(actor.restarts as i64);
+            metrics
+                .mailbox_depth
+                .get_or_create(&label)
+                .set(actor.mailbox.len as i64);
+            metrics
+                .mailbox_capacity
+                .get_or_create(&label)
+                .set(actor.mailbox.capacity as i64);
         }
         let outbox = self.rc.outbox.stats();
-        metrics.telemetry_batches_dropped.set(outbox.telemetry_batches_dropped);
-        metrics.telemetry_items_dropped.set(outbox.telemetry_items_dropped);
+        metrics
+            .telemetry_batches_dropped
+            .set(outbox.telemetry_batches_dropped);
+        metrics
+            .telemetry_items_dropped
+            .set(outbox.telemetry_items_dropped);
         metrics.render()
     }
 }

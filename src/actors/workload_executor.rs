@@ -43,7 +43,11 @@ pub struct WorkloadExecutor {
 
 impl WorkloadExecutor {
     pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
-        Self { rc, child, answered: 0 }
+        Self {
+            rc,
+            child,
+            answered: 0,
+        }
     }
 
     fn finish(&mut self, finished: CommandFinished) {
@@ -53,10 +57,14 @@ impl WorkloadExecutor {
             None => {
                 // No router to take it: the result still must not be lost.
                 self.rc.metrics.commands_in_flight.dec();
-                self.rc.outbox.push_result(crate::proto::relayer_frame::Body::Result(finished.result));
+                self.rc
+                    .outbox
+                    .push_result(crate::proto::relayer_frame::Body::Result(finished.result));
             }
         }
-        self.child.set_details(json!({ "answered": self.answered, "supported_actions": SUPPORTED_ACTIONS }));
+        self.child.set_details(
+            json!({ "answered": self.answered, "supported_actions": SUPPORTED_ACTIONS }),
+        );
     }
 }
 
@@ -65,7 +73,8 @@ impl Actor for WorkloadExecutor {
 
     fn started(&mut self, _: &mut Context<Self>) {
         self.child.set_state("Ready");
-        self.child.set_details(json!({ "answered": 0, "supported_actions": SUPPORTED_ACTIONS }));
+        self.child
+            .set_details(json!({ "answered": 0, "supported_actions": SUPPORTED_ACTIONS }));
     }
 }
 

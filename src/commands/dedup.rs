@@ -72,7 +72,8 @@ impl DedupCache {
     /// The command ran to an end: keep its result for duplicates.
     pub fn finish(&mut self, result: CommandResult, now: Instant) {
         let id = result.command_id.clone();
-        self.entries.insert(id.clone(), Entry::Finished { result, at: now });
+        self.entries
+            .insert(id.clone(), Entry::Finished { result, at: now });
         self.finished_order.push_back((now, id));
         while self.finished_order.len() > self.max_entries {
             if let Some((_, oldest)) = self.finished_order.pop_front() {
@@ -169,8 +170,14 @@ mod tests {
         let t = Instant::now();
         cache.check_and_begin("a", t);
         cache.finish(result("a"), t);
-        assert!(matches!(cache.check_and_begin("a", t + Duration::from_secs(599)), Seen::Finished(_)));
-        assert_eq!(cache.check_and_begin("a", t + Duration::from_secs(600)), Seen::New);
+        assert!(matches!(
+            cache.check_and_begin("a", t + Duration::from_secs(599)),
+            Seen::Finished(_)
+        ));
+        assert_eq!(
+            cache.check_and_begin("a", t + Duration::from_secs(600)),
+            Seen::New
+        );
     }
 
     #[test]

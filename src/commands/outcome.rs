@@ -96,7 +96,11 @@ pub fn rejected(command: &Command, error: &CommandError) -> CommandResult {
 }
 
 /// A command that ran and succeeded with `output` (a JSON value).
-pub fn succeeded(command: &Command, output: &serde_json::Value, started_at_unix_ms: i64) -> CommandResult {
+pub fn succeeded(
+    command: &Command,
+    output: &serde_json::Value,
+    started_at_unix_ms: i64,
+) -> CommandResult {
     CommandResult {
         command_id: command.command_id.clone(),
         status: Status::Succeeded as i32,
@@ -109,7 +113,12 @@ pub fn succeeded(command: &Command, output: &serde_json::Value, started_at_unix_
 }
 
 /// A command that ran and ended with `status` (FAILED, CANCELLED, TIMED_OUT).
-pub fn ended(command: &Command, status: Status, error: &CommandError, started_at_unix_ms: i64) -> CommandResult {
+pub fn ended(
+    command: &Command,
+    status: Status,
+    error: &CommandError,
+    started_at_unix_ms: i64,
+) -> CommandResult {
     CommandResult {
         command_id: command.command_id.clone(),
         status: status as i32,
@@ -157,7 +166,11 @@ mod tests {
     fn only_rate_limits_and_marked_unavailable_are_retryable() {
         assert!(CommandError::RateLimited("slow down".into()).retryable());
         assert!(CommandError::busy("draining").retryable());
-        assert!(!CommandError::Unavailable { message: "kubernetes disabled".into(), retryable: false }.retryable());
+        assert!(!CommandError::Unavailable {
+            message: "kubernetes disabled".into(),
+            retryable: false
+        }
+        .retryable());
         assert!(!CommandError::Forbidden("policy".into()).retryable());
     }
 
@@ -167,7 +180,10 @@ mod tests {
             command_id: "c1".into(),
             ..Default::default()
         };
-        let result = rejected(&command, &CommandError::InvalidArgument("command has no action".into()));
+        let result = rejected(
+            &command,
+            &CommandError::InvalidArgument("command has no action".into()),
+        );
         assert_eq!(result.status, Status::Rejected as i32);
         let error = result.error.unwrap();
         assert_eq!(error.code, Code::InvalidArgument as i32);

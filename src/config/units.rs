@@ -7,9 +7,8 @@ use std::time::Duration;
 
 /// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h 30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|err| {
-        format!("{err}; expected a duration like \"500ms\", \"10s\" or \"5m\"")
-    })
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{err}; expected a duration like \"500ms\", \"10s\" or \"5m\""))
 }
 
 /// Parses a byte size: a plain integer, or `"64MiB"`, `"1 MB"`, `"512KiB"`.
@@ -52,7 +51,8 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map_err(|msg| de::Error::custom(format!("invalid duration {text:?}: {msg}")))
+        parse_duration(&text)
+            .map_err(|msg| de::Error::custom(format!("invalid duration {text:?}: {msg}")))
     }
 }
 
@@ -104,6 +104,9 @@ mod tests {
     fn formats_round_trip() {
         assert_eq!(format_bytes(64 * 1024 * 1024), "64MiB");
         assert_eq!(format_bytes(1000), "1000");
-        assert_eq!(parse_duration(&format_duration(Duration::from_millis(1500))).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration(&format_duration(Duration::from_millis(1500))).unwrap(),
+            Duration::from_millis(1500)
+        );
     }
 }

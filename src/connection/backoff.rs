@@ -89,7 +89,10 @@ mod tests {
             })
             .collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 40, "full jitter must not repeat: {delays:?}");
+        assert!(
+            distinct.len() > 40,
+            "full jitter must not repeat: {delays:?}"
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl CircuitBreaker {
     pub fn hold_open(&mut self, now: Instant, period: Duration) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.probe_in_flight = false;
-        self.state = BreakerState::Open { until: now + period };
+        self.state = BreakerState::Open {
+            until: now + period,
+        };
     }
 
     /// The backend answered `Welcome`: a half-open probe closes the breaker.
@@ -138,7 +140,10 @@ mod tests {
         }
         assert_eq!(b.state(), BreakerState::Closed);
         b.on_failure(t0);
-        assert_eq!(b.permit(t0 + Duration::from_secs(29)), Permit::WaitUntil(t0 + Duration::from_secs(30)));
+        assert_eq!(
+            b.permit(t0 + Duration::from_secs(29)),
+            Permit::WaitUntil(t0 + Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -164,7 +169,12 @@ mod tests {
         let t1 = t0 + Duration::from_secs(31);
         assert_eq!(b.permit(t1), Permit::Probe);
         b.on_failure(t1);
-        assert_eq!(b.state(), BreakerState::Open { until: t1 + Duration::from_secs(30) });
+        assert_eq!(
+            b.state(),
+            BreakerState::Open {
+                until: t1 + Duration::from_secs(30)
+            }
+        );
         let t2 = t1 + Duration::from_secs(31);
         assert_eq!(b.permit(t2), Permit::Probe);
         b.on_welcome();
@@ -190,7 +200,10 @@ mod tests {
         let mut b = breaker();
         let t0 = Instant::now();
         b.hold_open(t0, Duration::from_secs(30));
-        assert!(matches!(b.permit(t0 + Duration::from_secs(10)), Permit::WaitUntil(_)));
+        assert!(matches!(
+            b.permit(t0 + Duration::from_secs(10)),
+            Permit::WaitUntil(_)
+        ));
         assert_eq!(b.permit(t0 + Duration::from_secs(30)), Permit::Probe);
     }
 }

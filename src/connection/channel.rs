@@ -58,7 +58,12 @@ impl std::fmt::Debug for Dialer {
 
 impl Dialer {
     /// `uri` is `http://host:port` or `https://host:port`; `tls` says which.
-    pub fn new(uri: &str, tls: bool, backend: &BackendConfig, connection: &ConnectionConfig) -> Result<Self, DialError> {
+    pub fn new(
+        uri: &str,
+        tls: bool,
+        backend: &BackendConfig,
+        connection: &ConnectionConfig,
+    ) -> Result<Self, DialError> {
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|err| DialError::InvalidUri {
                 uri: uri.to_string(),
@@ -147,7 +152,9 @@ fn read_file(key: &'static str, path: &str) -> Result<Vec<u8>, DialError> {
 
 fn pem_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, DialError> {
     let pem = read_file(key, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok).collect();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
         return Err(DialError::BadPem {
             key,
@@ -172,7 +179,9 @@ pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialEr
         }
         if !backend.ca_file.is_empty() {
             for cert in pem_certs("backend.ca_file", &backend.ca_file)? {
-                roots.add(cert).map_err(|err| DialError::Tls(format!("backend.ca_file {}: {err}", backend.ca_file)))?;
+                roots.add(cert).map_err(|err| {
+                    DialError::Tls(format!("backend.ca_file {}: {err}", backend.ca_file))
+                })?;
             }
         }
         builder.with_root_certificates(roots)
@@ -225,7 +234,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -234,7 +248,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -253,7 +272,10 @@ mod tests {
             ..Default::default()
         };
         let err = client_tls_config(&backend).unwrap_err().to_string();
-        assert!(err.contains("backend.ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("backend.ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -275,12 +297,21 @@ mod tests {
             tls_verify: false,
             ..Default::default()
         };
-        assert_eq!(client_tls_config(&backend).unwrap().alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(
+            client_tls_config(&backend).unwrap().alpn_protocols,
+            vec![b"h2".to_vec()]
+        );
     }
 
     #[test]
     fn invalid_uri_is_named() {
-        let err = Dialer::new("not a uri", false, &BackendConfig::default(), &ConnectionConfig::default()).unwrap_err();
+        let err = Dialer::new(
+            "not a uri",
+            false,
+            &BackendConfig::default(),
+            &ConnectionConfig::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a uri"));
     }
 }

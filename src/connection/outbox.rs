@@ -362,7 +362,9 @@ mod tests {
         outbox.push_result(result("a"));
         assert!(outbox.next_frame().is_none(), "no session yet");
         outbox.begin_session();
-        outbox.push_control(Body::Accepted(CommandAccepted { command_id: "a".into() }));
+        outbox.push_control(Body::Accepted(CommandAccepted {
+            command_id: "a".into(),
+        }));
         assert_eq!(drain(&mut outbox), vec![(0, FrameClass::Control)]);
         outbox.on_welcome(0);
         assert_eq!(drain(&mut outbox), vec![(1, FrameClass::Result)]);
@@ -421,7 +423,10 @@ mod tests {
             accepted += 1;
         }
         assert!(accepted > 5);
-        assert!(outbox.has_room_for_result(), "telemetry never starves commands");
+        assert!(
+            outbox.has_room_for_result(),
+            "telemetry never starves commands"
+        );
         // Results still get in: first into headroom, then by evicting telemetry.
         for i in 0..40 {
             outbox.push_result(Body::Result(CommandResult {
@@ -430,10 +435,16 @@ mod tests {
                 ..Default::default()
             }));
         }
-        assert!(!outbox.has_room_for_result(), "results filled it: stop taking commands");
+        assert!(
+            !outbox.has_room_for_result(),
+            "results filled it: stop taking commands"
+        );
         let stats = outbox.stats();
         assert!(stats.telemetry_batches_dropped > 0);
-        assert_eq!(stats.telemetry_items_dropped, stats.telemetry_batches_dropped * 3);
+        assert_eq!(
+            stats.telemetry_items_dropped,
+            stats.telemetry_batches_dropped * 3
+        );
         assert!(stats.bytes <= capacity + 200);
         open(&mut outbox, 0);
         let results = drain(&mut outbox)
@@ -446,9 +457,13 @@ mod tests {
     #[test]
     fn control_frames_dropped_without_session() {
         let mut outbox = Outbox::new(1 << 20);
-        assert!(!outbox.push_control(Body::Accepted(CommandAccepted { command_id: "x".into() })));
+        assert!(!outbox.push_control(Body::Accepted(CommandAccepted {
+            command_id: "x".into()
+        })));
         outbox.begin_session();
-        outbox.push_control(Body::Accepted(CommandAccepted { command_id: "x".into() }));
+        outbox.push_control(Body::Accepted(CommandAccepted {
+            command_id: "x".into(),
+        }));
         outbox.end_session();
         open(&mut outbox, 0);
         assert!(drain(&mut outbox).is_empty());

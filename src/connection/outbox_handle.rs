@@ -59,7 +59,11 @@ impl OutboxHandle {
     }
 
     /// Queues results (and their `CommandAccepted`, if any) in one lock.
-    pub fn push_results(&self, accepted: impl IntoIterator<Item = Body>, results: impl IntoIterator<Item = Body>) {
+    pub fn push_results(
+        &self,
+        accepted: impl IntoIterator<Item = Body>,
+        results: impl IntoIterator<Item = Body>,
+    ) {
         {
             let mut inner = self.inner.lock();
             for body in accepted {
@@ -130,7 +134,12 @@ impl OutboxHandle {
 
     /// Moves up to `max` ready frames of session `epoch` into `out`; `false`
     /// when that session is no longer current.
-    pub fn take_ready(&self, epoch: u64, out: &mut VecDeque<(RelayerFrame, FrameClass)>, max: usize) -> bool {
+    pub fn take_ready(
+        &self,
+        epoch: u64,
+        out: &mut VecDeque<(RelayerFrame, FrameClass)>,
+        max: usize,
+    ) -> bool {
         let mut inner = self.inner.lock();
         if inner.epoch != epoch {
             return false;

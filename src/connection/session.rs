@@ -25,8 +25,8 @@ use crate::commands::outcome::now_unix_ms;
 use crate::credentials::Secret;
 use crate::metrics::Metrics;
 use crate::proto::{
-    backend_frame, relay_service_client::RelayServiceClient, relayer_frame::Body, BackendFrame, Heartbeat, Hello,
-    RelayerFrame,
+    backend_frame, relay_service_client::RelayServiceClient, relayer_frame::Body, BackendFrame,
+    Heartbeat, Hello, RelayerFrame,
 };
 use crate::supervisor::MailboxGauge;
 
@@ -87,12 +87,22 @@ impl std::fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionEnd::Dial(reason) => write!(f, "dial failed: {reason}"),
-            SessionEnd::Status { code, message } => write!(f, "backend ended the stream with {code:?}: {message}"),
+            SessionEnd::Status { code, message } => {
+                write!(f, "backend ended the stream with {code:?}: {message}")
+            }
             SessionEnd::StreamEnded => f.write_str("backend closed the stream"),
-            SessionEnd::HeartbeatTimeout(after) => write!(f, "no frame from the backend for {after:?} (3 heartbeat intervals)"),
-            SessionEnd::HandshakeTimeout(after) => write!(f, "no Welcome from the backend within {after:?}"),
+            SessionEnd::HeartbeatTimeout(after) => write!(
+                f,
+                "no frame from the backend for {after:?} (3 heartbeat intervals)"
+            ),
+            SessionEnd::HandshakeTimeout(after) => {
+                write!(f, "no Welcome from the backend within {after:?}")
+            }
             SessionEnd::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
-            SessionEnd::Drained { reconnect_after } => write!(f, "drained by the backend; reconnecting after {reconnect_after:?}"),
+            SessionEnd::Drained { reconnect_after } => write!(
+                f,
+                "drained by the backend; reconnecting after {reconnect_after:?}"
+            ),
             SessionEnd::Cancelled => f.write_str("stopped"),
         }
     }
@@ -106,7 +116,10 @@ pub struct SessionOutcome {
 
 impl SessionOutcome {
     fn before_welcome(end: SessionEnd) -> Self {
-        Self { welcomed_at: None, end }
+        Self {
+            welcomed_at: None,
+            end,
+        }
     }
 }
 
@@ -164,11 +177,14 @@ pub async fn run(params: SessionParams) -> SessionOutcome {
     }
     match MetadataValue::try_from(params.cluster_id.as_str()) {
         Ok(value) => {
-            request.metadata_mut().insert("x-consonant-cluster-id", value);
+            request
+                .metadata_mut()
+                .insert("x-consonant-cluster-id", value);
         }
         Err(_) => {
             return SessionOutcome::before_welcome(SessionEnd::ProtocolViolation(
-                "the cluster id holds characters not allowed in a header; check the clusterId file".into(),
+                "the cluster id holds characters not allowed in a header; check the clusterId file"
+                    .into(),
             ))
         }
     }
@@ -252,9 +268,14 @@ impl Pump<'_> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_check = tokio::time::interval(Duration::from_millis(50));
         let mut nonce: u64 = 0;
+        // One deadline across loop turns: re-arming a timeout on every turn
+        // would let our own heartbeat ticks hide a silent backend forever.
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 _ = self.params.cancel.cancelled() => return SessionEnd::Cancelled,
+                () = &mut silence => return SessionEnd::HeartbeatTimeout(silence_limit),
                 _ = heartbeat.tick() => {
                     nonce += 1;
                     self.params.outbox.push_control(Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_unix_ms(), nonce }));
@@ -264,13 +285,13 @@ impl Pump<'_> {
                         return end;
                     }
                 }
-                read = tokio::time::timeout(silence_limit, inbound.message()) => {
+                read = inbound.message() => {
                     let first = match read {
-                        Err(_) => return SessionEnd::HeartbeatTimeout(silence_limit),
-                        Ok(Err(status)) => return status_end(&status),
-                        Ok(Ok(None)) => return SessionEnd::StreamEnded,
-                        Ok(Ok(Some(frame))) => frame,
+                        Err(status) => return status_end(&status),
+                        Ok(None) => return SessionEnd::StreamEnded,
+                        Ok(Some(frame)) => frame,
                     };
+                    silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
                     if let Some(end) = self.handle_batch(first, inbound).await {
                         return end;
                     }
@@ -281,7 +302,11 @@ impl Pump<'_> {
 
     /// Handles `first` and every frame already readable, so commands reach
     /// the router in batches and acks are applied once per batch.
-    async fn handle_batch(&mut self, first: BackendFrame, inbound: &mut tonic::Streaming<BackendFrame>) -> Option<SessionEnd> {
+    async fn handle_batch(
+        &mut self,
+        first: BackendFrame,
+        inbound: &mut tonic::Streaming<BackendFrame>,
+    ) -> Option<SessionEnd> {
         let mut batch = InboundBatch::default();
         batch.add(first, &self.params.metrics);
         let mut end = None;
@@ -310,8 +335,15 @@ impl Pump<'_> {
             if self.draining_since.is_none() {
                 tracing::info!(reason = %drain.reason, reconnect_after_ms = drain.reconnect_after_ms, "backend asked to drain this stream");
                 self.draining_since = Some(Instant::now());
-                self.drain_reconnect_after = Duration::from_millis(u64::from(drain.reconnect_after_ms));
-                let _ = self.params.events.send(SessionEvent::Draining { reason: drain.reason }).await;
+                self.drain_reconnect_after =
+                    Duration::from_millis(u64::from(drain.reconnect_after_ms));
+                let _ = self
+                    .params
+                    .events
+                    .send(SessionEvent::Draining {
+                        reason: drain.reason,
+                    })
+                    .await;
             }
         }
         if !batch.after_drain.is_empty() {
@@ -319,7 +351,12 @@ impl Pump<'_> {
         }
         if !batch.cancels.is_empty() {
             let _slot = self.params.sink.gauge.enter();
-            let _ = self.params.sink.cancels.send(CancelCommands(batch.cancels)).await;
+            let _ = self
+                .params
+                .sink
+                .cancels
+                .send(CancelCommands(batch.cancels))
+                .await;
         }
         if let Some(rotate) = batch.rotate {
             let _ = self
@@ -339,7 +376,12 @@ impl Pump<'_> {
     async fn deliver(&self, commands: Vec<crate::proto::Command>, draining: bool) {
         let draining = draining || self.draining_since.is_some();
         let _slot = self.params.sink.gauge.enter();
-        let _ = self.params.sink.commands.send(IncomingCommands { commands, draining }).await;
+        let _ = self
+            .params
+            .sink
+            .commands
+            .send(IncomingCommands { commands, draining })
+            .await;
     }
 
     /// A draining session closes once in-flight commands finished and their
@@ -347,7 +389,8 @@ impl Pump<'_> {
     /// buffer for the next session either way).
     fn drain_finished(&self) -> Option<SessionEnd> {
         let since = self.draining_since?;
-        let idle = self.params.metrics.commands_in_flight.get() == 0 && !self.params.outbox.has_unsent_reliable();
+        let idle = self.params.metrics.commands_in_flight.get() == 0
+            && !self.params.outbox.has_unsent_reliable();
         if idle || since.elapsed() >= DRAIN_GRACE {
             Some(SessionEnd::Drained {
                 reconnect_after: self.drain_reconnect_after,

@@ -42,7 +42,10 @@ pub struct Demo {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let level = if args.script { "warn" } else { "info" };
-    crate::logging::init(&std::env::var("RUST_LOG").unwrap_or_else(|_| level.into()), "text");
+    crate::logging::init(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| level.into()),
+        "text",
+    );
     relayer::system().block_on(async move {
         let demo = Demo::start().await?;
         let code = if args.script {
@@ -65,7 +68,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
 
 /// Binds `preferred` if free, else any free port on loopback.
 fn pick(preferred: &str) -> SocketAddr {
-    let preferred: SocketAddr = preferred.parse().expect("demo addresses are valid literals");
+    let preferred: SocketAddr = preferred
+        .parse()
+        .expect("demo addresses are valid literals");
     match std::net::TcpListener::bind(preferred) {
         Ok(listener) => {
             drop(listener);
@@ -99,12 +104,23 @@ impl Demo {
             .send()
             .await
             .context("registering the demo cluster with the reference backend")?;
-        anyhow::ensure!(response.status().as_u16() == 201, "registration answered {}", response.status());
+        anyhow::ensure!(
+            response.status().as_u16() == 201,
+            "registration answered {}",
+            response.status()
+        );
         let registered: serde_json::Value = response.json().await?;
-        let cluster_id = registered["cluster_id"].as_str().unwrap_or_default().to_string();
-        let token = registered["cluster_token"].as_str().unwrap_or_default().to_string();
+        let cluster_id = registered["cluster_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let token = registered["cluster_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
 
-        let workdir = std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
+        let workdir =
+            std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&workdir)?;
         std::fs::write(workdir.join("clusterId"), &cluster_id)?;
         std::fs::write(workdir.join("clusterToken"), &token)?;
@@ -120,9 +136,12 @@ impl Demo {
         config.kubernetes.enabled = false;
         config.telemetry.enabled = false;
         config.connection.heartbeat_interval = Duration::from_secs(2);
-        let relayer = RunningRelayer::start(config, std::rc::Rc::new(|reason: &str| {
-            tracing::error!(%reason, "demo relayer gave up");
-        }))?;
+        let relayer = RunningRelayer::start(
+            config,
+            std::rc::Rc::new(|reason: &str| {
+                tracing::error!(%reason, "demo relayer gave up");
+            }),
+        )?;
         let health = format!("http://{}", relayer.http_addr);
         let demo = Self {
             backend,
@@ -145,7 +164,14 @@ impl Demo {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let last = self.relayer.rc.link.read().last_error.clone().unwrap_or_default();
+        let last = self
+            .relayer
+            .rc
+            .link
+            .read()
+            .last_error
+            .clone()
+            .unwrap_or_default();
         anyhow::bail!("the relayer did not connect within {within:?}: {last}")
     }
 
@@ -163,7 +189,10 @@ impl Demo {
             self.admin
         );
         println!("  # drain the stream; the relayer reconnects after ~1 s");
-        println!("  curl -s -X POST '{}/api/v1/clusters/{id}/drain'\n", self.admin);
+        println!(
+            "  curl -s -X POST '{}/api/v1/clusters/{id}/drain'\n",
+            self.admin
+        );
         println!("  # the relayer's actors, mailboxes and restarts");
         println!("  curl -s {}/debug/actors\n", self.health);
         println!("  # health as Kubernetes and people see it");

@@ -18,7 +18,10 @@ pub async fn run(demo: &Demo) -> bool {
         ("relayer reports a live stream in /health", health_connected),
         ("ping round trip", ping),
         ("/debug/actors lists every actor with its mailbox", actors),
-        ("drain, then reconnect with a new session", drain_and_reconnect),
+        (
+            "drain, then reconnect with a new session",
+            drain_and_reconnect,
+        ),
         ("ping after the reconnect", ping),
         ("/metrics counts the commands", metrics),
     ];
@@ -29,11 +32,17 @@ pub async fn run(demo: &Demo) -> bool {
         match outcome {
             Ok(detail) => {
                 passed += 1;
-                println!("PASS  {name:<52} {:>8.1} ms  {detail}", latency.as_secs_f64() * 1e3);
+                println!(
+                    "PASS  {name:<52} {:>8.1} ms  {detail}",
+                    latency.as_secs_f64() * 1e3
+                );
             }
             Err(why) => {
                 failed += 1;
-                println!("FAIL  {name:<52} {:>8.1} ms  {why}", latency.as_secs_f64() * 1e3);
+                println!(
+                    "FAIL  {name:<52} {:>8.1} ms  {why}",
+                    latency.as_secs_f64() * 1e3
+                );
             }
         }
     }
@@ -41,17 +50,31 @@ pub async fn run(demo: &Demo) -> bool {
     failed == 0
 }
 
-type StepFn = for<'a> fn(&'a Demo, &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult>;
+type StepFn =
+    for<'a> fn(&'a Demo, &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult>;
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
-    response.json().await.map_err(|e| format!("GET {url}: body is not JSON: {e}"))
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    response
+        .json()
+        .await
+        .map_err(|e| format!("GET {url}: body is not JSON: {e}"))
 }
 
-fn health_connected<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+fn health_connected<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
     Box::pin(async move {
         let body = get_json(client, &format!("{}/health", demo.health)).await?;
-        if body["status"] == "healthy" && body["grpc"]["connected"] == true && body["grpc"]["clusterId"] == demo.cluster_id.as_str() {
+        if body["status"] == "healthy"
+            && body["grpc"]["connected"] == true
+            && body["grpc"]["clusterId"] == demo.cluster_id.as_str()
+        {
             Ok(format!("state {}", body["grpc"]["state"]))
         } else {
             Err(format!("unexpected /health: {body}"))
@@ -59,9 +82,15 @@ fn health_connected<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures:
     })
 }
 
-fn ping<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+fn ping<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
     Box::pin(async move {
-        let url = format!("{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=10000", demo.admin, demo.cluster_id);
+        let url = format!(
+            "{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=10000",
+            demo.admin, demo.cluster_id
+        );
         let response = client
             .post(&url)
             .json(&serde_json::json!({"ping": {"payload": "aGVsbG8="}}))
@@ -70,7 +99,10 @@ fn ping<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::Box
             .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status();
         let body: Value = response.json().await.map_err(|e| e.to_string())?;
-        if status.is_success() && body["status"] == "SUCCEEDED" && body["output"]["payload_len"] == 5 {
+        if status.is_success()
+            && body["status"] == "SUCCEEDED"
+            && body["output"]["payload_len"] == 5
+        {
             Ok("SUCCEEDED, payload_len 5".into())
         } else {
             Err(format!("HTTP {status}: {body}"))
@@ -78,14 +110,22 @@ fn ping<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::Box
     })
 }
 
-fn actors<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+fn actors<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
     Box::pin(async move {
         let body = get_json(client, &format!("{}/debug/actors", demo.health)).await?;
         let names: Vec<&str> = body["actors"]
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
             .unwrap_or_default();
-        for expected in ["ConnectionActor", "CommandRouter", "WorkloadExecutor", "HealthActor"] {
+        for expected in [
+            "ConnectionActor",
+            "CommandRouter",
+            "WorkloadExecutor",
+            "HealthActor",
+        ] {
             if !names.contains(&expected) {
                 return Err(format!("{expected} missing from {names:?}"));
             }
@@ -94,7 +134,10 @@ fn actors<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::B
     })
 }
 
-fn drain_and_reconnect<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+fn drain_and_reconnect<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
     Box::pin(async move {
         let before = demo.relayer.rc.link.read().session_id.clone();
         let url = format!("{}/api/v1/clusters/{}/drain", demo.admin, demo.cluster_id);
@@ -108,7 +151,10 @@ fn drain_and_reconnect<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futur
             let link = demo.relayer.rc.link.read().clone();
             saw_drain |= !link.connected;
             if saw_drain && link.connected && link.session_id != before {
-                return Ok(format!("new session {}", link.session_id.unwrap_or_default()));
+                return Ok(format!(
+                    "new session {}",
+                    link.session_id.unwrap_or_default()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -116,15 +162,33 @@ fn drain_and_reconnect<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futur
     })
 }
 
-fn metrics<'a>(demo: &'a Demo, client: &'a reqwest::Client) -> futures::future::BoxFuture<'a, StepResult> {
+fn metrics<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
     Box::pin(async move {
         let url = format!("{}/metrics", demo.health);
-        let text = client.get(&url).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let text = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
         let line = text
             .lines()
-            .find(|l| l.starts_with("consonant_relayer_commands_total{action=\"ping\",status=\"succeeded\"}"))
+            .find(|l| {
+                l.starts_with(
+                    "consonant_relayer_commands_total{action=\"ping\",status=\"succeeded\"}",
+                )
+            })
             .ok_or("no ping counter in /metrics")?;
-        let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
         if count >= 2.0 {
             Ok(format!("{count} pings succeeded"))
         } else {

@@ -428,7 +428,12 @@ impl DevBackendState {
 
     /// The last `Hello` a session of this cluster sent.
     pub fn last_hello(&self, cluster_id: &str) -> Option<proto::Hello> {
-        self.cluster(cluster_id).ok()?.inner.lock().last_hello.clone()
+        self.cluster(cluster_id)
+            .ok()?
+            .inner
+            .lock()
+            .last_hello
+            .clone()
     }
 
     /// Forgets a command entirely (as a backend that lost its state would).

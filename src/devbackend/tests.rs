@@ -676,7 +676,7 @@ async fn commands_without_wait_and_timeouts_and_events() {
     let event = proto::ClusterEvent {
         event_id: "ev-1".into(),
         kind: "pod.failed".into(),
-        payload_json: br#"{"reason": "OOMKilled"}"#.to_vec(),
+        payload_json: br#"{"reason": "OOMKilled"}"#.to_vec().into(),
         ..Default::default()
     };
     relayer.send(frame(1, In::Event(event))).await;

@@ -73,7 +73,8 @@ async fn metrics(routes: web::Data<Routes>) -> HttpResponse {
 
 async fn debug_actors_route(routes: web::Data<Routes>) -> HttpResponse {
     if !routes.debug_actors {
-        return HttpResponse::NotFound().json(serde_json::json!({"error": "health.debug_actors is false"}));
+        return HttpResponse::NotFound()
+            .json(serde_json::json!({"error": "health.debug_actors is false"}));
     }
     match ask!(routes, GetActors) {
         Ok(body) => HttpResponse::Ok().json(body),
@@ -82,8 +83,15 @@ async fn debug_actors_route(routes: web::Data<Routes>) -> HttpResponse {
 }
 
 /// Binds `listen` and returns the server (to spawn) and the bound address.
-pub fn serve(listen: &str, directory: Directory, debug_actors: bool) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
-    let routes = web::Data::new(Routes { directory, debug_actors });
+pub fn serve(
+    listen: &str,
+    directory: Directory,
+    debug_actors: bool,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let routes = web::Data::new(Routes {
+        directory,
+        debug_actors,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(routes.clone())
@@ -97,6 +105,10 @@ pub fn serve(listen: &str, directory: Directory, debug_actors: bool) -> std::io:
     .disable_signals()
     .shutdown_timeout(2)
     .bind(listen)?;
-    let addr = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("no address bound"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no address bound"))?;
     Ok((server.run(), addr))
 }

@@ -116,9 +116,17 @@ impl Metrics {
             breaker_state.clone(),
         );
         let reconnects = Counter::default();
-        registry.register("reconnects", "Dial attempts after the first", reconnects.clone());
+        registry.register(
+            "reconnects",
+            "Dial attempts after the first",
+            reconnects.clone(),
+        );
         let sessions = Counter::default();
-        registry.register("sessions", "Sessions that reached Welcome", sessions.clone());
+        registry.register(
+            "sessions",
+            "Sessions that reached Welcome",
+            sessions.clone(),
+        );
 
         let frames = Family::<FrameLabels, Counter>::default();
         registry.register("frames", "Frames by type and direction", frames.clone());
@@ -163,11 +171,23 @@ impl Metrics {
             replay_buffer_capacity.clone(),
         );
         let commands = Family::<CommandLabels, Counter>::default();
-        registry.register("commands", "Commands answered, by action and status", commands.clone());
+        registry.register(
+            "commands",
+            "Commands answered, by action and status",
+            commands.clone(),
+        );
         let commands_in_flight = Gauge::default();
-        registry.register("commands_in_flight", "Commands accepted and not finished", commands_in_flight.clone());
+        registry.register(
+            "commands_in_flight",
+            "Commands accepted and not finished",
+            commands_in_flight.clone(),
+        );
         let dedup_entries = Gauge::default();
-        registry.register("dedup_entries", "Command ids held for dedup", dedup_entries.clone());
+        registry.register(
+            "dedup_entries",
+            "Command ids held for dedup",
+            dedup_entries.clone(),
+        );
         let dedup_evictions = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "dedup_evictions",
@@ -187,11 +207,23 @@ impl Metrics {
             telemetry_items_dropped.clone(),
         );
         let actor_restarts = Family::<ActorLabel, Gauge>::default();
-        registry.register("actor_restarts", "Restarts of each actor since process start", actor_restarts.clone());
+        registry.register(
+            "actor_restarts",
+            "Restarts of each actor since process start",
+            actor_restarts.clone(),
+        );
         let mailbox_depth = Family::<ActorLabel, Gauge>::default();
-        registry.register("mailbox_depth", "Messages waiting for each actor", mailbox_depth.clone());
+        registry.register(
+            "mailbox_depth",
+            "Messages waiting for each actor",
+            mailbox_depth.clone(),
+        );
         let mailbox_capacity = Family::<ActorLabel, Gauge>::default();
-        registry.register("mailbox_capacity", "Mailbox bound of each actor", mailbox_capacity.clone());
+        registry.register(
+            "mailbox_capacity",
+            "Mailbox bound of each actor",
+            mailbox_capacity.clone(),
+        );
         let credential_reloads = Counter::default();
         registry.register(
             "credential_reloads",
@@ -262,10 +294,18 @@ mod tests {
         let metrics = Metrics::new();
         metrics.frames_out.result.inc();
         metrics.count_command("ping", "succeeded");
-        Metrics::set_state(&metrics.connection_state, &["Idle", "Streaming"], "Streaming");
+        Metrics::set_state(
+            &metrics.connection_state,
+            &["Idle", "Streaming"],
+            "Streaming",
+        );
         let text = metrics.render();
-        assert!(text.contains("consonant_relayer_frames_total{type=\"result\",direction=\"out\"} 1"), "{text}");
-        assert!(text.contains("consonant_relayer_commands_total{action=\"ping\",status=\"succeeded\"} 1"));
+        assert!(
+            text.contains("consonant_relayer_frames_total{type=\"result\",direction=\"out\"} 1"),
+            "{text}"
+        );
+        assert!(text
+            .contains("consonant_relayer_commands_total{action=\"ping\",status=\"succeeded\"} 1"));
         assert!(text.contains("consonant_relayer_connection_state{state=\"Streaming\"} 1"));
         assert!(text.contains("consonant_relayer_connection_state{state=\"Idle\"} 0"));
     }

@@ -15,7 +15,9 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
 use super::board::{MailboxGauge, StatusBoard, SupervisorView};
 use super::child::{spawn_actor, ChildContext, ChildSpec, ExitReporter, RunningChild, Stop};
-use super::policy::{restart_set, should_restart, Exit, Intensity, IntensityTracker, Restart, Strategy};
+use super::policy::{
+    restart_set, should_restart, Exit, Intensity, IntensityTracker, Restart, Strategy,
+};
 use crate::connection::backoff::Backoff;
 
 /// Called at the root when it gives up; gets the reason.
@@ -57,7 +59,11 @@ impl SupervisorSpec {
         let factory = move |child: ChildContext| {
             let gauge = MailboxGauge::new(16);
             board.actor_started(&child.name, gauge);
-            let supervisor = Supervisor::new(self.clone(), board.clone(), Escalate::Parent(child.exit.clone()));
+            let supervisor = Supervisor::new(
+                self.clone(),
+                board.clone(),
+                Escalate::Parent(child.exit.clone()),
+            );
             let (_, running) = spawn_actor(supervisor, 16, child.exit);
             running
         };
@@ -120,8 +126,16 @@ impl Supervisor {
     }
 
     /// Starts the root of a tree on the current arbiter.
-    pub fn start_root(spec: SupervisorSpec, board: StatusBoard, on_escalate: Escalation) -> actix::Addr<Supervisor> {
-        let (addr, running) = spawn_actor(Supervisor::new(spec, board, Escalate::Root(on_escalate)), 16, ExitReporter::default());
+    pub fn start_root(
+        spec: SupervisorSpec,
+        board: StatusBoard,
+        on_escalate: Escalation,
+    ) -> actix::Addr<Supervisor> {
+        let (addr, running) = spawn_actor(
+            Supervisor::new(spec, board, Escalate::Root(on_escalate)),
+            16,
+            ExitReporter::default(),
+        );
         // The root's task is not watched: the root reports through `on_escalate`.
         drop(running);
         addr
@@ -137,7 +151,14 @@ impl Supervisor {
             children: self.slots.iter().map(|s| s.spec.name.clone()).collect(),
             escalated: self.escalated,
         });
-        self.board.set_state(&self.spec.name, if self.escalated { "Escalated" } else { "Supervising" });
+        self.board.set_state(
+            &self.spec.name,
+            if self.escalated {
+                "Escalated"
+            } else {
+                "Supervising"
+            },
+        );
     }
 
     fn start_child(&mut self, index: usize, ctx: &mut Context<Self>) {
@@ -159,10 +180,13 @@ impl Supervisor {
         let exit = running.exit.clone();
         slot.running = Some(running);
         tracing::debug!(supervisor = %self.spec.name, child = %slot.spec.name, generation, "child started");
-        ctx.spawn(async move { join.await }.into_actor(self).map(move |outcome, act, ctx| {
-            let exit = RunningChild::classify(outcome, &exit);
-            act.child_exited(index, generation, exit, ctx);
-        }));
+        ctx.spawn(
+            join.into_actor(self)
+                .map(move |outcome, act, ctx| {
+                    let exit = RunningChild::classify(outcome, &exit);
+                    act.child_exited(index, generation, exit, ctx);
+                }),
+        );
     }
 
     fn child_exited(&mut self, index: usize, generation: u64, exit: Exit, ctx: &mut Context<Self>) {
@@ -182,8 +206,12 @@ impl Supervisor {
             return;
         }
         match &exit {
-            Exit::Failed(reason) => tracing::error!(supervisor = %self.spec.name, child = %name, %reason, "child failed"),
-            Exit::Normal => tracing::info!(supervisor = %self.spec.name, child = %name, "child stopped"),
+            Exit::Failed(reason) => {
+                tracing::error!(supervisor = %self.spec.name, child = %name, %reason, "child failed")
+            }
+            Exit::Normal => {
+                tracing::info!(supervisor = %self.spec.name, child = %name, "child stopped")
+            }
         }
         if !should_restart(slot.spec.restart, &exit) {
             self.publish();
@@ -205,7 +233,7 @@ impl Supervisor {
         for &later in set.iter().skip(1) {
             let slot = &mut self.slots[later];
             slot.generation += 1; // its exit is expected now, not a failure
-            // Aborted, not asked: the new instance must not overlap the old one.
+                                  // Aborted, not asked: the new instance must not overlap the old one.
             if let Some(running) = slot.running.take() {
                 running.abort.abort();
                 self.board.actor_exited(&slot.spec.name, None);
@@ -340,13 +368,23 @@ mod tests {
             name,
             Restart::Permanent,
             8,
-            move |_, _| Probe { name, log: log.clone() },
+            move |_, _| Probe {
+                name,
+                log: log.clone(),
+            },
             move |addr, _| addrs.lock().push((name, addr)),
         )
     }
 
     fn latest(addrs: &Addrs, name: &str) -> Addr<Probe> {
-        addrs.lock().iter().rev().find(|(n, _)| *n == name).unwrap().1.clone()
+        addrs
+            .lock()
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .clone()
     }
 
     async fn settle() {
@@ -368,7 +406,11 @@ mod tests {
         let addrs: Addrs = Default::default();
         let board = StatusBoard::new();
         let children = vec![probe("a", &log, &addrs), probe("b", &log, &addrs)];
-        let _root = Supervisor::start_root(spec(Strategy::OneForOne, children), board.clone(), Rc::new(|_| {}));
+        let _root = Supervisor::start_root(
+            spec(Strategy::OneForOne, children),
+            board.clone(),
+            Rc::new(|_| {}),
+        );
         settle().await;
         latest(&addrs, "a").do_send(Boom);
         settle().await;
@@ -384,12 +426,23 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let addrs: Addrs = Default::default();
         let board = StatusBoard::new();
-        let children = vec![probe("a", &log, &addrs), probe("b", &log, &addrs), probe("c", &log, &addrs)];
-        let _root = Supervisor::start_root(spec(Strategy::RestForOne, children), board.clone(), Rc::new(|_| {}));
+        let children = vec![
+            probe("a", &log, &addrs),
+            probe("b", &log, &addrs),
+            probe("c", &log, &addrs),
+        ];
+        let _root = Supervisor::start_root(
+            spec(Strategy::RestForOne, children),
+            board.clone(),
+            Rc::new(|_| {}),
+        );
         settle().await;
         latest(&addrs, "b").do_send(Boom);
         settle().await;
-        assert_eq!(*log.lock(), vec!["start a", "start b", "start c", "start b", "start c"]);
+        assert_eq!(
+            *log.lock(),
+            vec!["start a", "start b", "start c", "start b", "start c"]
+        );
         assert!(latest(&addrs, "c").connected());
         assert_eq!(board.actor("a").unwrap().restarts, 0);
     }
@@ -401,11 +454,16 @@ mod tests {
         let board = StatusBoard::new();
         let escalated = Arc::new(Mutex::new(None::<String>));
         let seen = escalated.clone();
-        let spec = spec(Strategy::OneForOne, vec![probe("a", &log, &addrs)]).with_intensity(Intensity {
-            max_restarts: 2,
-            within: Duration::from_secs(60),
-        });
-        let _root = Supervisor::start_root(spec, board.clone(), Rc::new(move |reason| *seen.lock() = Some(reason.to_string())));
+        let spec =
+            spec(Strategy::OneForOne, vec![probe("a", &log, &addrs)]).with_intensity(Intensity {
+                max_restarts: 2,
+                within: Duration::from_secs(60),
+            });
+        let _root = Supervisor::start_root(
+            spec,
+            board.clone(),
+            Rc::new(move |reason| *seen.lock() = Some(reason.to_string())),
+        );
         settle().await;
         for _ in 0..3 {
             latest(&addrs, "a").do_send(Boom);
@@ -421,10 +479,12 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let addrs: Addrs = Default::default();
         let board = StatusBoard::new();
-        let inner = spec(Strategy::OneForOne, vec![probe("leaf", &log, &addrs)]).with_intensity(Intensity {
-            max_restarts: 0,
-            within: Duration::from_secs(60),
-        });
+        let inner = spec(Strategy::OneForOne, vec![probe("leaf", &log, &addrs)]).with_intensity(
+            Intensity {
+                max_restarts: 0,
+                within: Duration::from_secs(60),
+            },
+        );
         let mut inner = inner;
         inner.name = "inner".into();
         let outer = spec(Strategy::OneForOne, vec![inner.into_child(board.clone())]);
@@ -435,7 +495,12 @@ mod tests {
         // The inner supervisor gave up at once; the outer restarted it, and with it the leaf.
         assert_eq!(log.lock().iter().filter(|l| *l == "start leaf").count(), 2);
         assert_eq!(board.actor("inner").unwrap().restarts, 1);
-        assert!(board.actor("inner").unwrap().last_error.unwrap().contains("more than 0 restarts"));
+        assert!(board
+            .actor("inner")
+            .unwrap()
+            .last_error
+            .unwrap()
+            .contains("more than 0 restarts"));
     }
 
     #[actix_rt::test]
@@ -444,7 +509,11 @@ mod tests {
         let addrs: Addrs = Default::default();
         let board = StatusBoard::new();
         let children = vec![probe("a", &log, &addrs), probe("b", &log, &addrs)];
-        let root = Supervisor::start_root(spec(Strategy::OneForOne, children), board.clone(), Rc::new(|_| {}));
+        let root = Supervisor::start_root(
+            spec(Strategy::OneForOne, children),
+            board.clone(),
+            Rc::new(|_| {}),
+        );
         settle().await;
         root.do_send(Stop);
         settle().await;

@@ -117,15 +117,18 @@ impl StatusBoard {
     pub fn actor_started(&self, name: &str, mailbox: MailboxGauge) {
         let mut board = self.inner.write();
         let started_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let entry = board.actors.entry(name.to_string()).or_insert_with(|| ActorEntry {
-            state: "Starting".to_string(),
-            restarts: 0,
-            mailbox: mailbox.clone(),
-            last_error: None,
-            started_at: started_at.clone(),
-            details: serde_json::Value::Object(Default::default()),
-            running: true,
-        });
+        let entry = board
+            .actors
+            .entry(name.to_string())
+            .or_insert_with(|| ActorEntry {
+                state: "Starting".to_string(),
+                restarts: 0,
+                mailbox: mailbox.clone(),
+                last_error: None,
+                started_at: started_at.clone(),
+                details: serde_json::Value::Object(Default::default()),
+                running: true,
+            });
         entry.mailbox = mailbox;
         entry.started_at = started_at;
         entry.state = "Starting".to_string();
@@ -170,7 +173,10 @@ impl StatusBoard {
     }
 
     pub fn set_supervisor(&self, view: SupervisorView) {
-        self.inner.write().supervisors.insert(view.name.clone(), view);
+        self.inner
+            .write()
+            .supervisors
+            .insert(view.name.clone(), view);
     }
 
     pub fn actors(&self) -> Vec<ActorView> {

@@ -129,7 +129,11 @@ mod tests {
             (Restart::Temporary, Exit::Normal, false),
         ];
         for (restart, exit, expected) in cases {
-            assert_eq!(should_restart(restart, &exit), expected, "{restart:?} {exit:?}");
+            assert_eq!(
+                should_restart(restart, &exit),
+                expected,
+                "{restart:?} {exit:?}"
+            );
         }
     }
 

@@ -153,8 +153,14 @@ format = "text"
         let mut child = command.spawn().expect("spawn the relayer binary");
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -218,12 +224,19 @@ format = "text"
     }
 
     pub async fn wait_connected(&self) -> Value {
-        self.wait_health(Duration::from_secs(15), |h| h["grpc"]["connected"] == true).await
+        self.wait_health(Duration::from_secs(15), |h| h["grpc"]["connected"] == true)
+            .await
     }
 
     /// The metric's value (summed over label sets matching `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self.get("/metrics").await.expect("GET /metrics").text().await.unwrap();
+        let text = self
+            .get("/metrics")
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| l.starts_with(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -250,7 +263,10 @@ format = "text"
     /// SIGTERM, as Kubernetes stops a pod; returns the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
         let pid = self.child.as_ref()?.id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         self.wait_exit(within)
     }
 }
@@ -275,8 +291,14 @@ pub fn ping(id: &str, payload: &[u8]) -> proto::Command {
 }
 
 /// Submits a command and waits for its result.
-pub async fn run_command(backend: &DevBackendHandle, command: proto::Command) -> proto::CommandResult {
-    let rx = backend.state().submit_command(CLUSTER_ID, command).expect("submit");
+pub async fn run_command(
+    backend: &DevBackendHandle,
+    command: proto::Command,
+) -> proto::CommandResult {
+    let rx = backend
+        .state()
+        .submit_command(CLUSTER_ID, command)
+        .expect("submit");
     tokio::time::timeout(Duration::from_secs(15), rx)
         .await
         .expect("a result within 15 s")
