@@ -180,13 +180,10 @@ impl Supervisor {
         let exit = running.exit.clone();
         slot.running = Some(running);
         tracing::debug!(supervisor = %self.spec.name, child = %slot.spec.name, generation, "child started");
-        ctx.spawn(
-            join.into_actor(self)
-                .map(move |outcome, act, ctx| {
-                    let exit = RunningChild::classify(outcome, &exit);
-                    act.child_exited(index, generation, exit, ctx);
-                }),
-        );
+        ctx.spawn(join.into_actor(self).map(move |outcome, act, ctx| {
+            let exit = RunningChild::classify(outcome, &exit);
+            act.child_exited(index, generation, exit, ctx);
+        }));
     }
 
     fn child_exited(&mut self, index: usize, generation: u64, exit: Exit, ctx: &mut Context<Self>) {
