@@ -1,1 +1,371 @@
-fn main() {}
+//! Ping through the whole relayer (reference backend → relayer → backend)
+//! over loopback, beside a raw tonic bidirectional echo with the same
+//! message sizes as the baseline, in the same run:
+//!
+//! - throughput with 1,000 commands in flight (commands/s);
+//! - round-trip latency with 1 in flight (p50 / p99);
+//! - the relayer's idle RSS once connected.
+//!
+//! The relayer is the release binary in its own process (its own runtime,
+//! as in production); the backend and the load generator run in this
+//! process. The baseline's client and server also run in this process.
+//! Each figure is measured `ROUNDS` times and reported as median with the
+//! min–max spread, so machine noise is visible.
+//!
+//! Run: `cargo bench --bench relay` (set `RELAY_BENCH_SECS` to change the
+//! measuring window, default 4 s).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use consonant_relayer::credentials::Secret;
+use consonant_relayer::devbackend::{self, DevBackendHandle, DevBackendOptions};
+use consonant_relayer::proto::{
+    backend_frame, command, relay_service_client::RelayServiceClient, relay_service_server,
+    relayer_frame, BackendFrame, Command as RelayCommand, CommandResult, Ping, RelayerFrame,
+};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::Stream;
+use tokio::sync::mpsc;
+
+const IN_FLIGHT: usize = 1_000;
+const PAYLOAD: usize = 64;
+const ROUNDS: usize = 3;
+const LATENCY_SAMPLES: usize = 3_000;
+
+fn window() -> Duration {
+    let secs = std::env::var("RELAY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn ping_command(i: u64) -> RelayCommand {
+    RelayCommand {
+        command_id: format!("{:032x}", i),
+        action: Some(command::Action::Ping(Ping {
+            payload: vec![7u8; PAYLOAD].into(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn result_frame(seq: u64, id: String) -> RelayerFrame {
+    RelayerFrame {
+        seq,
+        body: Some(relayer_frame::Body::Result(CommandResult {
+            command_id: id,
+            status: 1,
+            output_json: format!("{{\"payload_len\":{PAYLOAD}}}").into_bytes().into(),
+            started_at_unix_ms: 1_764_000_000_000,
+            finished_at_unix_ms: 1_764_000_000_001,
+            ..Default::default()
+        })),
+    }
+}
+
+// ---------------------------------------------------------------- baseline
+
+/// Echo: answers every result frame with a ping-sized command frame.
+struct Echo;
+
+type BackendStream = Pin<Box<dyn Stream<Item = Result<BackendFrame, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl relay_service_server::RelayService for Echo {
+    type ConnectStream = BackendStream;
+
+    async fn connect(
+        &self,
+        request: tonic::Request<tonic::Streaming<RelayerFrame>>,
+    ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            let mut i = 0;
+            while let Ok(Some(_frame)) = inbound.message().await {
+                i += 1;
+                let frame = BackendFrame {
+                    body: Some(backend_frame::Body::Command(ping_command(i))),
+                };
+                if tx.send(Ok(frame)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+async fn baseline_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(relay_service_server::RelayServiceServer::new(Echo))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// Sends `in_flight` frames ahead of the answers; returns (count, elapsed, RTT samples).
+async fn baseline_run(
+    addr: SocketAddr,
+    in_flight: usize,
+    duration: Duration,
+    samples: usize,
+) -> (u64, Duration, Vec<Duration>) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<RelayerFrame>(in_flight * 2);
+    let mut client = RelayServiceClient::new(channel);
+    let mut inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seq = 0u64;
+    for _ in 0..in_flight {
+        seq += 1;
+        tx.send(result_frame(seq, format!("{seq:032x}")))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut rtts = Vec::new();
+    let mut sent_at = Instant::now();
+    while let Ok(Some(_)) = inbound.message().await {
+        done += 1;
+        if in_flight == 1 {
+            rtts.push(sent_at.elapsed());
+            if rtts.len() >= samples {
+                break;
+            }
+        } else if started.elapsed() >= duration {
+            break;
+        }
+        seq += 1;
+        sent_at = Instant::now();
+        if tx
+            .send(result_frame(seq, format!("{seq:032x}")))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    (done, started.elapsed(), rtts)
+}
+
+// ---------------------------------------------------------------- relay
+
+const CLUSTER: &str = "cls_bench";
+const TOKEN: &str = "bench-token-bench-token-bench-token";
+
+struct RelayerProcess(Child);
+
+impl Drop for RelayerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn start_relayer(
+    backend: &DevBackendHandle,
+    dir: &std::path::Path,
+) -> (RelayerProcess, String) {
+    std::fs::write(dir.join("clusterId"), CLUSTER).unwrap();
+    std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
+    let health = free_addr();
+    let config = format!(
+        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{}\"\ngrpc_endpoint = \"{}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
+        backend.http_url(),
+        backend.grpc_url(),
+        dir.join("clusterId").display(),
+        dir.join("clusterToken").display(),
+    );
+    std::fs::write(dir.join("relayer.toml"), config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
+        .args(["run", "--config"])
+        .arg(dir.join("relayer.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the relayer");
+    let process = RelayerProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if backend
+            .state()
+            .list_clusters()
+            .iter()
+            .any(|c| c.cluster_id == CLUSTER && c.connected)
+        {
+            return (process, format!("http://{health}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the relayer did not connect");
+}
+
+async fn relay_throughput(backend: &DevBackendHandle, duration: Duration, next: &mut u64) -> f64 {
+    let state = backend.state().clone();
+    let mut pending = FuturesUnordered::new();
+    for _ in 0..IN_FLIGHT {
+        *next += 1;
+        pending.push(state.submit_command(CLUSTER, ping_command(*next)).unwrap());
+    }
+    let started = Instant::now();
+    let mut done = 0u64;
+    while let Some(result) = pending.next().await {
+        result.expect("result");
+        done += 1;
+        if started.elapsed() < duration {
+            *next += 1;
+            pending.push(state.submit_command(CLUSTER, ping_command(*next)).unwrap());
+        }
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn relay_latency(
+    backend: &DevBackendHandle,
+    samples: usize,
+    next: &mut u64,
+) -> Vec<Duration> {
+    let state = backend.state().clone();
+    let mut rtts = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        *next += 1;
+        let started = Instant::now();
+        state
+            .submit_command(CLUSTER, ping_command(*next))
+            .unwrap()
+            .await
+            .unwrap();
+        rtts.push(started.elapsed());
+    }
+    rtts
+}
+
+// ---------------------------------------------------------------- report
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let duration = window();
+        println!("relay bench: {IN_FLIGHT} in flight, payload {PAYLOAD} B, window {duration:?}, {ROUNDS} rounds\n");
+
+        let echo = baseline_server().await;
+        let mut echo_tput = Vec::new();
+        let mut echo_p50 = Vec::new();
+        let mut echo_p99 = Vec::new();
+        for _ in 0..ROUNDS {
+            let (done, elapsed, _) = baseline_run(echo, IN_FLIGHT, duration, 0).await;
+            echo_tput.push(done as f64 / elapsed.as_secs_f64());
+            let (_, _, mut rtts) = baseline_run(echo, 1, duration, LATENCY_SAMPLES).await;
+            echo_p50.push(percentile(&mut rtts, 0.50).as_secs_f64() * 1e6);
+            echo_p99.push(percentile(&mut rtts, 0.99).as_secs_f64() * 1e6);
+        }
+
+        let backend = devbackend::start(DevBackendOptions {
+            clusters: vec![(CLUSTER.to_string(), Secret::new(TOKEN))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (relayer, _health) = start_relayer(&backend, dir.path()).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle_rss = rss_kib(relayer.0.id());
+
+        let mut next = 0u64;
+        let _ = relay_latency(&backend, 500, &mut next).await; // warm-up
+        let mut relay_tput = Vec::new();
+        let mut relay_p50 = Vec::new();
+        let mut relay_p99 = Vec::new();
+        for _ in 0..ROUNDS {
+            relay_tput.push(relay_throughput(&backend, duration, &mut next).await);
+            let mut rtts = relay_latency(&backend, LATENCY_SAMPLES, &mut next).await;
+            relay_p50.push(percentile(&mut rtts, 0.50).as_secs_f64() * 1e6);
+            relay_p99.push(percentile(&mut rtts, 0.99).as_secs_f64() * 1e6);
+        }
+        let peak_rss = rss_kib(relayer.0.id());
+
+        let row = |name: &str, values: &mut Vec<f64>, unit: &str| {
+            let (median, min, max) = spread(values);
+            println!("{name:<34} {median:>12.1} {unit:<8} (min {min:.1}, max {max:.1})");
+            median
+        };
+        let e_t = row("raw tonic echo throughput", &mut echo_tput, "msgs/s");
+        let e_50 = row("raw tonic echo p50 RTT", &mut echo_p50, "µs");
+        let e_99 = row("raw tonic echo p99 RTT", &mut echo_p99, "µs");
+        let r_t = row("relay ping throughput", &mut relay_tput, "cmds/s");
+        let r_50 = row("relay ping p50 RTT", &mut relay_p50, "µs");
+        let r_99 = row("relay ping p99 RTT", &mut relay_p99, "µs");
+        println!();
+        println!("throughput ratio relay/echo        {:>12.2}   (target ≥ 0.50)", r_t / e_t);
+        println!("p50 latency above echo             {:>12.1} µs", r_50 - e_50);
+        println!("p99 latency above echo             {:>12.1} µs (target ≤ 500 µs)", r_99 - e_99);
+        if let Some(rss) = idle_rss {
+            println!("relayer idle RSS                   {:>12.1} MiB (target < 20 MiB)", rss as f64 / 1024.0);
+        }
+        if let Some(rss) = peak_rss {
+            println!("relayer RSS after the load         {:>12.1} MiB", rss as f64 / 1024.0);
+        }
+        drop(relayer);
+        backend.shutdown().await;
+    });
+}

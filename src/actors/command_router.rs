@@ -7,8 +7,11 @@
 //! It owns no state that must survive it: the dedup cache and the in-flight
 //! gauge live in the `RelayContext`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
 
 use actix::{Actor, ActorContext, Context, Handler, Message};
 use serde_json::json;
@@ -53,6 +56,8 @@ pub struct CommandRouter {
     rc: Arc<RelayContext>,
     child: ChildContext,
     handled: u64,
+    /// Resolved `commands_total` counters: counting is then one atomic add.
+    counters: HashMap<(&'static str, &'static str), Counter>,
 }
 
 impl CommandRouter {
@@ -61,7 +66,23 @@ impl CommandRouter {
             rc,
             child,
             handled: 0,
+            counters: HashMap::new(),
         }
+    }
+
+    fn count(&mut self, action: &'static str, status: &'static str) {
+        let metrics = &self.rc.metrics;
+        self.counters
+            .entry((action, status))
+            .or_insert_with(|| {
+                metrics
+                    .commands
+                    .get_or_create_owned(&crate::metrics::CommandLabels {
+                        action: action.to_string(),
+                        status: status.to_string(),
+                    })
+            })
+            .inc();
     }
 
     fn publish(&self) {
@@ -121,7 +142,7 @@ impl CommandRouter {
                     started,
                 );
                 self.rc.dedup.lock().finish(result.clone(), Instant::now());
-                self.rc.metrics.count_command(action, "succeeded");
+                self.count(action, "succeeded");
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
@@ -258,7 +279,7 @@ impl Handler<CommandFinished> for CommandRouter {
     fn handle(&mut self, msg: CommandFinished, _: &mut Context<Self>) {
         self.rc.metrics.commands_in_flight.dec();
         let status = status_name(msg.result.status);
-        self.rc.metrics.count_command(msg.action, status);
+        self.count(msg.action, status);
         {
             let mut dedup = self.rc.dedup.lock();
             if msg.ran && msg.result.status != Status::Rejected as i32 {

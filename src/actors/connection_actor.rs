@@ -315,7 +315,7 @@ impl ConnectionActor {
         ctx.spawn(join.into_actor(self).map(move |joined, act, ctx| {
             let outcome = joined.unwrap_or_else(|err| SessionOutcome {
                 welcomed_at: act.welcomed_at,
-                end: SessionEnd::ProtocolViolation(format!("session task ended abnormally: {err}")),
+                end: SessionEnd::Crashed(err.to_string()),
             });
             act.session_ended(id, outcome, ctx);
         }));

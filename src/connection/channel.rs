@@ -39,10 +39,14 @@ pub enum DialError {
 }
 
 /// Everything needed to open channels to one backend endpoint.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Dialer {
     uri: String,
     endpoint: Endpoint,
+    /// The same endpoint addressed as `http://`, for the TLS connector.
+    plain_endpoint: Endpoint,
     tls: Option<Arc<ClientConfig>>,
     connect_timeout: Duration,
 }
@@ -64,18 +68,8 @@ impl Dialer {
         backend: &BackendConfig,
         connection: &ConnectionConfig,
     ) -> Result<Self, DialError> {
-        let endpoint = Endpoint::from_shared(uri.to_string())
-            .map_err(|err| DialError::InvalidUri {
-                uri: uri.to_string(),
-                reason: err.to_string(),
-            })?
-            .connect_timeout(connection.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(connection.http2_keepalive_interval)
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(8 << 20));
+        let endpoint = configure(uri, connection)?;
+        let plain_endpoint = configure(&uri.replacen("https://", "http://", 1), connection)?;
         let tls = if tls {
             Some(Arc::new(client_tls_config(backend)?))
         } else {
@@ -84,6 +78,7 @@ impl Dialer {
         Ok(Self {
             uri: uri.to_string(),
             endpoint,
+            plain_endpoint,
             tls,
             connect_timeout: connection.connect_timeout,
         })
@@ -103,12 +98,29 @@ impl Dialer {
             match &self.tls {
                 None => self.endpoint.connect().await,
                 Some(config) => {
-                    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+                    tcp.enforce_http(false);
+                    tcp.set_nodelay(true);
+                    tcp.set_connect_timeout(Some(self.connect_timeout));
+                    let https = hyper_rustls::HttpsConnectorBuilder::new()
                         .with_tls_config((**config).clone())
                         .https_only()
                         .enable_http2()
-                        .build();
-                    self.endpoint.connect_with_connector(connector).await
+                        .wrap_connector(tcp);
+                    // tonic refuses an https:// endpoint unless its own TLS is
+                    // configured, so the endpoint says http:// and this
+                    // connector restores https:// before the TLS handshake.
+                    let connector = tower::service_fn(move |uri: http::Uri| {
+                        let mut https = https.clone();
+                        async move {
+                            let mut parts = uri.into_parts();
+                            parts.scheme = Some(http::uri::Scheme::HTTPS);
+                            let uri = http::Uri::from_parts(parts)
+                                .map_err(|e| Box::new(e) as BoxError)?;
+                            tower::Service::call(&mut https, uri).await
+                        }
+                    });
+                    self.plain_endpoint.connect_with_connector(connector).await
                 }
             }
         };
@@ -124,6 +136,21 @@ impl Dialer {
             }),
         }
     }
+}
+
+fn configure(uri: &str, connection: &ConnectionConfig) -> Result<Endpoint, DialError> {
+    Ok(Endpoint::from_shared(uri.to_string())
+        .map_err(|err| DialError::InvalidUri {
+            uri: uri.to_string(),
+            reason: err.to_string(),
+        })?
+        .connect_timeout(connection.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(connection.http2_keepalive_interval)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20)))
 }
 
 /// The whole `source()` chain in one line: tonic's top-level transport error
@@ -165,7 +192,7 @@ fn pem_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
-/// rustls client configuration for `backend`, with ALPN `h2`.
+/// rustls client configuration for `backend`.
 pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -190,7 +217,7 @@ pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialEr
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     };
-    let mut config = if backend.client_cert_file.is_empty() {
+    let config = if backend.client_cert_file.is_empty() {
         builder.with_no_client_auth()
     } else {
         let certs = pem_certs("backend.client_cert_file", &backend.client_cert_file)?;
@@ -207,7 +234,8 @@ pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialEr
             .with_client_auth_cert(certs, key)
             .map_err(|err| DialError::Tls(format!("client certificate: {err}")))?
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // ALPN `h2` is added by the HTTPS connector (`enable_http2`); it refuses
+    // a configuration that already names protocols.
     Ok(config)
 }
 
@@ -292,15 +320,15 @@ mod tests {
     }
 
     #[test]
-    fn tls_configs_speak_h2() {
+    fn insecure_config_builds_without_roots() {
         let backend = BackendConfig {
             tls_verify: false,
             ..Default::default()
         };
-        assert_eq!(
-            client_tls_config(&backend).unwrap().alpn_protocols,
-            vec![b"h2".to_vec()]
-        );
+        assert!(client_tls_config(&backend)
+            .unwrap()
+            .alpn_protocols
+            .is_empty());
     }
 
     #[test]

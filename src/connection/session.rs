@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use futures::{FutureExt, Stream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,10 @@ pub const EARLY_END: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 128;
 /// Frames read without waiting before handing commands to the router.
 const READ_BATCH: usize = 256;
+/// Command batches handed to the router and not yet handled. Reading goes on
+/// while the router works, up to this many batches; then it waits, so the
+/// router's mailbox stays bounded and a slow router slows the stream.
+const DELIVERY_PIPELINE: usize = 4;
 /// How long a drained session waits for in-flight commands before closing.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -81,6 +87,8 @@ pub enum SessionEnd {
     Drained { reconnect_after: Duration },
     /// We were asked to stop.
     Cancelled,
+    /// The session task itself failed (a bug: it panicked).
+    Crashed(String),
 }
 
 impl std::fmt::Display for SessionEnd {
@@ -104,6 +112,7 @@ impl std::fmt::Display for SessionEnd {
                 "drained by the backend; reconnecting after {reconnect_after:?}"
             ),
             SessionEnd::Cancelled => f.write_str("stopped"),
+            SessionEnd::Crashed(why) => write!(f, "the session task failed: {why}"),
         }
     }
 }
@@ -243,6 +252,7 @@ pub async fn run(params: SessionParams) -> SessionOutcome {
         interval,
         draining_since: None,
         drain_reconnect_after: Duration::ZERO,
+        deliveries: FuturesOrdered::new(),
     }
     .run(&mut inbound)
     .await;
@@ -259,6 +269,7 @@ struct Pump<'a> {
     interval: Duration,
     draining_since: Option<Instant>,
     drain_reconnect_after: Duration,
+    deliveries: FuturesOrdered<BoxFuture<'static, ()>>,
 }
 
 impl Pump<'_> {
@@ -280,6 +291,7 @@ impl Pump<'_> {
                     nonce += 1;
                     self.params.outbox.push_control(Body::Heartbeat(Heartbeat { sent_at_unix_ms: now_unix_ms(), nonce }));
                 }
+                Some(()) = self.deliveries.next(), if !self.deliveries.is_empty() => {}
                 _ = drain_check.tick(), if self.draining_since.is_some() => {
                     if let Some(end) = self.drain_finished() {
                         return end;
@@ -373,15 +385,21 @@ impl Pump<'_> {
         end
     }
 
-    async fn deliver(&self, commands: Vec<crate::proto::Command>, draining: bool) {
+    async fn deliver(&mut self, commands: Vec<crate::proto::Command>, draining: bool) {
         let draining = draining || self.draining_since.is_some();
-        let _slot = self.params.sink.gauge.enter();
-        let _ = self
+        while self.deliveries.len() >= DELIVERY_PIPELINE {
+            self.deliveries.next().await;
+        }
+        let slot = self.params.sink.gauge.enter();
+        let request = self
             .params
             .sink
             .commands
-            .send(IncomingCommands { commands, draining })
-            .await;
+            .send(IncomingCommands { commands, draining });
+        self.deliveries.push_back(Box::pin(async move {
+            let _ = request.await;
+            drop(slot);
+        }));
     }
 
     /// A draining session closes once in-flight commands finished and their

@@ -124,6 +124,23 @@ pub struct DevBackendOptions {
     pub clusters: Vec<(String, Secret)>,
     /// Heartbeat interval imposed in `Welcome`; `None` keeps the relayer's.
     pub heartbeat_interval: Option<Duration>,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM). In
+    /// process only (tests of the relayer's TLS settings); the command line
+    /// serves plaintext.
+    pub grpc_tls: Option<ServerTls>,
+}
+
+/// A PEM certificate chain and private key for the gRPC listener.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls { .. }")
+    }
 }
 
 impl Default for DevBackendOptions {
@@ -135,6 +152,7 @@ impl Default for DevBackendOptions {
             bootstrap_tokens: Vec::new(),
             clusters: Vec::new(),
             heartbeat_interval: None,
+            grpc_tls: None,
         }
     }
 }
@@ -151,6 +169,7 @@ impl From<DevBackendArgs> for DevBackendOptions {
                 .map(|(id, token)| (id, Secret::new(token)))
                 .collect(),
             heartbeat_interval: args.heartbeat_interval,
+            grpc_tls: None,
         }
     }
 }
@@ -158,6 +177,8 @@ impl From<DevBackendArgs> for DevBackendOptions {
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevBackendError {
+    #[error("the gRPC TLS certificate or key is unusable: {0}")]
+    Tls(String),
     #[error(
         "cannot listen for {what} on {addr}: {source}; pick another address with --{what}-listen"
     )]
@@ -175,6 +196,7 @@ pub enum DevBackendError {
 pub struct DevBackendHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    grpc_tls: bool,
     state: Arc<DevBackendState>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -186,9 +208,14 @@ impl DevBackendHandle {
         &self.state
     }
 
-    /// `http://` URL of the gRPC listener.
+    /// URL of the gRPC listener: `https://localhost:PORT` when it serves
+    /// TLS (the test certificates name `localhost`), else `http://ADDR`.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        if self.grpc_tls {
+            format!("https://localhost:{}", self.grpc_addr.port())
+        } else {
+            format!("http://{}", self.grpc_addr)
+        }
     }
 
     /// `http://` URL of the admin HTTP API.
@@ -261,12 +288,22 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
     };
 
     let service = grpc::RelayServiceImpl::new(state.clone(), opts.heartbeat_interval);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc_tls = opts.grpc_tls.is_some();
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &opts.grpc_tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|err| DevBackendError::Tls(err.to_string()))?;
+    }
+    // Nagle off on every accepted stream: without it small frames wait for
+    // the peer's delayed ACK (~40 ms per round trip).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_task = tokio::spawn({
         let stop = stopped(shutdown_rx.clone());
         async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            let result = server
                 .add_service(
                     RelayServiceServer::new(service)
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
@@ -293,6 +330,7 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
     Ok(DevBackendHandle {
         grpc_addr,
         http_addr,
+        grpc_tls,
         state,
         shutdown_tx,
         tasks: vec![grpc_task, http_task],

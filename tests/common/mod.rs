@@ -57,6 +57,8 @@ pub struct RelayerOptions {
     pub connection: String,
     /// Extra TOML sections appended at the end.
     pub extra: String,
+    /// Extra TOML appended to the `[backend]` section.
+    pub backend_extra: String,
     pub env: Vec<(String, String)>,
     pub level: String,
 }
@@ -69,6 +71,7 @@ impl RelayerOptions {
             token: TOKEN.to_string(),
             connection: String::new(),
             extra: String::new(),
+            backend_extra: String::new(),
             env: Vec::new(),
             level: "info".to_string(),
         }
@@ -105,6 +108,7 @@ labels = {{ team = "relay" }}
 [backend]
 url = "{http}"
 grpc_endpoint = "{grpc}"
+{backend_extra}
 
 [credentials]
 cluster_id_file = "{id_file}"
@@ -135,6 +139,7 @@ format = "text"
             health = health,
             level = options.level,
             extra = options.extra,
+            backend_extra = options.backend_extra,
         );
         let config_path = dir.path().join("relayer.toml");
         std::fs::write(&config_path, config).unwrap();
