@@ -192,17 +192,13 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-async fn start_relayer(
-    backend: &DevBackendHandle,
-    dir: &std::path::Path,
-) -> (RelayerProcess, String) {
+/// The release relayer binary, configured for `grpc` with the bench cluster.
+fn spawn_relayer(http: &str, grpc: &str, dir: &std::path::Path) -> RelayerProcess {
     std::fs::write(dir.join("clusterId"), CLUSTER).unwrap();
     std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
     let health = free_addr();
     let config = format!(
-        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{}\"\ngrpc_endpoint = \"{}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
-        backend.http_url(),
-        backend.grpc_url(),
+        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
         dir.join("clusterId").display(),
         dir.join("clusterToken").display(),
     );
@@ -214,7 +210,11 @@ async fn start_relayer(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the relayer");
-    let process = RelayerProcess(child);
+    RelayerProcess(child)
+}
+
+async fn start_relayer(backend: &DevBackendHandle, dir: &std::path::Path) -> RelayerProcess {
+    let process = spawn_relayer(&backend.http_url(), &backend.grpc_url(), dir);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if backend
@@ -223,7 +223,7 @@ async fn start_relayer(
             .iter()
             .any(|c| c.cluster_id == CLUSTER && c.connected)
         {
-            return (process, format!("http://{health}"));
+            return process;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -231,11 +231,20 @@ async fn start_relayer(
 }
 
 async fn relay_throughput(backend: &DevBackendHandle, duration: Duration, next: &mut u64) -> f64 {
+    relay_throughput_for(backend, CLUSTER, duration, next).await
+}
+
+async fn relay_throughput_for(
+    backend: &DevBackendHandle,
+    cluster: &str,
+    duration: Duration,
+    next: &mut u64,
+) -> f64 {
     let state = backend.state().clone();
     let mut pending = FuturesUnordered::new();
     for _ in 0..IN_FLIGHT {
         *next += 1;
-        pending.push(state.submit_command(CLUSTER, ping_command(*next)).unwrap());
+        pending.push(state.submit_command(cluster, ping_command(*next)).unwrap());
     }
     let started = Instant::now();
     let mut done = 0u64;
@@ -244,7 +253,7 @@ async fn relay_throughput(backend: &DevBackendHandle, duration: Duration, next: 
         done += 1;
         if started.elapsed() < duration {
             *next += 1;
-            pending.push(state.submit_command(CLUSTER, ping_command(*next)).unwrap());
+            pending.push(state.submit_command(cluster, ping_command(*next)).unwrap());
         }
     }
     done as f64 / started.elapsed().as_secs_f64()
@@ -269,6 +278,185 @@ async fn relay_latency(
     }
     rtts
 }
+
+// ------------------------------------------------------------ lean backend
+
+/// A backend that does only what the protocol needs for this measurement:
+/// `Welcome`, then keeps `IN_FLIGHT` pings outstanding, one new ping per
+/// result, with a cumulative `Ack` every 256 results. It measures the
+/// relayer's own capacity, free of the reference backend's bookkeeping.
+struct LeanBackend {
+    results: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl relay_service_server::RelayService for LeanBackend {
+    type ConnectStream = BackendStream;
+
+    async fn connect(
+        &self,
+        request: tonic::Request<tonic::Streaming<RelayerFrame>>,
+    ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+        use consonant_relayer::proto::{Ack, Welcome};
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8192);
+        let results = self.results.clone();
+        tokio::spawn(async move {
+            let Ok(Some(_hello)) = inbound.message().await else {
+                return;
+            };
+            let welcome = BackendFrame {
+                body: Some(backend_frame::Body::Welcome(Welcome {
+                    session_id: "lean".into(),
+                    ..Default::default()
+                })),
+            };
+            if tx.send(Ok(welcome)).await.is_err() {
+                return;
+            }
+            let mut next = 0u64;
+            for _ in 0..IN_FLIGHT {
+                next += 1;
+                let frame = BackendFrame {
+                    body: Some(backend_frame::Body::Command(ping_command(next))),
+                };
+                let _ = tx.send(Ok(frame)).await;
+            }
+            let mut since_ack = 0;
+            while let Ok(Some(frame)) = inbound.message().await {
+                if let Some(relayer_frame::Body::Result(_)) = frame.body {
+                    results.fetch_add(1, Relaxed);
+                    since_ack += 1;
+                    next += 1;
+                    let command = BackendFrame {
+                        body: Some(backend_frame::Body::Command(ping_command(next))),
+                    };
+                    if tx.send(Ok(command)).await.is_err() {
+                        break;
+                    }
+                    if since_ack >= 256 {
+                        since_ack = 0;
+                        let ack = BackendFrame {
+                            body: Some(backend_frame::Body::Ack(Ack {
+                                acked_seq: frame.seq,
+                            })),
+                        };
+                        let _ = tx.send(Ok(ack)).await;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Relayer throughput against the lean backend, `ROUNDS` windows.
+async fn lean_throughput(duration: Duration) -> Vec<f64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let results = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = LeanBackend {
+        results: results.clone(),
+    };
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(relay_service_server::RelayServiceServer::new(service))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let relayer = spawn_relayer(
+        &format!("http://{addr}"),
+        &format!("http://{addr}"),
+        dir.path(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while results.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = results.load(Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(duration).await;
+        rates.push((results.load(Relaxed) - before) as f64 / started.elapsed().as_secs_f64());
+    }
+    drop(relayer);
+    server.abort();
+    rates
+}
+
+// ------------------------------------------------- minimal relayer (ceiling)
+
+/// The least a relayer can do against the same backend: answer every ping
+/// with `CommandAccepted` + `CommandResult` straight from the read loop — no
+/// actors, no outbox, no dedup, no replay. Its throughput is the ceiling
+/// this backend and load generator allow on this machine.
+async fn minimal_relayer(backend: &DevBackendHandle) -> tokio::task::JoinHandle<()> {
+    use consonant_relayer::proto::{CommandAccepted, Hello};
+    let channel = tonic::transport::Endpoint::from_shared(backend.grpc_url())
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<RelayerFrame>(8192);
+    tx.send(RelayerFrame {
+        seq: 0,
+        body: Some(relayer_frame::Body::Hello(Hello {
+            cluster_id: MINIMAL_CLUSTER.into(),
+            incarnation: "minimal".into(),
+            protocol_version: 1,
+            heartbeat_interval_ms: 10_000,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-consonant-cluster-id", MINIMAL_CLUSTER.parse().unwrap());
+    let mut inbound = RelayServiceClient::new(channel)
+        .connect(request)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        let mut seq = 0;
+        while let Ok(Some(frame)) = inbound.message().await {
+            if let Some(backend_frame::Body::Command(command)) = frame.body {
+                let accepted = RelayerFrame {
+                    seq: 0,
+                    body: Some(relayer_frame::Body::Accepted(CommandAccepted {
+                        command_id: command.command_id.clone(),
+                    })),
+                };
+                seq += 1;
+                if tx.send(accepted).await.is_err()
+                    || tx
+                        .send(result_frame(seq, command.command_id))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+const MINIMAL_CLUSTER: &str = "cls_minimal";
 
 // ---------------------------------------------------------------- report
 
@@ -321,17 +509,27 @@ fn main() {
         }
 
         let backend = devbackend::start(DevBackendOptions {
-            clusters: vec![(CLUSTER.to_string(), Secret::new(TOKEN))],
+            clusters: vec![
+                (CLUSTER.to_string(), Secret::new(TOKEN)),
+                (MINIMAL_CLUSTER.to_string(), Secret::new(TOKEN)),
+            ],
             ..Default::default()
         })
         .await
         .unwrap();
+
+        let minimal = minimal_relayer(&backend).await;
+        let mut minimal_tput = Vec::new();
+        let mut next = 0u64;
+        for _ in 0..ROUNDS {
+            minimal_tput.push(relay_throughput_for(&backend, MINIMAL_CLUSTER, duration, &mut next).await);
+        }
+        minimal.abort();
         let dir = tempfile::tempdir().unwrap();
-        let (relayer, _health) = start_relayer(&backend, dir.path()).await;
+        let relayer = start_relayer(&backend, dir.path()).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle_rss = rss_kib(relayer.0.id());
 
-        let mut next = 0u64;
         let _ = relay_latency(&backend, 500, &mut next).await; // warm-up
         let mut relay_tput = Vec::new();
         let mut relay_p50 = Vec::new();
@@ -344,6 +542,9 @@ fn main() {
         }
         let peak_rss = rss_kib(relayer.0.id());
 
+        drop(relayer);
+        let mut lean_tput = lean_throughput(duration).await;
+
         let row = |name: &str, values: &mut Vec<f64>, unit: &str| {
             let (median, min, max) = spread(values);
             println!("{name:<34} {median:>12.1} {unit:<8} (min {min:.1}, max {max:.1})");
@@ -352,11 +553,15 @@ fn main() {
         let e_t = row("raw tonic echo throughput", &mut echo_tput, "msgs/s");
         let e_50 = row("raw tonic echo p50 RTT", &mut echo_p50, "µs");
         let e_99 = row("raw tonic echo p99 RTT", &mut echo_p99, "µs");
+        let m_t = row("minimal relayer throughput", &mut minimal_tput, "cmds/s");
         let r_t = row("relay ping throughput", &mut relay_tput, "cmds/s");
+        let l_t = row("relay ping throughput, lean backend", &mut lean_tput, "cmds/s");
         let r_50 = row("relay ping p50 RTT", &mut relay_p50, "µs");
         let r_99 = row("relay ping p99 RTT", &mut relay_p99, "µs");
         println!();
         println!("throughput ratio relay/echo        {:>12.2}   (target ≥ 0.50)", r_t / e_t);
+        println!("throughput ratio relay(lean)/echo  {:>12.2}   (target ≥ 0.50)", l_t / e_t);
+        println!("throughput ratio relay/minimal     {:>12.2}   (the actors' cost against this backend)", r_t / m_t);
         println!("p50 latency above echo             {:>12.1} µs", r_50 - e_50);
         println!("p99 latency above echo             {:>12.1} µs (target ≤ 500 µs)", r_99 - e_99);
         if let Some(rss) = idle_rss {
@@ -365,7 +570,6 @@ fn main() {
         if let Some(rss) = peak_rss {
             println!("relayer RSS after the load         {:>12.1} MiB", rss as f64 / 1024.0);
         }
-        drop(relayer);
         backend.shutdown().await;
     });
 }
