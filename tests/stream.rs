@@ -165,25 +165,7 @@ async fn replayed_frames_arrive_in_order_and_never_twice_after_the_ack() {
     let backend = backend().await;
     let relayer = Relayer::start(RelayerOptions::new(&backend));
     relayer.wait_connected().await;
-    backend.state().set_faults(FaultsUpdate {
-        withhold_acks: Some(true),
-        ..Default::default()
-    });
-    let mut waiters = Vec::new();
-    for i in 0..20 {
-        waiters.push(
-            backend
-                .state()
-                .submit_command(CLUSTER_ID, ping(&format!("r-{i}"), b"x"))
-                .unwrap(),
-        );
-    }
-    for waiter in waiters {
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    pings_with_acks_withheld(&backend, "r", 20).await;
     assert!(
         relayer
             .metric("consonant_relayer_replay_buffer_frames", "")
@@ -246,25 +228,7 @@ async fn backend_restart_on_the_same_port_loses_no_result() {
     let (grpc, http) = (backend.grpc_addr, backend.http_addr);
     let relayer = Relayer::start(RelayerOptions::new(&backend));
     relayer.wait_connected().await;
-    backend.state().set_faults(FaultsUpdate {
-        withhold_acks: Some(true),
-        ..Default::default()
-    });
-    let mut waiters = Vec::new();
-    for i in 0..10 {
-        waiters.push(
-            backend
-                .state()
-                .submit_command(CLUSTER_ID, ping(&format!("k-{i}"), b"x"))
-                .unwrap(),
-        );
-    }
-    for waiter in waiters {
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    pings_with_acks_withheld(&backend, "k", 10).await;
     // The backend dies with every result unacknowledged, then comes back
     // empty on the same ports: the relayer must replay all ten.
     backend.shutdown().await;

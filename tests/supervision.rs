@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use consonant_relayer::devbackend::FaultsUpdate;
 use consonant_relayer::proto::command_result::Status;
 
 #[tokio::test]
@@ -21,25 +20,7 @@ async fn panicking_connection_actor_is_restarted_and_unacked_frames_survive() {
         RelayerOptions::new(&backend).env("FAILPOINTS", "connection-session-ended=1*panic"),
     );
     relayer.wait_connected().await;
-    backend.state().set_faults(FaultsUpdate {
-        withhold_acks: Some(true),
-        ..Default::default()
-    });
-    let mut waiters = Vec::new();
-    for i in 0..10 {
-        waiters.push(
-            backend
-                .state()
-                .submit_command(CLUSTER_ID, ping(&format!("p-{i}"), b"x"))
-                .unwrap(),
-        );
-    }
-    for waiter in waiters {
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    pings_with_acks_withheld(&backend, "p", 10).await;
     // Backend gone (with nothing acked): the session ends, the actor panics.
     backend.shutdown().await;
     let actors_ok = |relayer: &Relayer| {

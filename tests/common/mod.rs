@@ -320,3 +320,28 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
     check()
 }
+
+/// Makes the backend withhold acks, then runs `count` pings named
+/// `{prefix}-{i}` to completion: their results sit unacked in the relayer.
+pub async fn pings_with_acks_withheld(backend: &DevBackendHandle, prefix: &str, count: usize) {
+    backend
+        .state()
+        .set_faults(consonant_relayer::devbackend::FaultsUpdate {
+            withhold_acks: Some(true),
+            ..Default::default()
+        });
+    let waiters: Vec<_> = (0..count)
+        .map(|i| {
+            backend
+                .state()
+                .submit_command(CLUSTER_ID, ping(&format!("{prefix}-{i}"), b"x"))
+                .unwrap()
+        })
+        .collect();
+    for waiter in waiters {
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
