@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod demo;
 pub mod devbackend;
 pub mod http;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod proto;

@@ -81,6 +81,14 @@ pub enum SessionEvent {
     },
 }
 
+/// This replica won or lost the leader Lease: the backend learns it from
+/// `Hello.leader`, so a live stream is re-opened to announce it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LeadershipChanged {
+    pub leader: bool,
+}
+
 struct RunningSession {
     id: u64,
     cancel: CancellationToken,
@@ -223,7 +231,7 @@ impl ConnectionActor {
             capabilities,
             last_acked_seq: outbox.acked_seq,
             labels,
-            leader: false,
+            leader: self.rc.leader.load(std::sync::atomic::Ordering::Relaxed),
             telemetry_stats: Some(TelemetryStats {
                 batches_dropped: outbox.telemetry_batches_dropped,
                 items_dropped: outbox.telemetry_items_dropped,
@@ -467,6 +475,18 @@ impl Handler<SessionEvent> for ConnectionActor {
                 );
                 self.rc.credentials.set_rotated_token(token);
             }
+        }
+    }
+}
+
+impl Handler<LeadershipChanged> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeadershipChanged, _: &mut Context<Self>) {
+        tracing::info!(leader = msg.leader, "leadership changed; re-opening the stream to announce it");
+        if let Some(session) = &self.session {
+            // Ends as Cancelled, which dials again at once (not a failure).
+            session.cancel.cancel();
         }
     }
 }

@@ -4,8 +4,12 @@
 //! directory of current actor addresses, and the link status `/health`
 //! reports. Created once per process; every actor factory gets an `Arc`.
 
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use actix::Addr;
 use parking_lot::{Mutex, RwLock};
@@ -20,6 +24,7 @@ use crate::config::RelayerConfig;
 use crate::connection::channel::Dialer;
 use crate::connection::outbox_handle::OutboxHandle;
 use crate::credentials::CredentialStore;
+use crate::kube::actions::Executor;
 use crate::metrics::Metrics;
 use crate::supervisor::{MailboxGauge, StatusBoard};
 
@@ -138,6 +143,15 @@ pub struct RelayContext {
     pub link: RwLock<LinkStatus>,
     /// Set when `backend.tls_verify = false`: shown in every `/health`.
     pub insecure_warning: Option<String>,
+    /// The Kubernetes executor once its client is built (kept across
+    /// WorkloadExecutor restarts), and why it is not, if it failed.
+    pub kube: RwLock<Option<Arc<Executor>>>,
+    pub kube_error: RwLock<Option<String>>,
+    /// Cancel tokens of the Kubernetes commands running now, by command id.
+    pub running: Mutex<HashMap<String, CancellationToken>>,
+    /// This replica holds the leader Lease (`Hello.leader`); always true when
+    /// `kubernetes.leader_election` is off and Kubernetes is on.
+    pub leader: AtomicBool,
 }
 
 impl std::fmt::Debug for RelayContext {
@@ -167,6 +181,7 @@ impl RelayContext {
             )
         });
         let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
+        let leader = config.kubernetes.enabled && !config.kubernetes.leader_election;
         Self {
             config: Arc::new(config),
             identity: Identity::for_this_process(),
@@ -179,6 +194,10 @@ impl RelayContext {
             directory: Directory::default(),
             link: RwLock::new(link),
             insecure_warning,
+            kube: RwLock::new(None),
+            kube_error: RwLock::new(None),
+            running: Mutex::new(HashMap::new()),
+            leader: AtomicBool::new(leader),
         }
     }
 

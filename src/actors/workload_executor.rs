@@ -1,31 +1,44 @@
-//! `WorkloadExecutor`: runs Kubernetes actions for the CommandRouter and
-//! answers each with `CommandFinished`.
+//! `WorkloadExecutor`: runs admitted Kubernetes actions concurrently (up to
+//! `commands.max_in_flight`, which the router enforces), each bounded by its
+//! deadline (TIMED_OUT; the Kubernetes request is dropped, which aborts it)
+//! and cancellable (CANCELLED). Each command ends with exactly one
+//! `CommandFinished` to the current router.
 //!
-//! This release executes no Kubernetes action yet: it answers every one
-//! REJECTED/UNSUPPORTED, and `Hello.capabilities` lists only what
-//! [`SUPPORTED_ACTIONS`] holds, so a backend that reads capabilities never
-//! sends them. The Kubernetes executor replaces this behaviour.
+//! The Kubernetes client and the running commands' cancel tokens live in the
+//! `RelayContext`, and each command runs as its own tokio task that reports
+//! to whichever router is current, so a restart of this actor neither loses a
+//! result nor leaves a command unanswered.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::command_router::CommandFinished;
 use super::context::RelayContext;
-use crate::commands::outcome::{rejected, CommandError};
-use crate::proto::Command;
+use crate::commands::outcome::{ended, now_unix_ms, rejected, status_name, succeeded, CommandError};
+use crate::kube::actions::{Executor, KubeRequest};
+use crate::proto::{command_result::Status, relayer_frame::Body, Command};
 use crate::supervisor::{ChildContext, Stop};
 
-/// Kubernetes actions this executor can run (announced in `Hello.capabilities`).
-pub const SUPPORTED_ACTIONS: &[&str] = &[];
+/// Kubernetes actions this executor runs (announced in `Hello.capabilities`
+/// when `kubernetes.enabled`).
+pub const SUPPORTED_ACTIONS: &[&str] = &["apply", "delete", "get", "list", "scale", "restart", "logs", "cluster_info"];
 
-/// Run one admitted command. `action` is its name.
+/// Room kept in a frame for everything but `output_json`.
+const FRAME_OVERHEAD: usize = 4 * 1024;
+/// How long to wait before retrying a failed client setup.
+const CLIENT_RETRY: Duration = Duration::from_secs(5);
+
+/// Run one admitted command.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Execute {
     pub command: Command,
     pub action: &'static str,
+    pub request: KubeRequest,
 }
 
 /// Cancel a running command.
@@ -38,43 +51,69 @@ pub struct Cancel {
 pub struct WorkloadExecutor {
     rc: Arc<RelayContext>,
     child: ChildContext,
-    answered: u64,
+    started: u64,
 }
 
 impl WorkloadExecutor {
     pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
-        Self {
-            rc,
-            child,
-            answered: 0,
-        }
+        Self { rc, child, started: 0 }
     }
 
-    fn finish(&mut self, finished: CommandFinished) {
-        self.answered += 1;
-        match self.rc.directory.router() {
-            Some((router, _)) => router.do_send(finished),
-            None => {
-                // No router to take it: the result still must not be lost.
-                self.rc.metrics.commands_in_flight.dec();
-                self.rc
-                    .outbox
-                    .push_result(crate::proto::relayer_frame::Body::Result(finished.result));
-            }
+    fn publish(&self) {
+        let ready = self.rc.kube.read().is_some();
+        self.child.set_state(if ready { "Ready" } else { "ConnectingToKubernetes" });
+        self.child.set_details(json!({
+            "kubernetes_ready": ready,
+            "running": self.rc.running.lock().len(),
+            "started": self.started,
+            "supported_actions": SUPPORTED_ACTIONS,
+        }));
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if !self.rc.config.kubernetes.enabled || self.rc.kube.read().is_some() {
+            self.publish();
+            return;
         }
-        self.child.set_details(
-            json!({ "answered": self.answered, "supported_actions": SUPPORTED_ACTIONS }),
-        );
+        let rc = self.rc.clone();
+        let fut = async move { crate::kube::client::connect(&rc.config.kubernetes).await };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|result, act, ctx| {
+            match result {
+                Ok(client) => {
+                    tracing::info!("Kubernetes client ready");
+                    *act.rc.kube.write() = Some(Arc::new(Executor::new(client)));
+                    act.child.set_error(None);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot build the Kubernetes client; retrying");
+                    act.child.set_error(Some(err.to_string()));
+                    *act.rc.kube_error.write() = Some(err.to_string());
+                    ctx.run_later(CLIENT_RETRY, |act, ctx| act.connect(ctx));
+                }
+            }
+            act.publish();
+        }));
+    }
+}
+
+/// Delivers a finished command to the current router (or, with none, the
+/// result straight to the outbox so it is never lost).
+fn deliver(rc: &RelayContext, finished: CommandFinished) {
+    match rc.directory.router() {
+        Some((router, _)) => router.do_send(finished),
+        None => {
+            rc.metrics.commands_in_flight.dec();
+            rc.outbox.push_result(Body::Result(finished.result));
+        }
     }
 }
 
 impl Actor for WorkloadExecutor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
-        self.child.set_state("Ready");
-        self.child
-            .set_details(json!({ "answered": 0, "supported_actions": SUPPORTED_ACTIONS }));
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
+        self.connect(ctx);
     }
 }
 
@@ -82,17 +121,65 @@ impl Handler<Execute> for WorkloadExecutor {
     type Result = ();
 
     fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
-        let error = CommandError::Unsupported(format!(
-            "action {} is not supported by relayer {}: it runs only the actions listed in Hello.capabilities",
-            msg.action,
-            env!("CARGO_PKG_VERSION")
-        ));
-        let result = rejected(&msg.command, &error);
-        self.finish(CommandFinished {
-            result,
-            action: msg.action,
-            ran: false,
+        let Execute { command, action, request } = msg;
+        let Some(kube) = self.rc.kube.read().clone() else {
+            let why = self.rc.kube_error.read().clone().unwrap_or_else(|| "still connecting".into());
+            let error = CommandError::busy(format!("the Kubernetes client is not ready ({why}); retry shortly"));
+            deliver(&self.rc, CommandFinished {
+                result: rejected(&command, &error),
+                action,
+                ran: false,
+            });
+            return;
+        };
+        self.started += 1;
+        let cancel = CancellationToken::new();
+        self.rc.running.lock().insert(command.command_id.clone(), cancel.clone());
+        let timeout = if command.deadline_unix_ms > 0 {
+            Duration::from_millis(command.deadline_unix_ms.saturating_sub(now_unix_ms()).max(0) as u64)
+        } else {
+            self.rc.config.commands.default_timeout
+        };
+        let max_output = (self.rc.config.connection.max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
+        let rc = self.rc.clone();
+        tokio::spawn(async move {
+            let started_ms = now_unix_ms();
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => Err((Status::Cancelled, CommandError::Cancelled("cancelled by the backend before it finished".into()))),
+                _ = tokio::time::sleep(timeout) => Err((Status::TimedOut, CommandError::DeadlineExceeded(format!(
+                    "did not finish within {timeout:?} (the command's deadline or commands.default_timeout); the Kubernetes request was aborted"
+                )))),
+                output = kube.run(&request, &command.command_id) => output.map_err(|error| (Status::Failed, error)),
+            };
+            let result = match outcome {
+                Ok(output) => {
+                    let result = succeeded(&command, &output, started_ms);
+                    if result.output_json.len() > max_output {
+                        let error = CommandError::InvalidArgument(format!(
+                            "the output is {} bytes, more than fits in one frame ({max_output}); narrow the request (list limit, logs tail_lines or limit_bytes)",
+                            result.output_json.len()
+                        ));
+                        ended(&command, Status::Failed, &error, started_ms)
+                    } else {
+                        result
+                    }
+                }
+                Err((status, error)) => ended(&command, status, &error, started_ms),
+            };
+            rc.running.lock().remove(&command.command_id);
+            tracing::info!(
+                target: "audit",
+                command_id = %command.command_id,
+                action,
+                target = %request.target_summary(),
+                outcome = status_name(result.status),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "command"
+            );
+            deliver(&rc, CommandFinished { result, action, ran: true });
         });
+        self.publish();
     }
 }
 
@@ -100,7 +187,10 @@ impl Handler<Cancel> for WorkloadExecutor {
     type Result = ();
 
     fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) {
-        tracing::debug!(command_id = %msg.command_id, "cancel for a command this executor is not running: ignored");
+        match self.rc.running.lock().get(&msg.command_id) {
+            Some(token) => token.cancel(),
+            None => tracing::debug!(command_id = %msg.command_id, "cancel for a command that is not running: ignored"),
+        }
     }
 }
 
