@@ -106,10 +106,15 @@ mod tests {
         );
     }
 
+    /// (advance the clock by ms, attempts) per step.
+    type Steps = &'static [(u64, u32)];
+    /// Attempts granted per step.
+    type Granted = &'static [u32];
+
     #[test]
     fn burst_then_refill() {
         // (rate, burst, steps, granted per step)
-        let table: &[(u32, u32, &[(u64, u32)], &[u32])] = &[
+        let table: &[(u32, u32, Steps, Granted)] = &[
             // the default quota: 100 at once, then refusals
             (50, 100, &[(0, 150)], &[100]),
             // 50/s refills one token per 20 ms

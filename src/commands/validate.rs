@@ -1091,9 +1091,12 @@ mod tests {
         }
     }
 
+    /// (group, version)
+    type GroupVersion = (&'static str, &'static str);
+
     #[test]
     fn api_versions() {
-        fn check(input: &str, expected: Result<(&str, &str), &str>) {
+        fn check(input: &str, expected: Result<GroupVersion, &str>) {
             let got = parse_api_version(input).map(|v| {
                 let text = v.to_string();
                 assert_eq!(text, input, "round trip");
@@ -1102,7 +1105,7 @@ mod tests {
             let expected = expected.map(|(g, v)| (g.to_string(), v.to_string()));
             check_outcome(input, got, expected);
         }
-        let table: &[(&str, Result<(&str, &str), &str>)] = &[
+        let table: &[(&str, Result<GroupVersion, &str>)] = &[
             ("v1", Ok(("", "v1"))),
             ("apps/v1", Ok(("apps", "v1"))),
             ("kagent.dev/v1alpha2", Ok(("kagent.dev", "v1alpha2"))),
@@ -1347,7 +1350,7 @@ mod tests {
                 Err("scale.target apps/v1 DaemonSet cannot be scaled: scale supports apps/v1 Deployment, StatefulSet and ReplicaSet"),
             ),
             (scale("v1", "Deployment", 1), Err("v1 Deployment cannot be scaled")),
-            (scale("apps/v1", "Deployment", 1).clone(), Ok(ValidatedCommand::Scale {
+            (scale("apps/v1", "Deployment", 1), Ok(ValidatedCommand::Scale {
                 target: t("Deployment"),
                 workload: ScalableKind::Deployment,
                 replicas: 1,
@@ -1461,6 +1464,9 @@ mod tests {
         bool,
     );
 
+    /// Objects expected from a manifest, or part of the error message.
+    type ManifestCase = Result<&'static [Summary], &'static str>;
+
     #[test]
     fn manifests() {
         fn check(manifest: &str, namespace: &str, expected: Result<&[Summary], &str>) {
@@ -1514,7 +1520,7 @@ mod tests {
         let directive = format!("%YAML 1.2\n---\n{cm}");
         let merge = "base: &b\n  name: m\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  <<: {name: merged}\n";
         let too_big = format!("{cm}data:\n  blob: {}\n", "x".repeat(5000));
-        let table: Vec<(&str, &str, Result<&[Summary], &str>)> = vec![
+        let table: Vec<(&str, &str, ManifestCase)> = vec![
             (cm, "", Ok(&[(1, 1, "ConfigMap", "settings", None, false)])),
             (cm, "web", Ok(&[(1, 1, "ConfigMap", "settings", Some("web"), false)])),
             (
@@ -1593,9 +1599,18 @@ mod tests {
         assert_eq!(plan.default_namespace.as_deref(), Some("web"));
     }
 
+    /// (group, kind, namespace, document, kind_rules)
+    type TargetSummary = (
+        &'static str,
+        &'static str,
+        TargetNamespace,
+        Option<usize>,
+        bool,
+    );
+
     #[test]
     fn targets_for_the_policy() {
-        fn check(input: Action, expected: &[(&str, &str, TargetNamespace, Option<usize>, bool)]) {
+        fn check(input: Action, expected: &[TargetSummary]) {
             let got: Vec<_> = run(input.clone())
                 .unwrap()
                 .targets()
@@ -1610,10 +1625,7 @@ mod tests {
         }
         use TargetNamespace::{All, Named, Unset};
         let manifest = "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: b, namespace: x}\n";
-        let table: Vec<(
-            Action,
-            Vec<(&str, &str, TargetNamespace, Option<usize>, bool)>,
-        )> = vec![
+        let table: Vec<(Action, Vec<TargetSummary>)> = vec![
             (
                 Action::Apply(ApplyManifest {
                     manifest: bytes::Bytes::copy_from_slice(manifest.as_bytes()),
