@@ -98,6 +98,11 @@ impl CommandPolicy {
         validated: &ValidatedCommand,
         default_namespace: &str,
     ) -> Result<(), CommandError> {
+        debug_assert_eq!(
+            action,
+            validated.action_name(),
+            "action name and command disagree"
+        );
         if !self.allowed_actions.contains(action) {
             let allowed: Vec<&str> = self.allowed_actions.iter().copied().collect();
             return Err(CommandError::Forbidden(format!(

@@ -1220,6 +1220,8 @@ mod tests {
             ("tier notin (a, b),env", Ok(())),
             ("tier in(a)", Ok(())),
             ("replicas>2", Ok(())),
+            ("app = web , tier", Ok(())),
+            ("example.com/app_name=v_1.2", Ok(())),
             ("app==", Err("\"app==\" has no value after \"==\"")),
             ("app=", Err("no value after \"=\"")),
             ("a,,b", Err("empty requirement")),
@@ -1539,6 +1541,19 @@ mod tests {
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n...\n---\nnull\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
                 "",
                 Ok(&[(1, 1, "ConfigMap", "a", None, false), (2, 8, "ConfigMap", "b", None, false)]),
+            ),
+            (
+                "apiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: a}\r\n--- # next\r\napiVersion: v1\r\nkind: ConfigMap\r\nmetadata: {name: b}\r\n",
+                "",
+                Ok(&[
+                    (1, 1, "ConfigMap", "a", None, false),
+                    (2, 5, "ConfigMap", "b", None, false),
+                ]),
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  script: |\n    echo ---\n    ---x\n",
+                "",
+                Ok(&[(1, 1, "ConfigMap", "a", None, false)]),
             ),
             ("", "", Err("apply.manifest is empty")),
             ("---\n# nothing\n---\n", "", Err("has no documents")),
