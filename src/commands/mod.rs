@@ -1,5 +1,9 @@
 //! Command handling logic without I/O: dedup, validation and the result
-//! builders the CommandRouter and WorkloadExecutor share.
+//! builders the CommandRouter and WorkloadExecutor share, the command policy
+//! and the command rate limit.
 
 pub mod dedup;
 pub mod outcome;
+pub mod policy;
+pub mod rate;
+pub mod validate;
