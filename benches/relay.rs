@@ -198,7 +198,7 @@ fn spawn_relayer(http: &str, grpc: &str, dir: &std::path::Path) -> RelayerProces
     std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
     let health = free_addr();
     let config = format!(
-        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
+        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[commands]\nrate_per_second = 100000000\nburst = 100000000\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
         dir.join("clusterId").display(),
         dir.join("clusterToken").display(),
     );

@@ -27,6 +27,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Dial(#[from] DialError),
+    #[error("invalid [commands] configuration: {0}")]
+    Commands(String),
     #[error("cannot listen on health.listen {listen}: {source}; pick a free address or port")]
     Listen {
         listen: String,
@@ -66,7 +68,7 @@ impl RunningRelayer {
         };
         let listen = config.health.listen.clone();
         let debug_actors = config.health.debug_actors;
-        let rc = Arc::new(RelayContext::new(config, dialer, credentials));
+        let rc = Arc::new(RelayContext::new(config, dialer, credentials).map_err(StartError::Commands)?);
         if let Some(warning) = &rc.insecure_warning {
             tracing::warn!("{warning}");
         }

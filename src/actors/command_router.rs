@@ -19,6 +19,8 @@ use serde_json::json;
 use super::context::RelayContext;
 use super::workload_executor::Execute;
 use crate::commands::dedup::Seen;
+use crate::commands::validate::{validate, ValidatedCommand};
+use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
 use crate::commands::outcome::{
     action_name, now_unix_ms, rejected, status_name, succeeded, CommandError,
 };
@@ -128,30 +130,34 @@ impl CommandRouter {
             }
             Seen::New => {}
         }
-        if let Err(error) = self.admit(&command, draining) {
-            self.rc.dedup.lock().forget(&command.command_id);
-            out.reject(&self.rc, &command, action, &error);
-            return;
-        }
-        match command.action.as_ref() {
-            Some(Action::Ping(ping)) => {
+        let validated = match self.admit(&command, draining) {
+            Ok(validated) => validated,
+            Err(error) => {
+                self.rc.dedup.lock().forget(&command.command_id);
+                out.reject(&self.rc, &command, action, &error);
+                return;
+            }
+        };
+        match KubeRequest::from_validated(validated) {
+            None => {
+                let payload_len = match command.action.as_ref() {
+                    Some(Action::Ping(ping)) => ping.payload.len(),
+                    _ => 0,
+                };
                 let started = now_unix_ms();
-                let result = succeeded(
-                    &command,
-                    &json!({ "payload_len": ping.payload.len() }),
-                    started,
-                );
+                let result = succeeded(&command, &json!({ "payload_len": payload_len }), started);
                 self.rc.dedup.lock().finish(result.clone(), Instant::now());
                 self.count(action, "succeeded");
+                tracing::info!(target: "audit", command_id = %command.command_id, action, target = "", outcome = "succeeded", duration_ms = 0u64, "command");
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
-            Some(_) => match self.rc.directory.executor() {
+            Some(request) => match self.rc.directory.executor() {
                 Some(executor) => {
                     self.rc.metrics.commands_in_flight.inc();
                     out.accepted.push(accepted(&command));
                     // The executor's mailbox is bounded by max_in_flight, which admit() enforces.
-                    executor.do_send(Execute { command, action });
+                    executor.do_send(Execute { command, action, request });
                 }
                 None => {
                     self.rc.dedup.lock().forget(&command.command_id);
@@ -163,34 +169,37 @@ impl CommandRouter {
                     );
                 }
             },
-            None => unreachable!("admit() refuses commands without an action"),
         }
     }
 
-    /// The checks after dedup, in the protocol's order.
-    fn admit(&self, command: &Command, draining: bool) -> Result<(), CommandError> {
+    /// The checks after dedup, in the protocol's order: validation,
+    /// deadline, policy, Kubernetes availability, rate limit, capacity. A
+    /// command refused by an earlier check uses no rate-limit token.
+    fn admit(&self, command: &Command, draining: bool) -> Result<ValidatedCommand, CommandError> {
         if draining {
             return Err(CommandError::busy(
                 "the relayer is draining this stream; re-send the command on the next session",
             ));
         }
-        let Some(action) = action_name(command) else {
-            return Err(CommandError::InvalidArgument("command has no action set: set exactly one of ping, apply, delete, get, list, scale, restart, logs, cluster_info".into()));
-        };
+        let validated = validate(command, &self.rc.limits)?;
+        let action = validated.action_name();
         if command.deadline_unix_ms != 0 && command.deadline_unix_ms <= now_unix_ms() {
             return Err(CommandError::DeadlineExceeded(format!(
                 "deadline_unix_ms {} had already passed when the command arrived",
                 command.deadline_unix_ms
             )));
         }
-        if action != "ping" && !self.rc.config.kubernetes.enabled {
+        self.rc.policy.check(action, &validated, DEFAULT_NAMESPACE)?;
+        let kubernetes = !matches!(validated, ValidatedCommand::Ping { .. });
+        if kubernetes && !self.rc.config.kubernetes.enabled {
             return Err(CommandError::Unavailable {
                 message: format!("action {action} needs the Kubernetes API, and kubernetes.enabled is false on this relayer"),
                 retryable: false,
             });
         }
+        self.rc.rate.try_acquire()?;
         let in_flight = self.rc.metrics.commands_in_flight.get();
-        if in_flight >= i64::from(self.rc.config.commands.max_in_flight) {
+        if kubernetes && in_flight >= i64::from(self.rc.config.commands.max_in_flight) {
             return Err(CommandError::busy(format!(
                 "{in_flight} commands already running (commands.max_in_flight); retry later"
             )));
@@ -200,7 +209,7 @@ impl CommandRouter {
                 "the replay buffer is full of unacknowledged frames; retry once the backend acknowledges them",
             ));
         }
-        Ok(())
+        Ok(validated)
     }
 }
 
@@ -213,6 +222,7 @@ struct Answers {
 
 impl Answers {
     fn reject(&mut self, rc: &RelayContext, command: &Command, action: &str, error: &CommandError) {
+        tracing::info!(target: "audit", command_id = %command.command_id, action, outcome = "rejected", code = ?error.code(), "command");
         tracing::debug!(command_id = %command.command_id, action, code = ?error.code(), %error, "command rejected");
         rc.metrics.count_command(action, "rejected");
         self.results.push(Body::Result(rejected(command, error)));

@@ -20,6 +20,9 @@ use super::connection_actor::ConnectionActor;
 use super::health_actor::HealthActor;
 use super::workload_executor::WorkloadExecutor;
 use crate::commands::dedup::DedupCache;
+use crate::commands::policy::CommandPolicy;
+use crate::commands::rate::CommandRateLimiter;
+use crate::commands::validate::ValidationLimits;
 use crate::config::RelayerConfig;
 use crate::connection::channel::Dialer;
 use crate::connection::outbox_handle::OutboxHandle;
@@ -149,6 +152,11 @@ pub struct RelayContext {
     pub kube_error: RwLock<Option<String>>,
     /// Cancel tokens of the Kubernetes commands running now, by command id.
     pub running: Mutex<HashMap<String, CancellationToken>>,
+    /// The command policy, the rate limiter (its tokens survive a router
+    /// restart, so a crash loop cannot reset the limit) and validation limits.
+    pub policy: CommandPolicy,
+    pub rate: CommandRateLimiter,
+    pub limits: ValidationLimits,
     /// This replica holds the leader Lease (`Hello.leader`); always true when
     /// `kubernetes.leader_election` is off and Kubernetes is on.
     pub leader: AtomicBool,
@@ -164,7 +172,16 @@ impl std::fmt::Debug for RelayContext {
 }
 
 impl RelayContext {
-    pub fn new(config: RelayerConfig, dialer: Dialer, credentials: Arc<CredentialStore>) -> Self {
+    /// Fails when the `[commands]` policy or rate limit cannot be built; the
+    /// message names the key.
+    pub fn new(config: RelayerConfig, dialer: Dialer, credentials: Arc<CredentialStore>) -> Result<Self, String> {
+        let policy = CommandPolicy::from_config(&config.commands)?;
+        let rate = CommandRateLimiter::from_config(&config.commands)?;
+        let max_frame = config.connection.max_frame_bytes as usize;
+        let limits = ValidationLimits {
+            max_manifest_bytes: max_frame,
+            max_log_bytes: max_frame.saturating_sub(8 * 1024) as u32,
+        };
         let metrics = Arc::new(Metrics::new());
         let outbox = OutboxHandle::new(
             config.connection.replay_buffer_bytes as usize,
@@ -182,7 +199,7 @@ impl RelayContext {
         });
         let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
         let leader = config.kubernetes.enabled && !config.kubernetes.leader_election;
-        Self {
+        Ok(Self {
             config: Arc::new(config),
             identity: Identity::for_this_process(),
             dialer,
@@ -198,7 +215,10 @@ impl RelayContext {
             kube_error: RwLock::new(None),
             running: Mutex::new(HashMap::new()),
             leader: AtomicBool::new(leader),
-        }
+            policy,
+            rate,
+            limits,
+        })
     }
 
     /// The heartbeat interval this relayer announces in `Hello`.
@@ -227,7 +247,7 @@ pub(crate) mod testing {
         .unwrap();
         let credentials = Arc::new(CredentialStore::new(&config.credentials));
         (
-            Arc::new(RelayContext::new(config, dialer, credentials)),
+            Arc::new(RelayContext::new(config, dialer, credentials).expect("test config")),
             dir,
         )
     }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,8 @@ impl WorkloadExecutor {
             match result {
                 Ok(client) => {
                     tracing::info!("Kubernetes client ready");
-                    *act.rc.kube.write() = Some(Arc::new(Executor::new(client)));
+                    let cluster_scoped_allowed = act.rc.config.commands.allowed_namespaces.iter().any(|n| n == "*");
+                    *act.rc.kube.write() = Some(Arc::new(Executor::new(client, cluster_scoped_allowed)));
                     act.child.set_error(None);
                 }
                 Err(err) => {

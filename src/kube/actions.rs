@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::errors::from_kube;
 use super::resolve::{Resolved, Resolver};
 use crate::commands::outcome::CommandError;
+use crate::commands::validate::{self, ValidatedCommand};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "consonant-relayer";
@@ -52,6 +53,10 @@ pub struct ManifestDocument {
 pub struct Executor {
     client: Client,
     resolver: Resolver,
+    /// `commands.allowed_namespaces = ["*"]`: only then may a command touch
+    /// a cluster-scoped object (the policy cannot know a CRD's scope before
+    /// discovery; this closes that gap).
+    cluster_scoped_allowed: bool,
 }
 
 fn strip_managed_fields(mut value: Value) -> Value {
@@ -73,10 +78,11 @@ fn summary(meta: &ObjectMeta, api_version: &str, kind: &str) -> Value {
 }
 
 impl Executor {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, cluster_scoped_allowed: bool) -> Self {
         Self {
             client,
             resolver: Resolver::default(),
+            cluster_scoped_allowed,
         }
     }
 
@@ -94,6 +100,11 @@ impl Executor {
                 namespace.to_string(),
             ))
         } else {
+            if !self.cluster_scoped_allowed {
+                return Err(CommandError::Forbidden(format!(
+                    "{kind} ({api_version}) is cluster-scoped, and commands.allowed_namespaces does not include \"*\"; only namespaced objects in the allowed namespaces may be touched"
+                )));
+            }
             Ok((Api::all_with(self.client.clone(), &resolved.resource), resolved, String::new()))
         }
     }
@@ -373,5 +384,64 @@ impl Executor {
             } => self.logs(namespace, pod, container, *tail_lines, *since_seconds, *limit_bytes).await,
             KubeRequest::ClusterInfo => self.cluster_info().await,
         }
+    }
+}
+
+impl KubeRequest {
+    /// The Kubernetes request for a validated command; `None` for ping.
+    pub fn from_validated(validated: ValidatedCommand) -> Option<KubeRequest> {
+        fn target(t: validate::Target) -> Target {
+            Target {
+                api_version: t.api_version.to_string(),
+                kind: t.kind,
+                namespace: t.namespace.unwrap_or_default(),
+                name: t.name,
+            }
+        }
+        Some(match validated {
+            ValidatedCommand::Ping { .. } => return None,
+            ValidatedCommand::Apply(plan) => KubeRequest::Apply {
+                documents: plan
+                    .objects
+                    .into_iter()
+                    .map(|object| ManifestDocument {
+                        value: object.value,
+                        api_version: object.api_version.to_string(),
+                        kind: object.kind,
+                        name: object.name,
+                        namespace: object.namespace,
+                    })
+                    .collect(),
+                default_namespace: plan.default_namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+                dry_run: plan.dry_run,
+                force: plan.force,
+            },
+            ValidatedCommand::Delete { target: t, propagation } => KubeRequest::Delete {
+                target: target(t),
+                propagation: propagation.map(|p| p.as_str().to_string()).unwrap_or_default(),
+            },
+            ValidatedCommand::Get { target: t } => KubeRequest::Get { target: target(t) },
+            ValidatedCommand::List(query) => KubeRequest::List {
+                api_version: query.api_version.to_string(),
+                kind: query.kind,
+                namespace: query.namespace.unwrap_or_default(),
+                label_selector: query.label_selector.unwrap_or_default(),
+                limit: query.limit.unwrap_or(0),
+            },
+            ValidatedCommand::Scale { target: t, replicas, .. } => KubeRequest::Scale {
+                target: target(t),
+                replicas,
+            },
+            ValidatedCommand::Restart { target: t, .. } => KubeRequest::Restart { target: target(t) },
+            ValidatedCommand::Logs(query) => KubeRequest::Logs {
+                namespace: query.namespace,
+                pod: query.pod,
+                container: query.container.unwrap_or_default(),
+                tail_lines: query.tail_lines.unwrap_or(0),
+                since_seconds: query.since_seconds.unwrap_or(0),
+                limit_bytes: query.limit_bytes,
+            },
+            ValidatedCommand::ClusterInfo => KubeRequest::ClusterInfo,
+        })
     }
 }
