@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod proto;
 pub mod relayer;
 pub mod supervisor;
+pub mod watch;
