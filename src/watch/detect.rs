@@ -479,15 +479,19 @@ fn pod_failures(pod: &Pod) -> Vec<PodFailure> {
             t.reason.as_deref() == Some(OOM_KILLED)
         };
         // An OOM kill in the current state is counted by the restart that follows it.
-        let failure = if let Some(t) = terminated.filter(oom) {
-            Some((OOM_KILLED, rc.saturating_add(1), t.message.clone()))
-        } else if let Some(t) = last_terminated.filter(oom) {
-            Some((OOM_KILLED, rc, t.message.clone()))
-        } else if let Some(w) = waiting.filter(|w| w.reason.as_deref() == Some(CRASH_LOOP)) {
-            Some((CRASH_LOOP, rc, w.message.clone()))
-        } else {
-            None
-        };
+        let failure = terminated
+            .filter(oom)
+            .map(|t| (OOM_KILLED, rc.saturating_add(1), &t.message))
+            .or_else(|| {
+                last_terminated
+                    .filter(oom)
+                    .map(|t| (OOM_KILLED, rc, &t.message))
+            })
+            .or_else(|| {
+                waiting
+                    .filter(|w| w.reason.as_deref() == Some(CRASH_LOOP))
+                    .map(|w| (CRASH_LOOP, rc, &w.message))
+            });
         if let Some((reason, restarts, message)) = failure {
             failures.push(PodFailure {
                 key: FailureKey {
@@ -497,7 +501,7 @@ fn pod_failures(pod: &Pod) -> Vec<PodFailure> {
                 },
                 reason: reason.to_string(),
                 restart_count: rc,
-                message: message.unwrap_or_default(),
+                message: message.clone().unwrap_or_default(),
             });
         }
     }

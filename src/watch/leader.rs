@@ -169,8 +169,9 @@ impl Campaign {
     }
 }
 
-/// A running campaign for the Lease. Dropping it stops campaigning without
-/// waiting; [`LeaderElection::stop`] also releases the Lease.
+/// A running campaign for the Lease. [`LeaderElection::stop`] releases the
+/// Lease and waits for that; dropping it cancels the campaign, which then
+/// releases in the background while the runtime lives.
 pub struct LeaderElection {
     leader: watch::Receiver<bool>,
     stop: DropGuard,
