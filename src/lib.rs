@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod proto;
 pub mod relayer;
 pub mod supervisor;
+pub mod watch;
