@@ -68,7 +68,8 @@ impl RunningRelayer {
         };
         let listen = config.health.listen.clone();
         let debug_actors = config.health.debug_actors;
-        let rc = Arc::new(RelayContext::new(config, dialer, credentials).map_err(StartError::Commands)?);
+        let rc =
+            Arc::new(RelayContext::new(config, dialer, credentials).map_err(StartError::Commands)?);
         if let Some(warning) = &rc.insecure_warning {
             tracing::warn!("{warning}");
         }

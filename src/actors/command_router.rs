@@ -19,11 +19,11 @@ use serde_json::json;
 use super::context::RelayContext;
 use super::workload_executor::Execute;
 use crate::commands::dedup::Seen;
-use crate::commands::validate::{validate, ValidatedCommand};
-use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
 use crate::commands::outcome::{
     action_name, now_unix_ms, rejected, status_name, succeeded, CommandError,
 };
+use crate::commands::validate::{validate, ValidatedCommand};
+use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
 use crate::proto::{
     command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
     CommandResult,
@@ -157,7 +157,11 @@ impl CommandRouter {
                     self.rc.metrics.commands_in_flight.inc();
                     out.accepted.push(accepted(&command));
                     // The executor's mailbox is bounded by max_in_flight, which admit() enforces.
-                    executor.do_send(Execute { command, action, request });
+                    executor.do_send(Execute {
+                        command,
+                        action,
+                        request,
+                    });
                 }
                 None => {
                     self.rc.dedup.lock().forget(&command.command_id);
@@ -189,7 +193,9 @@ impl CommandRouter {
                 command.deadline_unix_ms
             )));
         }
-        self.rc.policy.check(action, &validated, DEFAULT_NAMESPACE)?;
+        self.rc
+            .policy
+            .check(action, &validated, DEFAULT_NAMESPACE)?;
         let kubernetes = !matches!(validated, ValidatedCommand::Ping { .. });
         if kubernetes && !self.rc.config.kubernetes.enabled {
             return Err(CommandError::Unavailable {
@@ -461,16 +467,17 @@ mod tests {
             .into_iter()
             .filter_map(|(f, _)| match f.body {
                 Some(Body::Result(r))
-                    if r.error
-                        .as_ref()
-                        .is_some_and(|e| e.code == Code::Unavailable as i32) =>
+                    if r.error.as_ref().is_some_and(|e| {
+                        e.code == Code::Unavailable as i32 && e.message.contains("max_in_flight")
+                    }) =>
                 {
                     Some(r)
                 }
                 _ => None,
             })
             .collect();
-        assert_eq!(refused.len(), 2, "k1 and k2 over the limit");
+        let ids: Vec<_> = refused.iter().map(|r| r.command_id.as_str()).collect();
+        assert_eq!(ids, vec!["k1", "k2"], "k1 and k2 over the limit");
         assert!(refused.iter().all(|r| r.error.as_ref().unwrap().retryable));
         assert!(refused[0]
             .error

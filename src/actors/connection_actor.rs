@@ -483,7 +483,10 @@ impl Handler<LeadershipChanged> for ConnectionActor {
     type Result = ();
 
     fn handle(&mut self, msg: LeadershipChanged, _: &mut Context<Self>) {
-        tracing::info!(leader = msg.leader, "leadership changed; re-opening the stream to announce it");
+        tracing::info!(
+            leader = msg.leader,
+            "leadership changed; re-opening the stream to announce it"
+        );
         if let Some(session) = &self.session {
             // Ends as Cancelled, which dials again at once (not a failure).
             session.cancel.cancel();

@@ -174,7 +174,11 @@ impl std::fmt::Debug for RelayContext {
 impl RelayContext {
     /// Fails when the `[commands]` policy or rate limit cannot be built; the
     /// message names the key.
-    pub fn new(config: RelayerConfig, dialer: Dialer, credentials: Arc<CredentialStore>) -> Result<Self, String> {
+    pub fn new(
+        config: RelayerConfig,
+        dialer: Dialer,
+        credentials: Arc<CredentialStore>,
+    ) -> Result<Self, String> {
         let policy = CommandPolicy::from_config(&config.commands)?;
         let rate = CommandRateLimiter::from_config(&config.commands)?;
         let max_frame = config.connection.max_frame_bytes as usize;

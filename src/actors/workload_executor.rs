@@ -18,14 +18,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::command_router::CommandFinished;
 use super::context::RelayContext;
-use crate::commands::outcome::{ended, now_unix_ms, rejected, status_name, succeeded, CommandError};
+use crate::commands::outcome::{
+    ended, now_unix_ms, rejected, status_name, succeeded, CommandError,
+};
 use crate::kube::actions::{Executor, KubeRequest};
 use crate::proto::{command_result::Status, relayer_frame::Body, Command};
 use crate::supervisor::{ChildContext, Stop};
 
 /// Kubernetes actions this executor runs (announced in `Hello.capabilities`
 /// when `kubernetes.enabled`).
-pub const SUPPORTED_ACTIONS: &[&str] = &["apply", "delete", "get", "list", "scale", "restart", "logs", "cluster_info"];
+pub const SUPPORTED_ACTIONS: &[&str] = &[
+    "apply",
+    "delete",
+    "get",
+    "list",
+    "scale",
+    "restart",
+    "logs",
+    "cluster_info",
+];
 
 /// Room kept in a frame for everything but `output_json`.
 const FRAME_OVERHEAD: usize = 4 * 1024;
@@ -56,12 +67,20 @@ pub struct WorkloadExecutor {
 
 impl WorkloadExecutor {
     pub fn new(rc: Arc<RelayContext>, child: ChildContext) -> Self {
-        Self { rc, child, started: 0 }
+        Self {
+            rc,
+            child,
+            started: 0,
+        }
     }
 
     fn publish(&self) {
         let ready = self.rc.kube.read().is_some();
-        self.child.set_state(if ready { "Ready" } else { "ConnectingToKubernetes" });
+        self.child.set_state(if ready {
+            "Ready"
+        } else {
+            "ConnectingToKubernetes"
+        });
         self.child.set_details(json!({
             "kubernetes_ready": ready,
             "running": self.rc.running.lock().len(),
@@ -122,26 +141,49 @@ impl Handler<Execute> for WorkloadExecutor {
     type Result = ();
 
     fn handle(&mut self, msg: Execute, _: &mut Context<Self>) {
-        let Execute { command, action, request } = msg;
+        let Execute {
+            command,
+            action,
+            request,
+        } = msg;
         let Some(kube) = self.rc.kube.read().clone() else {
-            let why = self.rc.kube_error.read().clone().unwrap_or_else(|| "still connecting".into());
-            let error = CommandError::busy(format!("the Kubernetes client is not ready ({why}); retry shortly"));
-            deliver(&self.rc, CommandFinished {
-                result: rejected(&command, &error),
-                action,
-                ran: false,
-            });
+            let why = self
+                .rc
+                .kube_error
+                .read()
+                .clone()
+                .unwrap_or_else(|| "still connecting".into());
+            let error = CommandError::busy(format!(
+                "the Kubernetes client is not ready ({why}); retry shortly"
+            ));
+            deliver(
+                &self.rc,
+                CommandFinished {
+                    result: rejected(&command, &error),
+                    action,
+                    ran: false,
+                },
+            );
             return;
         };
         self.started += 1;
         let cancel = CancellationToken::new();
-        self.rc.running.lock().insert(command.command_id.clone(), cancel.clone());
+        self.rc
+            .running
+            .lock()
+            .insert(command.command_id.clone(), cancel.clone());
         let timeout = if command.deadline_unix_ms > 0 {
-            Duration::from_millis(command.deadline_unix_ms.saturating_sub(now_unix_ms()).max(0) as u64)
+            Duration::from_millis(
+                command
+                    .deadline_unix_ms
+                    .saturating_sub(now_unix_ms())
+                    .max(0) as u64,
+            )
         } else {
             self.rc.config.commands.default_timeout
         };
-        let max_output = (self.rc.config.connection.max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
+        let max_output =
+            (self.rc.config.connection.max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
         let rc = self.rc.clone();
         tokio::spawn(async move {
             let started_ms = now_unix_ms();
@@ -178,7 +220,14 @@ impl Handler<Execute> for WorkloadExecutor {
                 duration_ms = started.elapsed().as_millis() as u64,
                 "command"
             );
-            deliver(&rc, CommandFinished { result, action, ran: true });
+            deliver(
+                &rc,
+                CommandFinished {
+                    result,
+                    action,
+                    ran: true,
+                },
+            );
         });
         self.publish();
     }
@@ -190,7 +239,9 @@ impl Handler<Cancel> for WorkloadExecutor {
     fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) {
         match self.rc.running.lock().get(&msg.command_id) {
             Some(token) => token.cancel(),
-            None => tracing::debug!(command_id = %msg.command_id, "cancel for a command that is not running: ignored"),
+            None => {
+                tracing::debug!(command_id = %msg.command_id, "cancel for a command that is not running: ignored")
+            }
         }
     }
 }

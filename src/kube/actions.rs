@@ -3,7 +3,9 @@
 //! `errors::from_kube`; nothing here knows about actors or the protocol's
 //! frames.
 
-use ::kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PropagationPolicy};
+use ::kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PropagationPolicy,
+};
 use ::kube::core::ObjectMeta;
 use ::kube::Client;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -35,7 +37,10 @@ impl Target {
         if self.namespace.is_empty() {
             format!("{verb} {} {} {}", self.api_version, self.kind, self.name)
         } else {
-            format!("{verb} {} {} {}/{}", self.api_version, self.kind, self.namespace, self.name)
+            format!(
+                "{verb} {} {} {}/{}",
+                self.api_version, self.kind, self.namespace, self.name
+            )
         }
     }
 }
@@ -90,10 +95,22 @@ impl Executor {
         &self.client
     }
 
-    async fn api(&self, api_version: &str, kind: &str, namespace: &str) -> Result<(Api<DynamicObject>, Resolved, String), CommandError> {
-        let resolved = self.resolver.resolve(&self.client, api_version, kind).await?;
+    async fn api(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<(Api<DynamicObject>, Resolved, String), CommandError> {
+        let resolved = self
+            .resolver
+            .resolve(&self.client, api_version, kind)
+            .await?;
         if resolved.namespaced {
-            let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
+            let namespace = if namespace.is_empty() {
+                DEFAULT_NAMESPACE
+            } else {
+                namespace
+            };
             Ok((
                 Api::namespaced_with(self.client.clone(), namespace, &resolved.resource),
                 resolved,
@@ -105,25 +122,41 @@ impl Executor {
                     "{kind} ({api_version}) is cluster-scoped, and commands.allowed_namespaces does not include \"*\"; only namespaced objects in the allowed namespaces may be touched"
                 )));
             }
-            Ok((Api::all_with(self.client.clone(), &resolved.resource), resolved, String::new()))
+            Ok((
+                Api::all_with(self.client.clone(), &resolved.resource),
+                resolved,
+                String::new(),
+            ))
         }
     }
 
     /// Server-side apply of every document, in order; stops at the first failure.
-    pub async fn apply(&self, documents: &[ManifestDocument], default_namespace: &str, dry_run: bool, force: bool) -> Result<Value, CommandError> {
+    pub async fn apply(
+        &self,
+        documents: &[ManifestDocument],
+        default_namespace: &str,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<Value, CommandError> {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
         params.dry_run = dry_run;
         let mut applied = Vec::new();
         for (index, document) in documents.iter().enumerate() {
             let namespace = document.namespace.as_deref().unwrap_or(default_namespace);
-            let (api, _, namespace) = self.api(&document.api_version, &document.kind, namespace).await?;
+            let (api, _, namespace) = self
+                .api(&document.api_version, &document.kind, namespace)
+                .await?;
             let what = format!(
                 "apply document {} ({} {} {})",
                 index + 1,
                 document.api_version,
                 document.kind,
-                if namespace.is_empty() { document.name.clone() } else { format!("{namespace}/{}", document.name) }
+                if namespace.is_empty() {
+                    document.name.clone()
+                } else {
+                    format!("{namespace}/{}", document.name)
+                }
             );
             let mut value = document.value.clone();
             if !namespace.is_empty() {
@@ -144,7 +177,9 @@ impl Executor {
 
     /// Deletes `target`; a missing object is success with `deleted: false`.
     pub async fn delete(&self, target: &Target, propagation: &str) -> Result<Value, CommandError> {
-        let (api, _, namespace) = self.api(&target.api_version, &target.kind, &target.namespace).await?;
+        let (api, _, namespace) = self
+            .api(&target.api_version, &target.kind, &target.namespace)
+            .await?;
         let params = DeleteParams {
             propagation_policy: match propagation {
                 "Foreground" => Some(PropagationPolicy::Foreground),
@@ -169,15 +204,31 @@ impl Executor {
     }
 
     pub async fn get(&self, target: &Target) -> Result<Value, CommandError> {
-        let (api, _, _) = self.api(&target.api_version, &target.kind, &target.namespace).await?;
-        let object = api.get(&target.name).await.map_err(|err| from_kube(&target.describe("get"), &err))?;
-        let value = serde_json::to_value(&object).map_err(|err| CommandError::Internal(err.to_string()))?;
+        let (api, _, _) = self
+            .api(&target.api_version, &target.kind, &target.namespace)
+            .await?;
+        let object = api
+            .get(&target.name)
+            .await
+            .map_err(|err| from_kube(&target.describe("get"), &err))?;
+        let value =
+            serde_json::to_value(&object).map_err(|err| CommandError::Internal(err.to_string()))?;
         Ok(json!({ "object": strip_managed_fields(value) }))
     }
 
     /// Lists objects; an empty namespace lists across all namespaces.
-    pub async fn list(&self, api_version: &str, kind: &str, namespace: &str, label_selector: &str, limit: u32) -> Result<Value, CommandError> {
-        let resolved = self.resolver.resolve(&self.client, api_version, kind).await?;
+    pub async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        label_selector: &str,
+        limit: u32,
+    ) -> Result<Value, CommandError> {
+        let resolved = self
+            .resolver
+            .resolve(&self.client, api_version, kind)
+            .await?;
         let api: Api<DynamicObject> = if resolved.namespaced && !namespace.is_empty() {
             Api::namespaced_with(self.client.clone(), namespace, &resolved.resource)
         } else {
@@ -190,8 +241,18 @@ impl Executor {
         if limit > 0 {
             params = params.limit(limit);
         }
-        let what = format!("list {api_version} {kind} in {}", if namespace.is_empty() { "all namespaces" } else { namespace });
-        let list = api.list(&params).await.map_err(|err| from_kube(&what, &err))?;
+        let what = format!(
+            "list {api_version} {kind} in {}",
+            if namespace.is_empty() {
+                "all namespaces"
+            } else {
+                namespace
+            }
+        );
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|err| from_kube(&what, &err))?;
         let items: Vec<Value> = list
             .items
             .into_iter()
@@ -207,9 +268,14 @@ impl Executor {
 
     /// Sets the replica count through the scale subresource.
     pub async fn scale(&self, target: &Target, replicas: i32) -> Result<Value, CommandError> {
-        let (api, _, _) = self.api(&target.api_version, &target.kind, &target.namespace).await?;
+        let (api, _, _) = self
+            .api(&target.api_version, &target.kind, &target.namespace)
+            .await?;
         let what = target.describe("scale");
-        let before = api.get_scale(&target.name).await.map_err(|err| from_kube(&what, &err))?;
+        let before = api
+            .get_scale(&target.name)
+            .await
+            .map_err(|err| from_kube(&what, &err))?;
         let previous = before.spec.and_then(|spec| spec.replicas).unwrap_or(0);
         let patch = json!({ "spec": { "replicas": replicas } });
         let after = api
@@ -225,9 +291,14 @@ impl Executor {
     /// Rollout restart: writes `consonant.xyz/restartedAt: <command_id>` into
     /// the pod template, once per command id.
     pub async fn restart(&self, target: &Target, command_id: &str) -> Result<Value, CommandError> {
-        let (api, _, _) = self.api(&target.api_version, &target.kind, &target.namespace).await?;
+        let (api, _, _) = self
+            .api(&target.api_version, &target.kind, &target.namespace)
+            .await?;
         let what = target.describe("restart");
-        let current = api.get(&target.name).await.map_err(|err| from_kube(&what, &err))?;
+        let current = api
+            .get(&target.name)
+            .await
+            .map_err(|err| from_kube(&what, &err))?;
         let already = current
             .data
             .pointer("/spec/template/metadata/annotations")
@@ -244,7 +315,15 @@ impl Executor {
     }
 
     /// Reads a pod's logs, at most `limit_bytes`.
-    pub async fn logs(&self, namespace: &str, pod: &str, container: &str, tail_lines: i64, since_seconds: i64, limit_bytes: u32) -> Result<Value, CommandError> {
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        tail_lines: i64,
+        since_seconds: i64,
+        limit_bytes: u32,
+    ) -> Result<Value, CommandError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let params = LogParams {
             container: (!container.is_empty()).then(|| container.to_string()),
@@ -254,7 +333,10 @@ impl Executor {
             ..Default::default()
         };
         let what = format!("logs of pod {namespace}/{pod}");
-        let text = api.logs(pod, &params).await.map_err(|err| from_kube(&what, &err))?;
+        let text = api
+            .logs(pod, &params)
+            .await
+            .map_err(|err| from_kube(&what, &err))?;
         let truncated = limit_bytes > 0 && text.len() as u64 >= u64::from(limit_bytes);
         Ok(json!({
             "namespace": namespace,
@@ -346,7 +428,9 @@ impl KubeRequest {
             | KubeRequest::Restart { target } => {
                 format!("{} {}/{}", target.kind, target.namespace, target.name)
             }
-            KubeRequest::List { kind, namespace, .. } => format!("{kind} in {namespace}"),
+            KubeRequest::List {
+                kind, namespace, ..
+            } => format!("{kind} in {namespace}"),
             KubeRequest::Logs { namespace, pod, .. } => format!("Pod {namespace}/{pod}"),
             KubeRequest::ClusterInfo => "cluster".to_string(),
         }
@@ -355,15 +439,25 @@ impl KubeRequest {
 
 impl Executor {
     /// Runs one request; `command_id` is the restart annotation's value.
-    pub async fn run(&self, request: &KubeRequest, command_id: &str) -> Result<Value, CommandError> {
+    pub async fn run(
+        &self,
+        request: &KubeRequest,
+        command_id: &str,
+    ) -> Result<Value, CommandError> {
         match request {
             KubeRequest::Apply {
                 documents,
                 default_namespace,
                 dry_run,
                 force,
-            } => self.apply(documents, default_namespace, *dry_run, *force).await,
-            KubeRequest::Delete { target, propagation } => self.delete(target, propagation).await,
+            } => {
+                self.apply(documents, default_namespace, *dry_run, *force)
+                    .await
+            }
+            KubeRequest::Delete {
+                target,
+                propagation,
+            } => self.delete(target, propagation).await,
             KubeRequest::Get { target } => self.get(target).await,
             KubeRequest::List {
                 api_version,
@@ -371,7 +465,10 @@ impl Executor {
                 namespace,
                 label_selector,
                 limit,
-            } => self.list(api_version, kind, namespace, label_selector, *limit).await,
+            } => {
+                self.list(api_version, kind, namespace, label_selector, *limit)
+                    .await
+            }
             KubeRequest::Scale { target, replicas } => self.scale(target, *replicas).await,
             KubeRequest::Restart { target } => self.restart(target, command_id).await,
             KubeRequest::Logs {
@@ -381,7 +478,17 @@ impl Executor {
                 tail_lines,
                 since_seconds,
                 limit_bytes,
-            } => self.logs(namespace, pod, container, *tail_lines, *since_seconds, *limit_bytes).await,
+            } => {
+                self.logs(
+                    namespace,
+                    pod,
+                    container,
+                    *tail_lines,
+                    *since_seconds,
+                    *limit_bytes,
+                )
+                .await
+            }
             KubeRequest::ClusterInfo => self.cluster_info().await,
         }
     }
@@ -412,13 +519,20 @@ impl KubeRequest {
                         namespace: object.namespace,
                     })
                     .collect(),
-                default_namespace: plan.default_namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+                default_namespace: plan
+                    .default_namespace
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
                 dry_run: plan.dry_run,
                 force: plan.force,
             },
-            ValidatedCommand::Delete { target: t, propagation } => KubeRequest::Delete {
+            ValidatedCommand::Delete {
+                target: t,
+                propagation,
+            } => KubeRequest::Delete {
                 target: target(t),
-                propagation: propagation.map(|p| p.as_str().to_string()).unwrap_or_default(),
+                propagation: propagation
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
             },
             ValidatedCommand::Get { target: t } => KubeRequest::Get { target: target(t) },
             ValidatedCommand::List(query) => KubeRequest::List {
@@ -428,11 +542,17 @@ impl KubeRequest {
                 label_selector: query.label_selector.unwrap_or_default(),
                 limit: query.limit.unwrap_or(0),
             },
-            ValidatedCommand::Scale { target: t, replicas, .. } => KubeRequest::Scale {
+            ValidatedCommand::Scale {
+                target: t,
+                replicas,
+                ..
+            } => KubeRequest::Scale {
                 target: target(t),
                 replicas,
             },
-            ValidatedCommand::Restart { target: t, .. } => KubeRequest::Restart { target: target(t) },
+            ValidatedCommand::Restart { target: t, .. } => {
+                KubeRequest::Restart { target: target(t) }
+            }
             ValidatedCommand::Logs(query) => KubeRequest::Logs {
                 namespace: query.namespace,
                 pod: query.pod,

@@ -19,12 +19,17 @@ pub enum KubeClientError {
 
 pub async fn connect(cfg: &KubernetesConfig) -> Result<::kube::Client, KubeClientError> {
     let config = if cfg.kubeconfig.is_empty() {
-        ::kube::Config::infer().await.map_err(KubeClientError::Infer)?
+        ::kube::Config::infer()
+            .await
+            .map_err(KubeClientError::Infer)?
     } else {
-        let kubeconfig = ::kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|source| KubeClientError::Kubeconfig {
-            path: cfg.kubeconfig.clone(),
-            source,
-        })?;
+        let kubeconfig =
+            ::kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|source| {
+                KubeClientError::Kubeconfig {
+                    path: cfg.kubeconfig.clone(),
+                    source,
+                }
+            })?;
         ::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(|source| KubeClientError::Kubeconfig {

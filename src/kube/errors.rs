@@ -8,9 +8,13 @@ use crate::commands::outcome::CommandError;
 /// default/web") to a command error whose message says what to do.
 pub fn from_kube(what: &str, err: &::kube::Error) -> CommandError {
     match err {
-        ::kube::Error::Api(status) => from_status(what, status.code, &status.message, &status.reason),
+        ::kube::Error::Api(status) => {
+            from_status(what, status.code, &status.message, &status.reason)
+        }
         other => CommandError::Unavailable {
-            message: format!("{what}: the Kubernetes API could not be reached ({other}); retry shortly"),
+            message: format!(
+                "{what}: the Kubernetes API could not be reached ({other}); retry shortly"
+            ),
             retryable: true,
         },
     }

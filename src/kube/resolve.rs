@@ -31,7 +31,12 @@ pub fn split_api_version(api_version: &str) -> (&str, &str) {
 }
 
 impl Resolver {
-    pub async fn resolve(&self, client: &::kube::Client, api_version: &str, kind: &str) -> Result<Resolved, CommandError> {
+    pub async fn resolve(
+        &self,
+        client: &::kube::Client,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Resolved, CommandError> {
         let key = (api_version.to_string(), kind.to_string());
         if let Some(hit) = self.cache.read().get(&key) {
             return Ok(hit.clone());
@@ -70,6 +75,9 @@ mod tests {
     fn api_versions_split_into_group_and_version() {
         assert_eq!(split_api_version("apps/v1"), ("apps", "v1"));
         assert_eq!(split_api_version("v1"), ("", "v1"));
-        assert_eq!(split_api_version("kagent.dev/v1alpha2"), ("kagent.dev", "v1alpha2"));
+        assert_eq!(
+            split_api_version("kagent.dev/v1alpha2"),
+            ("kagent.dev", "v1alpha2")
+        );
     }
 }
