@@ -1,6 +1,7 @@
 //! The relayer's actors and the tree that supervises them. `actors.md` at
 //! the repository root draws the tree and lists every message and policy.
 
+pub mod cluster_watcher;
 pub mod command_router;
 pub mod connection_actor;
 pub mod context;

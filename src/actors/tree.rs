@@ -3,10 +3,11 @@
 //! ```text
 //! RelayerSupervisor (one_for_one, 5 restarts / 60 s, then the process exits 70)
 //! ├── HealthActor          permanent
-//! └── RelaySupervisor (rest_for_one, 5 / 60 s, then escalates)
-//!     ├── WorkloadExecutor permanent
-//!     ├── CommandRouter    permanent   (routes to the executor)
-//!     └── ConnectionActor  permanent   (feeds the router)
+//! ├── RelaySupervisor (rest_for_one, 5 / 60 s, then escalates)
+//! │   ├── WorkloadExecutor permanent
+//! │   ├── CommandRouter    permanent   (routes to the executor)
+//! │   └── ConnectionActor  permanent   (feeds the router)
+//! └── ClusterWatcher       permanent   (leader Lease, cluster events)
 //! ```
 //!
 //! rest_for_one encodes the dependencies: a restarted executor restarts the
@@ -15,6 +16,7 @@
 
 use std::sync::Arc;
 
+use super::cluster_watcher::ClusterWatcher;
 use super::command_router::CommandRouter;
 use super::connection_actor::ConnectionActor;
 use super::context::RelayContext;
@@ -28,6 +30,7 @@ use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorSpec};
 const ROUTER_MAILBOX: usize = 64;
 const CONNECTION_MAILBOX: usize = 16;
 const HEALTH_MAILBOX: usize = 64;
+const WATCHER_MAILBOX: usize = 16;
 
 pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
     let executor_mailbox = rc.config.commands.max_in_flight as usize + 16;
@@ -80,6 +83,16 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                 move |addr, _| publish.directory.set_health(addr),
             ),
             relay.into_child(rc.board.clone()),
+            {
+                let make = rc.clone();
+                ChildSpec::actor(
+                    "ClusterWatcher",
+                    Restart::Permanent,
+                    WATCHER_MAILBOX,
+                    move |child, _| ClusterWatcher::new(make.clone(), child),
+                    |_, _| {},
+                )
+            },
         ],
     )
 }

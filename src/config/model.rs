@@ -203,6 +203,10 @@ pub struct KubernetesConfig {
     pub kubeconfig: String,
     pub leader_election: bool,
     pub watch_label_selector: String,
+    /// How long a leader's Lease lasts without renewal: a replica that dies
+    /// without releasing it is replaced after this long. (Added key.)
+    #[serde(with = "crate::config::units::duration")]
+    pub lease_duration: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -212,6 +216,7 @@ impl Default for KubernetesConfig {
             kubeconfig: String::new(),
             leader_election: true,
             watch_label_selector: "app.kubernetes.io/managed-by=consonant".to_string(),
+            lease_duration: Duration::from_secs(15),
         }
     }
 }
