@@ -18,4 +18,5 @@ pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod relayer;
+pub mod sim;
 pub mod supervisor;
