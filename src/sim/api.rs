@@ -40,7 +40,11 @@ impl Params {
     pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         self.get(key)
             .filter(|v| !v.is_empty())
-            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid {key}: {v:?} is not an integer"))))
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid {key}: {v:?} is not an integer"))
+                })
+            })
             .transpose()
     }
 
@@ -57,7 +61,9 @@ impl Params {
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .or_else(|_| serde_yaml_ng::from_slice(body))
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON or YAML: {e}")))?;
+        .map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON or YAML: {e}"))
+        })?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));
     }
@@ -65,22 +71,36 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// 400 when the body names another kind or namespace than the URL.
-fn check_identity(rt: &ResourceType, ns: &str, name: Option<&str>, obj: &Value) -> Result<(), ApiError> {
-    if let Some(kind) = obj["kind"].as_str().filter(|k| !k.is_empty() && *k != rt.kind) {
+fn check_identity(
+    rt: &ResourceType,
+    ns: &str,
+    name: Option<&str>,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    if let Some(kind) = obj["kind"]
+        .as_str()
+        .filter(|k| !k.is_empty() && *k != rt.kind)
+    {
         return Err(ApiError::bad_request(format!(
             "the kind of the provided object ({kind}) does not match the resource ({}, kind {})",
             rt.group_resource(),
             rt.kind
         )));
     }
-    if let Some(api_version) = obj["apiVersion"].as_str().filter(|v| !v.is_empty() && *v != rt.api_version()) {
+    if let Some(api_version) = obj["apiVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty() && *v != rt.api_version())
+    {
         return Err(ApiError::bad_request(format!(
             "the apiVersion of the provided object ({api_version}) does not match the URL ({})",
             rt.api_version()
         )));
     }
     if rt.namespaced {
-        if let Some(body_ns) = obj["metadata"]["namespace"].as_str().filter(|n| !n.is_empty() && *n != ns) {
+        if let Some(body_ns) = obj["metadata"]["namespace"]
+            .as_str()
+            .filter(|n| !n.is_empty() && *n != ns)
+        {
             return Err(ApiError::bad_request(format!(
                 "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
             )));
@@ -100,7 +120,10 @@ fn ensure_namespace(state: &SimState, rt: &ResourceType, ns: &str) -> Result<(),
     if !rt.namespaced {
         return Ok(());
     }
-    let ns_type = state.registry.lookup("", "v1", "namespaces").expect("namespaces registered");
+    let ns_type = state
+        .registry
+        .lookup("", "v1", "namespaces")
+        .expect("namespaces registered");
     match state.store.get(&ns_type, "", ns) {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found("", "namespaces", "namespaces", ns)),
@@ -146,11 +169,18 @@ fn after_write(state: &SimState, rt: &ResourceType, obj: &Value) {
 }
 
 /// GET on a collection (without `watch`).
-pub fn list(state: &SimState, rt: &ResourceType, ns: Option<&str>, q: &Params) -> Result<Value, ApiError> {
+pub fn list(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &Params,
+) -> Result<Value, ApiError> {
     let (labels, fields) = q.selectors()?;
     let (items, rv) = state.store.list(rt, ns);
-    let items: Vec<Value> =
-        items.into_iter().filter(|o| labels.matches_labels(o) && fields.matches_fields(o)).collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
+        .collect();
     let offset = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => token
             .parse::<usize>()
@@ -159,14 +189,20 @@ pub fn list(state: &SimState, rt: &ResourceType, ns: Option<&str>, q: &Params) -
     };
     let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
     let total = items.len();
-    let page: Vec<Value> = items.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+    let page: Vec<Value> = items
+        .into_iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     let next = offset + page.len();
     if next < total {
         metadata["continue"] = json!(next.to_string());
         metadata["remainingItemCount"] = json!(total - next);
     }
-    Ok(json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": page}))
+    Ok(
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": page}),
+    )
 }
 
 /// GET on one object.
@@ -178,7 +214,13 @@ pub fn get(state: &SimState, rt: &ResourceType, ns: &str, name: &str) -> Result<
 }
 
 /// POST on a collection.
-pub fn create(state: &SimState, rt: &ResourceType, ns: &str, body: &[u8], q: &Params) -> Result<Value, ApiError> {
+pub fn create(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: &str,
+    body: &[u8],
+    q: &Params,
+) -> Result<Value, ApiError> {
     let mut obj = parse_body(body)?;
     check_identity(rt, ns, None, &obj)?;
     ensure_namespace(state, rt, ns)?;
@@ -191,10 +233,19 @@ pub fn create(state: &SimState, rt: &ResourceType, ns: &str, body: &[u8], q: &Pa
 }
 
 /// PUT on an object: 409 Conflict on a stale `metadata.resourceVersion`.
-pub fn replace(state: &SimState, rt: &ResourceType, ns: &str, name: &str, body: &[u8], q: &Params) -> Result<Value, ApiError> {
+pub fn replace(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    q: &Params,
+) -> Result<Value, ApiError> {
     let obj = parse_body(body)?;
     check_identity(rt, ns, Some(name), &obj)?;
-    let expected = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let expected = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     let keep_status = rt.has(Subresource::Status);
     let updated = state.store.update(rt, ns, name, q.dry_run(), |current| {
         check_rv(rt, name, current, expected.as_deref())?;
@@ -241,10 +292,18 @@ pub fn patch(
         let manager = q
             .get("fieldManager")
             .filter(|m| !m.is_empty())
-            .ok_or_else(|| ApiError::bad_request("PATCH request for server-side apply must set the fieldManager query parameter"))?
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "PATCH request for server-side apply must set the fieldManager query parameter",
+                )
+            })?
             .to_string();
-        if patch["kind"].as_str().is_none_or(str::is_empty) || patch["apiVersion"].as_str().is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request("server-side apply needs apiVersion and kind in the applied object"));
+        if patch["kind"].as_str().is_none_or(str::is_empty)
+            || patch["apiVersion"].as_str().is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(
+                "server-side apply needs apiVersion and kind in the applied object",
+            ));
         }
         check_identity(rt, ns, Some(name), &patch)?;
         let now = now_rfc3339();
@@ -272,7 +331,9 @@ pub fn patch(
         }
         return Ok((200, updated));
     }
-    let expected = patch["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let expected = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     let updated = state.store.update(rt, ns, name, q.dry_run(), |current| {
         check_rv(rt, name, current, expected.as_deref())?;
         let status = current.get("status").cloned();
@@ -293,9 +354,15 @@ fn propagation(body: &[u8], q: &Params) -> Result<String, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        parse_body(body)?["propagationPolicy"].as_str().map(str::to_string)
+        parse_body(body)?["propagationPolicy"]
+            .as_str()
+            .map(str::to_string)
     };
-    let policy = q.get("propagationPolicy").map(str::to_string).or(from_body).unwrap_or_else(|| "Background".into());
+    let policy = q
+        .get("propagationPolicy")
+        .map(str::to_string)
+        .or(from_body)
+        .unwrap_or_else(|| "Background".into());
     match policy.as_str() {
         "Foreground" | "Background" | "Orphan" => Ok(policy),
         other => Err(ApiError::bad_request(format!(
@@ -305,7 +372,14 @@ fn propagation(body: &[u8], q: &Params) -> Result<String, ApiError> {
 }
 
 /// DELETE on an object; dependents are deleted (or orphaned) too.
-pub fn delete(state: &SimState, rt: &ResourceType, ns: &str, name: &str, body: &[u8], q: &Params) -> Result<Value, ApiError> {
+pub fn delete(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    q: &Params,
+) -> Result<Value, ApiError> {
     let policy = propagation(body, q)?;
     if q.dry_run() {
         return get(state, rt, ns, name);
@@ -314,11 +388,22 @@ pub fn delete(state: &SimState, rt: &ResourceType, ns: &str, name: &str, body: &
 }
 
 /// Deletes one object and garbage-collects what it owns.
-pub fn delete_cascading(state: &SimState, rt: &ResourceType, ns: &str, name: &str, policy: &str) -> Result<Value, ApiError> {
+pub fn delete_cascading(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    policy: &str,
+) -> Result<Value, ApiError> {
     let deleted = state.store.delete(rt, ns, name, false)?;
-    let uid = deleted["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let uid = deleted["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     for (key, dep_ns, dep) in state.store.dependents(&uid) {
-        let Some(dep_rt) = state.type_for_key(&key) else { continue };
+        let Some(dep_rt) = state.type_for_key(&key) else {
+            continue;
+        };
         let dep_name = dep["metadata"]["name"].as_str().unwrap_or_default();
         if policy == "Orphan" {
             let _ = state.store.update(&dep_rt, &dep_ns, dep_name, false, |o| {
@@ -335,16 +420,26 @@ pub fn delete_cascading(state: &SimState, rt: &ResourceType, ns: &str, name: &st
         "Namespace" => {
             for (key, obj) in state.store.in_namespace(name) {
                 if let Some(t) = state.type_for_key(&key) {
-                    let _ = state.store.delete(&t, name, obj["metadata"]["name"].as_str().unwrap_or_default(), false);
+                    let _ = state.store.delete(
+                        &t,
+                        name,
+                        obj["metadata"]["name"].as_str().unwrap_or_default(),
+                        false,
+                    );
                 }
             }
         }
         "CustomResourceDefinition" => {
             let group = deleted["spec"]["group"].as_str().unwrap_or_default();
-            let plural = deleted["spec"]["names"]["plural"].as_str().unwrap_or_default();
+            let plural = deleted["spec"]["names"]["plural"]
+                .as_str()
+                .unwrap_or_default();
             if let Some(t) = state.registry.lookup_any_version(group, plural) {
                 for o in state.store.list(&t, None).0 {
-                    let (o_ns, o_name) = (o["metadata"]["namespace"].as_str().unwrap_or_default(), o["metadata"]["name"].as_str().unwrap_or_default());
+                    let (o_ns, o_name) = (
+                        o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        o["metadata"]["name"].as_str().unwrap_or_default(),
+                    );
                     let _ = state.store.delete(&t, o_ns, o_name, false);
                 }
             }
@@ -356,12 +451,31 @@ pub fn delete_cascading(state: &SimState, rt: &ResourceType, ns: &str, name: &st
 }
 
 /// DELETE on a collection (honouring selectors); returns the deleted list.
-pub fn delete_collection(state: &SimState, rt: &ResourceType, ns: Option<&str>, body: &[u8], q: &Params) -> Result<Value, ApiError> {
+pub fn delete_collection(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    body: &[u8],
+    q: &Params,
+) -> Result<Value, ApiError> {
     let policy = propagation(body, q)?;
-    let mut listed = list(state, rt, ns, &Params(q.0.iter().filter(|(k, _)| *k != "limit" && *k != "continue").map(|(k, v)| (k.clone(), v.clone())).collect()))?;
+    let mut listed = list(
+        state,
+        rt,
+        ns,
+        &Params(
+            q.0.iter()
+                .filter(|(k, _)| *k != "limit" && *k != "continue")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+    )?;
     if !q.dry_run() {
         for item in listed["items"].as_array().cloned().unwrap_or_default() {
-            let (i_ns, i_name) = (item["metadata"]["namespace"].as_str().unwrap_or_default(), item["metadata"]["name"].as_str().unwrap_or_default());
+            let (i_ns, i_name) = (
+                item["metadata"]["namespace"].as_str().unwrap_or_default(),
+                item["metadata"]["name"].as_str().unwrap_or_default(),
+            );
             let _ = delete_cascading(state, rt, i_ns, i_name, &policy);
         }
     }
@@ -387,7 +501,12 @@ fn replicas_of(scale: &Value) -> Result<i64, ApiError> {
     scale["spec"]["replicas"]
         .as_i64()
         .filter(|r| *r >= 0)
-        .ok_or_else(|| ApiError::invalid(format!("Scale is invalid: spec.replicas: Invalid value: {}: must be an integer >= 0", scale["spec"]["replicas"])))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "Scale is invalid: spec.replicas: Invalid value: {}: must be an integer >= 0",
+                scale["spec"]["replicas"]
+            ))
+        })
 }
 
 /// PUT or PATCH on `.../scale` (`content_type` None means PUT).
@@ -407,7 +526,9 @@ pub fn write_scale(
         }
         None => (None, parse_body(body)?),
     };
-    let expected = input["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let expected = input["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     let updated = state.store.update(rt, ns, name, q.dry_run(), |current| {
         check_rv(rt, name, current, expected.as_deref())?;
         let scale = match kind {
@@ -442,7 +563,9 @@ pub fn write_status(
         }
         None => (None, parse_body(body)?),
     };
-    let expected = input["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    let expected = input["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     state.store.update(rt, ns, name, q.dry_run(), |current| {
         check_rv(rt, name, current, expected.as_deref())?;
         let status = match kind {
@@ -459,10 +582,19 @@ pub fn write_status(
 }
 
 /// GET `.../pods/{name}/log` as plain text.
-pub fn logs(state: &SimState, rt: &ResourceType, ns: &str, name: &str, q: &Params) -> Result<String, ApiError> {
+pub fn logs(
+    state: &SimState,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    q: &Params,
+) -> Result<String, ApiError> {
     let pod = get(state, rt, ns, name)?;
     let query = LogQuery {
-        container: q.get("container").filter(|c| !c.is_empty()).map(str::to_string),
+        container: q
+            .get("container")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         tail_lines: q.int("tailLines")?,
         since_seconds: q.int("sinceSeconds")?,
         limit_bytes: q.int("limitBytes")?,

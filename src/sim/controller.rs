@@ -37,7 +37,10 @@ pub async fn run(state: Arc<SimState>) {
 }
 
 fn pods(state: &SimState) -> ResourceType {
-    state.registry.lookup("", "v1", "pods").expect("pods registered")
+    state
+        .registry
+        .lookup("", "v1", "pods")
+        .expect("pods registered")
 }
 
 /// Reconciles every workload and schedules every pending Pod.
@@ -45,7 +48,12 @@ fn resync(state: &Arc<SimState>) {
     for key in WORKLOADS {
         if let Some(rt) = state.type_for_key(key) {
             for obj in state.store.list(&rt, None).0 {
-                reconcile(state, &rt, &meta_str(&obj, "namespace"), &meta_str(&obj, "name"));
+                reconcile(
+                    state,
+                    &rt,
+                    &meta_str(&obj, "namespace"),
+                    &meta_str(&obj, "name"),
+                );
             }
         }
     }
@@ -72,15 +80,26 @@ fn handle(state: &Arc<SimState>, ev: &WatchEvent) {
         schedule_ready(state, &ev.object);
     }
     if let Some(owner) = controller_ref(&ev.object) {
-        let kind_rt = state.registry.lookup_kind(owner["apiVersion"].as_str().unwrap_or_default(), owner["kind"].as_str().unwrap_or_default());
+        let kind_rt = state.registry.lookup_kind(
+            owner["apiVersion"].as_str().unwrap_or_default(),
+            owner["kind"].as_str().unwrap_or_default(),
+        );
         if let Some(rt) = kind_rt.filter(|rt| WORKLOADS.contains(&rt.storage_key().as_str())) {
-            reconcile(state, &rt, &ev.namespace, owner["name"].as_str().unwrap_or_default());
+            reconcile(
+                state,
+                &rt,
+                &ev.namespace,
+                owner["name"].as_str().unwrap_or_default(),
+            );
         }
     }
 }
 
 fn meta_str(obj: &Value, field: &str) -> String {
-    obj["metadata"][field].as_str().unwrap_or_default().to_string()
+    obj["metadata"][field]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn is_pending(pod: &Value) -> bool {
@@ -88,13 +107,17 @@ fn is_pending(pod: &Value) -> bool {
 }
 
 fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 fn controller_ref(obj: &Value) -> Option<&Value> {
-    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == true)
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
 }
 
 /// The pod-template-hash label value for a template.
@@ -105,16 +128,26 @@ pub fn template_hash(template: &Value) -> String {
 }
 
 fn pod_index(pod: &Value) -> usize {
-    meta_str(pod, "name").rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(usize::MAX)
+    meta_str(pod, "name")
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
-    let Some(owner) = state.store.get(rt, ns, name) else { return };
+    let Some(owner) = state.store.get(rt, ns, name) else {
+        return;
+    };
     let is_job = rt.kind == "Job";
     let uid = meta_str(&owner, "uid");
     let template = owner["spec"]["template"].clone();
     let hash = template_hash(&template);
-    let desired = if is_job { 1 } else { owner["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize };
+    let desired = if is_job {
+        1
+    } else {
+        owner["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize
+    };
     let pod_rt = pods(state);
     let owned = |state: &SimState| -> Vec<Value> {
         state
@@ -129,7 +162,9 @@ fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
     for pod in owned(state) {
         let stale = pod["metadata"]["labels"]["pod-template-hash"].as_str() != Some(hash.as_str());
         if stale && !is_job {
-            let _ = state.store.delete(&pod_rt, ns, &meta_str(&pod, "name"), false);
+            let _ = state
+                .store
+                .delete(&pod_rt, ns, &meta_str(&pod, "name"), false);
         } else {
             current.push(pod);
         }
@@ -139,7 +174,9 @@ fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
     if !is_job {
         while current.len() > desired {
             let pod = current.pop().expect("non-empty");
-            let _ = state.store.delete(&pod_rt, ns, &meta_str(&pod, "name"), false);
+            let _ = state
+                .store
+                .delete(&pod_rt, ns, &meta_str(&pod, "name"), false);
         }
     }
     if !finished_job {
@@ -162,9 +199,19 @@ fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
     });
 }
 
-fn new_pod(state: &SimState, rt: &ResourceType, owner: &Value, template: &Value, hash: &str, index: usize) -> Value {
+fn new_pod(
+    state: &SimState,
+    rt: &ResourceType,
+    owner: &Value,
+    template: &Value,
+    hash: &str,
+    index: usize,
+) -> Value {
     let name = meta_str(owner, "name");
-    let mut labels = template["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let mut labels = template["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     labels.insert("pod-template-hash".into(), json!(hash));
     if rt.kind == "Job" {
         labels.insert("job-name".into(), json!(name));
@@ -175,7 +222,8 @@ fn new_pod(state: &SimState, rt: &ResourceType, owner: &Value, template: &Value,
     if !nodes.is_empty() {
         spec.insert("nodeName".into(), json!(nodes[index % nodes.len()]));
     }
-    spec.entry("restartPolicy").or_insert(json!(if rt.kind == "Job" { "Never" } else { "Always" }));
+    spec.entry("restartPolicy")
+        .or_insert(json!(if rt.kind == "Job" { "Never" } else { "Always" }));
     let mut metadata = Map::new();
     metadata.insert("name".into(), json!(format!("{name}-{hash}-{index}")));
     metadata.insert("labels".into(), Value::Object(labels));
@@ -196,7 +244,11 @@ fn new_pod(state: &SimState, rt: &ResourceType, owner: &Value, template: &Value,
 /// configured delay, unless it was replaced meanwhile.
 fn schedule_ready(state: &Arc<SimState>, pod: &Value) {
     let state = state.clone();
-    let (ns, name, uid) = (meta_str(pod, "namespace"), meta_str(pod, "name"), meta_str(pod, "uid"));
+    let (ns, name, uid) = (
+        meta_str(pod, "namespace"),
+        meta_str(pod, "name"),
+        meta_str(pod, "uid"),
+    );
     let job = controller_ref(pod).is_some_and(|r| r["kind"] == "Job");
     tokio::spawn(async move {
         tokio::select! {
@@ -215,7 +267,11 @@ fn schedule_ready(state: &Arc<SimState>, pod: &Value) {
 
 fn started_status(pod: &Value, job: bool) -> Value {
     let now = now_rfc3339();
-    let (phase, ready) = if job { ("Succeeded", "False") } else { ("Running", "True") };
+    let (phase, ready) = if job {
+        ("Succeeded", "False")
+    } else {
+        ("Running", "True")
+    };
     let containers: Vec<Value> = pod["spec"]["containers"]
         .as_array()
         .cloned()
@@ -248,7 +304,9 @@ fn started_status(pod: &Value, job: bool) -> Value {
 /// A condition that keeps its timestamps while its status and reason hold.
 fn condition(previous: &Value, kind: &str, status: bool, reason: &str, message: &str) -> Value {
     let status = if status { "True" } else { "False" };
-    let old = previous["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind));
+    let old = previous["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind));
     if let Some(old) = old.filter(|o| o["status"] == status && o["reason"] == reason) {
         return old.clone();
     }
@@ -257,10 +315,19 @@ fn condition(previous: &Value, kind: &str, status: bool, reason: &str, message: 
            "lastUpdateTime": now, "lastTransitionTime": now})
 }
 
-fn workload_status(rt: &ResourceType, owner: &Value, pods: &[Value], hash: &str, desired: usize) -> Value {
+fn workload_status(
+    rt: &ResourceType,
+    owner: &Value,
+    pods: &[Value],
+    hash: &str,
+    desired: usize,
+) -> Value {
     let name = meta_str(owner, "name");
     let total = pods.len();
-    let updated = pods.iter().filter(|p| p["metadata"]["labels"]["pod-template-hash"] == hash).count();
+    let updated = pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["pod-template-hash"] == hash)
+        .count();
     let ready = pods.iter().filter(|p| is_ready(p)).count();
     let previous = &owner["status"];
     let mut status = json!({
@@ -283,24 +350,64 @@ fn workload_status(rt: &ResourceType, owner: &Value, pods: &[Value], hash: &str,
     let available = ready >= desired;
     let complete = available && updated == desired && total == desired;
     status["conditions"] = json!([
-        condition(previous, "Available", available,
-                  if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                  if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }),
-        condition(previous, "Progressing", true,
-                  if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                  &format!("ReplicaSet \"{name}-{hash}\" is {}.", if complete { "available" } else { "progressing" })),
+        condition(
+            previous,
+            "Available",
+            available,
+            if available {
+                "MinimumReplicasAvailable"
+            } else {
+                "MinimumReplicasUnavailable"
+            },
+            if available {
+                "Deployment has minimum availability."
+            } else {
+                "Deployment does not have minimum availability."
+            }
+        ),
+        condition(
+            previous,
+            "Progressing",
+            true,
+            if complete {
+                "NewReplicaSetAvailable"
+            } else {
+                "ReplicaSetUpdated"
+            },
+            &format!(
+                "ReplicaSet \"{name}-{hash}\" is {}.",
+                if complete { "available" } else { "progressing" }
+            )
+        ),
     ]);
     status
 }
 
 fn job_status(owner: &Value, pods: &[Value]) -> Value {
     let previous = &owner["status"];
-    let start = previous["startTime"].as_str().map(str::to_string).unwrap_or_else(now_rfc3339);
-    let succeeded = pods.iter().filter(|p| p["status"]["phase"] == "Succeeded").count()
+    let start = previous["startTime"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(now_rfc3339);
+    let succeeded = pods
+        .iter()
+        .filter(|p| p["status"]["phase"] == "Succeeded")
+        .count()
         + previous["succeeded"].as_u64().unwrap_or(0) as usize;
-    let active = pods.iter().filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"))).count();
+    let active = pods
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            )
+        })
+        .count();
     if succeeded > 0 {
-        let done = previous["completionTime"].as_str().map(str::to_string).unwrap_or_else(now_rfc3339);
+        let done = previous["completionTime"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(now_rfc3339);
         return json!({
             "startTime": start, "completionTime": done, "succeeded": 1, "ready": 0,
             "conditions": [
@@ -331,6 +438,9 @@ mod tests {
         let first = condition(&json!({}), "Available", true, "R", "m");
         let previous = json!({"conditions": [first.clone()]});
         assert_eq!(condition(&previous, "Available", true, "R", "m"), first);
-        assert_eq!(condition(&previous, "Available", false, "X", "m")["status"], "False");
+        assert_eq!(
+            condition(&previous, "Available", false, "X", "m")["status"],
+            "False"
+        );
     }
 }

@@ -34,14 +34,20 @@ pub fn core_versions(server_address: &str) -> Value {
 }
 
 fn group_entry(group: &str, versions: &[String]) -> Value {
-    let gvs: Vec<Value> =
-        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
 /// `/apis`: every named group.
 pub fn group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry.groups().iter().map(|(g, vs)| group_entry(g, vs)).collect();
+    let groups: Vec<Value> = registry
+        .groups()
+        .iter()
+        .map(|(g, vs)| group_entry(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -55,17 +61,28 @@ pub fn group(registry: &Registry, group: &str) -> Option<Value> {
 }
 
 fn verbs(rt: &ResourceType) -> Vec<&'static str> {
-    vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
-        .into_iter()
-        .filter(|v| rt.kind != "Node" || !matches!(*v, "create" | "delete" | "deletecollection"))
-        .collect()
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
+    .into_iter()
+    .filter(|v| rt.kind != "Node" || !matches!(*v, "create" | "delete" | "deletecollection"))
+    .collect()
 }
 
 fn subresource_entry(rt: &ResourceType, sub: Subresource) -> Value {
     let name = format!("{}/{}", rt.plural, sub.name());
     match sub {
-        Subresource::Status => json!({"name": name, "singularName": "", "namespaced": rt.namespaced,
-            "kind": rt.kind, "verbs": ["get", "patch", "update"]}),
+        Subresource::Status => {
+            json!({"name": name, "singularName": "", "namespaced": rt.namespaced,
+            "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+        }
         Subresource::Scale => json!({"name": name, "singularName": "", "namespaced": rt.namespaced,
             "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
         Subresource::Log => json!({"name": name, "singularName": "", "namespaced": rt.namespaced,
@@ -96,8 +113,14 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             resources.push(subresource_entry(rt, *sub));
         }
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 #[cfg(test)]
@@ -109,11 +132,28 @@ mod tests {
         let registry = Registry::with_builtins();
         assert_eq!(version("v1.32.3")["minor"], "32");
         let apps = resource_list(&registry, "apps", "v1").unwrap();
-        let names: Vec<&str> = apps["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"deployments") && names.contains(&"deployments/scale") && names.contains(&"deployments/status"));
+        let names: Vec<&str> = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"deployments")
+                && names.contains(&"deployments/scale")
+                && names.contains(&"deployments/status")
+        );
         let core = resource_list(&registry, "", "v1").unwrap();
-        assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/log"));
-        assert!(group_list(&registry)["groups"].as_array().unwrap().iter().any(|g| g["name"] == "batch"));
+        assert!(core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "pods/log"));
+        assert!(group_list(&registry)["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "batch"));
         assert!(resource_list(&registry, "nope", "v1").is_none());
         assert!(group(&registry, "apps").is_some());
     }

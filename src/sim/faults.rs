@@ -171,7 +171,11 @@ impl RequestLog {
         if e.len() >= REQUEST_LOG_CAP {
             e.pop_front();
         }
-        e.push_back(RequestRecord { method: method.to_string(), path: path.to_string(), query: query.to_string() });
+        e.push_back(RequestRecord {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+        });
     }
 
     /// A copy of the recorded requests.
@@ -192,17 +196,26 @@ mod tests {
     #[test]
     fn switches() {
         let f = Faults::default();
-        assert_eq!(namespace_of("/api/v1/namespaces/team-a/pods"), Some("team-a"));
+        assert_eq!(
+            namespace_of("/api/v1/namespaces/team-a/pods"),
+            Some("team-a")
+        );
         assert_eq!(namespace_of("/api/v1/namespaces/team-a"), Some("team-a"));
         assert_eq!(namespace_of("/apis/apps/v1/deployments"), None);
         f.forbid_namespace("team-a");
-        assert_eq!(f.check("/api/v1/namespaces/team-a/pods").1.unwrap().code, 403);
+        assert_eq!(
+            f.check("/api/v1/namespaces/team-a/pods").1.unwrap().code,
+            403
+        );
         assert!(f.check("/api/v1/namespaces/team-b/pods").1.is_none());
         f.fail_next(2, 503);
         assert_eq!(f.check("/version").1.unwrap().code, 503);
         assert_eq!(f.check("/version").1.unwrap().code, 503);
         assert!(f.check("/version").1.is_none());
         f.apply(&serde_json::from_str(r#"{"clear": true, "latency_ms": 5}"#).unwrap());
-        assert_eq!(f.check("/api/v1/namespaces/team-a/pods"), (Duration::from_millis(5), None));
+        assert_eq!(
+            f.check("/api/v1/namespaces/team-a/pods"),
+            (Duration::from_millis(5), None)
+        );
     }
 }

@@ -40,7 +40,11 @@ async fn faults_layer(State(state): State<Arc<SimState>>, req: Request, next: Ne
     if path.starts_with("/sim/") {
         return next.run(req).await;
     }
-    state.requests.record(req.method().as_str(), &path, req.uri().query().unwrap_or_default());
+    state.requests.record(
+        req.method().as_str(),
+        &path,
+        req.uri().query().unwrap_or_default(),
+    );
     let (latency, error) = state.faults.check(&path);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -83,52 +87,103 @@ async fn faults_post(State(state): State<Arc<SimState>>, body: Bytes) -> Respons
 
 /// What a resource path addresses.
 enum Target {
-    Collection { rt: ResourceType, ns: Option<String> },
-    Object { rt: ResourceType, ns: String, name: String, sub: Option<String> },
+    Collection {
+        rt: ResourceType,
+        ns: Option<String>,
+    },
+    Object {
+        rt: ResourceType,
+        ns: String,
+        name: String,
+        sub: Option<String>,
+    },
 }
 
-fn parse_target(state: &SimState, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+fn parse_target(
+    state: &SimState,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
     let lookup = |plural: &str| state.registry.lookup(group, version, plural);
     if let ["namespaces", ns, plural, tail @ ..] = rest {
         if let Some(rt) = lookup(plural).filter(|rt| rt.namespaced) {
             let ns = ns.to_string();
             return match tail {
                 [] => Ok(Target::Collection { rt, ns: Some(ns) }),
-                [name] => Ok(Target::Object { rt, ns, name: name.to_string(), sub: None }),
-                [name, sub] => Ok(Target::Object { rt, ns, name: name.to_string(), sub: Some(sub.to_string()) }),
+                [name] => Ok(Target::Object {
+                    rt,
+                    ns,
+                    name: name.to_string(),
+                    sub: None,
+                }),
+                [name, sub] => Ok(Target::Object {
+                    rt,
+                    ns,
+                    name: name.to_string(),
+                    sub: Some(sub.to_string()),
+                }),
                 _ => Err(ApiError::no_route()),
             };
         }
     }
-    let [plural, tail @ ..] = rest else { return Err(ApiError::no_route()) };
+    let [plural, tail @ ..] = rest else {
+        return Err(ApiError::no_route());
+    };
     let rt = lookup(plural).ok_or_else(ApiError::no_route)?;
     match (rt.namespaced, tail) {
         (_, []) => Ok(Target::Collection { rt, ns: None }),
-        (false, [name]) => Ok(Target::Object { rt, ns: String::new(), name: name.to_string(), sub: None }),
-        (false, [name, sub]) => {
-            Ok(Target::Object { rt, ns: String::new(), name: name.to_string(), sub: Some(sub.to_string()) })
-        }
+        (false, [name]) => Ok(Target::Object {
+            rt,
+            ns: String::new(),
+            name: name.to_string(),
+            sub: None,
+        }),
+        (false, [name, sub]) => Ok(Target::Object {
+            rt,
+            ns: String::new(),
+            name: name.to_string(),
+            sub: Some(sub.to_string()),
+        }),
         _ => Err(ApiError::no_route()),
     }
 }
 
 fn json_response(code: u16, value: Value) -> Response {
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), Json(value)).into_response()
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        Json(value),
+    )
+        .into_response()
 }
 
-async fn resources(State(state): State<Arc<SimState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn resources(
+    State(state): State<Arc<SimState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match dispatch(state, &method, &uri, &headers, &body) {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-fn dispatch(state: Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+fn dispatch(
+    state: Arc<SimState>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group] => {
-            return discovery::group(&state.registry, group).map(|v| json_response(200, v)).ok_or_else(ApiError::no_route)
+            return discovery::group(&state.registry, group)
+                .map(|v| json_response(200, v))
+                .ok_or_else(ApiError::no_route)
         }
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(ApiError::no_route()),
@@ -143,7 +198,10 @@ fn dispatch(state: Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderMa
             .map(|q| q.0)
             .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?,
     );
-    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let st = state.as_ref();
     match parse_target(st, group, version, rest)? {
         Target::Collection { rt, ns } => match *method {
@@ -157,33 +215,63 @@ fn dispatch(state: Arc<SimState>, method: &Method, uri: &Uri, headers: &HeaderMa
                     rt.group_resource()
                 ))),
             },
-            Method::DELETE => Ok(json_response(200, api::delete_collection(st, &rt, ns.as_deref(), body, &q)?)),
-            _ => Err(ApiError::method_not_allowed(format!("{method} is not supported on a collection"))),
+            Method::DELETE => Ok(json_response(
+                200,
+                api::delete_collection(st, &rt, ns.as_deref(), body, &q)?,
+            )),
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on a collection"
+            ))),
         },
-        Target::Object { rt, ns, name, sub: None } => match *method {
+        Target::Object {
+            rt,
+            ns,
+            name,
+            sub: None,
+        } => match *method {
             Method::GET => Ok(json_response(200, api::get(st, &rt, &ns, &name)?)),
-            Method::PUT => Ok(json_response(200, api::replace(st, &rt, &ns, &name, body, &q)?)),
+            Method::PUT => Ok(json_response(
+                200,
+                api::replace(st, &rt, &ns, &name, body, &q)?,
+            )),
             Method::PATCH => {
                 let (code, obj) = api::patch(st, &rt, &ns, &name, content_type, body, &q)?;
                 Ok(json_response(code, obj))
             }
-            Method::DELETE => Ok(json_response(200, api::delete(st, &rt, &ns, &name, body, &q)?)),
-            _ => Err(ApiError::method_not_allowed(format!("{method} is not supported on an object"))),
+            Method::DELETE => Ok(json_response(
+                200,
+                api::delete(st, &rt, &ns, &name, body, &q)?,
+            )),
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on an object"
+            ))),
         },
-        Target::Object { rt, ns, name, sub: Some(sub) } => {
+        Target::Object {
+            rt,
+            ns,
+            name,
+            sub: Some(sub),
+        } => {
             let patch_type = (*method == Method::PATCH).then_some(content_type);
             match (sub.as_str(), method.clone()) {
                 ("status", Method::GET) if rt.has(Subresource::Status) => {
                     Ok(json_response(200, api::get(st, &rt, &ns, &name)?))
                 }
                 ("status", Method::PUT | Method::PATCH) if rt.has(Subresource::Status) => {
-                    Ok(json_response(200, api::write_status(st, &rt, &ns, &name, patch_type, body, &q)?))
+                    Ok(json_response(
+                        200,
+                        api::write_status(st, &rt, &ns, &name, patch_type, body, &q)?,
+                    ))
                 }
-                ("scale", Method::GET) if rt.has(Subresource::Scale) => {
-                    Ok(json_response(200, api::scale_of(&api::get(st, &rt, &ns, &name)?)))
-                }
+                ("scale", Method::GET) if rt.has(Subresource::Scale) => Ok(json_response(
+                    200,
+                    api::scale_of(&api::get(st, &rt, &ns, &name)?),
+                )),
                 ("scale", Method::PUT | Method::PATCH) if rt.has(Subresource::Scale) => {
-                    Ok(json_response(200, api::write_scale(st, &rt, &ns, &name, patch_type, body, &q)?))
+                    Ok(json_response(
+                        200,
+                        api::write_scale(st, &rt, &ns, &name, patch_type, body, &q)?,
+                    ))
                 }
                 ("log", Method::GET) if rt.has(Subresource::Log) => {
                     let text = api::logs(st, &rt, &ns, &name, &q)?;

@@ -24,7 +24,11 @@ pub struct LogQuery {
 fn container_names(pod: &Value) -> Vec<String> {
     pod["spec"]["containers"]
         .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -52,7 +56,12 @@ fn lines_for(pod: &Value, container: &str) -> Vec<(SystemTime, String)> {
     }
     lines
         .into_iter()
-        .map(|(t, text)| (t, format!("{} {text}", humantime::format_rfc3339_seconds(t))))
+        .map(|(t, text)| {
+            (
+                t,
+                format!("{} {text}", humantime::format_rfc3339_seconds(t)),
+            )
+        })
         .collect()
 }
 
@@ -85,7 +94,9 @@ pub fn pod_logs(pod: &Value, q: &LogQuery, now: SystemTime) -> Result<String, Ap
     }
     let mut lines = lines_for(pod, &container);
     if let Some(since) = q.since_seconds.filter(|s| *s > 0) {
-        let cutoff = now.checked_sub(Duration::from_secs(since as u64)).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = now
+            .checked_sub(Duration::from_secs(since as u64))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         lines.retain(|(t, _)| *t >= cutoff);
     }
     if let Some(tail) = q.tail_lines.filter(|t| *t >= 0) {
@@ -115,7 +126,10 @@ mod tests {
     }
 
     fn q(container: &str) -> LogQuery {
-        LogQuery { container: Some(container.into()), ..Default::default() }
+        LogQuery {
+            container: Some(container.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -124,11 +138,35 @@ mod tests {
         let all = pod_logs(&pod(), &q("app"), now).unwrap();
         assert_eq!(all.lines().count(), 4);
         assert!(all.starts_with("2026-01-01T00:00:00Z web-1 started\n"));
-        let tail = pod_logs(&pod(), &LogQuery { tail_lines: Some(1), ..q("app") }, now).unwrap();
+        let tail = pod_logs(
+            &pod(),
+            &LogQuery {
+                tail_lines: Some(1),
+                ..q("app")
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(tail, "2026-01-01T00:00:01Z web-1 ready\n");
-        let since = pod_logs(&pod(), &LogQuery { since_seconds: Some(9), ..q("app") }, now).unwrap();
+        let since = pod_logs(
+            &pod(),
+            &LogQuery {
+                since_seconds: Some(9),
+                ..q("app")
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(since.lines().count(), 2);
-        let limited = pod_logs(&pod(), &LogQuery { limit_bytes: Some(10), ..q("app") }, now).unwrap();
+        let limited = pod_logs(
+            &pod(),
+            &LogQuery {
+                limit_bytes: Some(10),
+                ..q("app")
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(limited.len(), 10);
     }
 
@@ -138,9 +176,15 @@ mod tests {
         let err = pod_logs(&pod(), &q("nope"), now).unwrap_err();
         assert_eq!(err.code, 400);
         assert!(err.message.contains("[app side]"), "{}", err.message);
-        assert!(pod_logs(&pod(), &LogQuery::default(), now).unwrap_err().message.contains("must be specified"));
+        assert!(pod_logs(&pod(), &LogQuery::default(), now)
+            .unwrap_err()
+            .message
+            .contains("must be specified"));
         let mut pending = pod();
         pending["status"]["phase"] = json!("Pending");
-        assert!(pod_logs(&pending, &q("app"), now).unwrap_err().message.contains("waiting to start"));
+        assert!(pod_logs(&pending, &q("app"), now)
+            .unwrap_err()
+            .message
+            .contains("waiting to start"));
     }
 }

@@ -220,8 +220,14 @@ impl SimCluster {
     pub async fn start(options: SimOptions) -> Result<SimHandle, SimError> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
-            .map_err(|source| SimError::Bind { port: options.port, source })?;
-        let addr = listener.local_addr().map_err(|source| SimError::Bind { port: options.port, source })?;
+            .map_err(|source| SimError::Bind {
+                port: options.port,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            port: options.port,
+            source,
+        })?;
         let state = Arc::new(SimState {
             registry: Registry::with_builtins(),
             store: Store::new(options.watch_history),
@@ -236,19 +242,34 @@ impl SimCluster {
         let app = http::router(state.clone());
         let token = state.shutdown.clone();
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
         });
         tracing::debug!(%addr, "simulated Kubernetes API server listening");
-        Ok(SimHandle { state, tasks: vec![server, controller] })
+        Ok(SimHandle {
+            state,
+            tasks: vec![server, controller],
+        })
     }
 }
 
 fn seed(state: &SimState) -> Result<(), ApiError> {
-    let lookup = |g: &str, p: &str| state.registry.lookup_any_version(g, p).expect("built-in type");
-    let (ns_rt, node_rt, crd_rt) =
-        (lookup("", "namespaces"), lookup("", "nodes"), lookup("apiextensions.k8s.io", "customresourcedefinitions"));
-    let mut namespaces: Vec<String> =
-        ["default", "kube-system", "kube-public", "consonant-system"].iter().map(|s| s.to_string()).collect();
+    let lookup = |g: &str, p: &str| {
+        state
+            .registry
+            .lookup_any_version(g, p)
+            .expect("built-in type")
+    };
+    let (ns_rt, node_rt, crd_rt) = (
+        lookup("", "namespaces"),
+        lookup("", "nodes"),
+        lookup("apiextensions.k8s.io", "customresourcedefinitions"),
+    );
+    let mut namespaces: Vec<String> = ["default", "kube-system", "kube-public", "consonant-system"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     namespaces.extend(state.options.extra_namespaces.iter().cloned());
     let q = api::Params::default();
     for ns in namespaces {
@@ -320,7 +341,10 @@ impl SimHandle {
     /// An unmodified `kube::Client` talking to this server.
     pub fn client(&self) -> Result<kube::Client, SimError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        kube::Client::try_from(self.config()).map_err(|source| SimError::Client { url: self.url(), source })
+        kube::Client::try_from(self.config()).map_err(|source| SimError::Client {
+            url: self.url(),
+            source,
+        })
     }
 
     /// A kubeconfig (context `consonant-sim`, namespace `default`).
@@ -335,8 +359,10 @@ impl SimHandle {
 
     /// Writes [`SimHandle::kubeconfig_yaml`] to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
-        std::fs::write(path, self.kubeconfig_yaml())
-            .map_err(|source| SimError::Kubeconfig { path: path.display().to_string(), source })
+        std::fs::write(path, self.kubeconfig_yaml()).map_err(|source| SimError::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// The fault switches (shared with `POST /sim/faults`).
@@ -379,7 +405,10 @@ impl SimHandle {
         self.state.shutdown.cancel();
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

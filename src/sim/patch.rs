@@ -35,7 +35,8 @@ impl PatchKind {
             PatchKind::Apply => serde_yaml_ng::from_slice(body).map_err(|e| e.to_string()),
             _ => serde_json::from_slice(body).map_err(|e| e.to_string()),
         };
-        let value = parsed.map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let value =
+            parsed.map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         if !value.is_object() {
             return Err(ApiError::bad_request("the patch must be a JSON object"));
         }
@@ -72,7 +73,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn named_items(list: &[Value]) -> bool {
-    !list.is_empty() && list.iter().all(|i| i.get("name").is_some_and(Value::is_string))
+    !list.is_empty()
+        && list
+            .iter()
+            .all(|i| i.get("name").is_some_and(Value::is_string))
 }
 
 /// Strategic merge patch, simplified: merge patch, except that a list whose
@@ -113,9 +117,12 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
 
 fn strip_nulls(v: &Value) -> Value {
     match v {
-        Value::Object(m) => {
-            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect())
-        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
         other => other.clone(),
     }
@@ -124,7 +131,12 @@ fn strip_nulls(v: &Value) -> Value {
 /// Server-side apply, simplified: merges `applied` onto `existing` (or
 /// starts from nothing) and records `manager` in `metadata.managedFields`.
 /// There is no per-field ownership, so there are no apply conflicts.
-pub fn server_side_apply(existing: Option<&Value>, applied: &Value, manager: &str, now: &str) -> Value {
+pub fn server_side_apply(
+    existing: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    now: &str,
+) -> Value {
     let mut result = existing.cloned().unwrap_or_else(|| json!({}));
     let mut applied = applied.clone();
     if let Some(m) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -163,13 +175,48 @@ mod tests {
 
     #[test]
     fn merge_patch_follows_rfc_7386() {
-        check(PatchKind::Merge, json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"}));
-        check(PatchKind::Merge, json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"}));
-        check(PatchKind::Merge, json!({"a": "b"}), json!({"a": null}), json!({}));
-        check(PatchKind::Merge, json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]}));
-        check(PatchKind::Merge, json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}}));
-        check(PatchKind::Merge, json!([1, 2]), json!({"a": "b", "c": null}), json!({"a": "b"}));
-        check(PatchKind::Merge, json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1}));
+        check(
+            PatchKind::Merge,
+            json!({"a": "b"}),
+            json!({"a": "c"}),
+            json!({"a": "c"}),
+        );
+        check(
+            PatchKind::Merge,
+            json!({"a": "b"}),
+            json!({"b": "c"}),
+            json!({"a": "b", "b": "c"}),
+        );
+        check(
+            PatchKind::Merge,
+            json!({"a": "b"}),
+            json!({"a": null}),
+            json!({}),
+        );
+        check(
+            PatchKind::Merge,
+            json!({"a": [{"b": "c"}]}),
+            json!({"a": [1]}),
+            json!({"a": [1]}),
+        );
+        check(
+            PatchKind::Merge,
+            json!({"a": {"b": "c"}}),
+            json!({"a": {"b": "d", "c": null}}),
+            json!({"a": {"b": "d"}}),
+        );
+        check(
+            PatchKind::Merge,
+            json!([1, 2]),
+            json!({"a": "b", "c": null}),
+            json!({"a": "b"}),
+        );
+        check(
+            PatchKind::Merge,
+            json!({"e": null}),
+            json!({"a": 1}),
+            json!({"e": null, "a": 1}),
+        );
     }
 
     #[test]
@@ -179,8 +226,18 @@ mod tests {
         let expected = json!({"spec": {"containers": [
             {"name": "a", "image": "x:1"}, {"name": "b", "image": "y:2"}, {"name": "c", "image": "z"}]}});
         check(PatchKind::Strategic, target, patch, expected);
-        check(PatchKind::Strategic, json!({"args": ["a"]}), json!({"args": ["b"]}), json!({"args": ["b"]}));
-        check(PatchKind::Strategic, json!({"a": 1}), json!({"a": null}), json!({}));
+        check(
+            PatchKind::Strategic,
+            json!({"args": ["a"]}),
+            json!({"args": ["b"]}),
+            json!({"args": ["b"]}),
+        );
+        check(
+            PatchKind::Strategic,
+            json!({"a": 1}),
+            json!({"a": null}),
+            json!({}),
+        );
     }
 
     #[test]
@@ -188,11 +245,29 @@ mod tests {
         let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}});
         let created = server_side_apply(None, &applied, "consonant-relayer", "now");
         assert_eq!(created["data"]["k"], "v");
-        assert_eq!(created["metadata"]["managedFields"][0]["manager"], "consonant-relayer");
-        let again = server_side_apply(Some(&created), &json!({"data": {"x": "y"}}), "consonant-relayer", "later");
+        assert_eq!(
+            created["metadata"]["managedFields"][0]["manager"],
+            "consonant-relayer"
+        );
+        let again = server_side_apply(
+            Some(&created),
+            &json!({"data": {"x": "y"}}),
+            "consonant-relayer",
+            "later",
+        );
         assert_eq!(again["data"], json!({"k": "v", "x": "y"}));
-        assert_eq!(again["metadata"]["managedFields"].as_array().unwrap().len(), 1);
-        assert_eq!(PatchKind::from_content_type("application/json-patch+json").unwrap_err().code, 415);
-        assert!(PatchKind::Apply.parse_body(b"metadata:\n  name: a\n").is_ok());
+        assert_eq!(
+            again["metadata"]["managedFields"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/json-patch+json")
+                .unwrap_err()
+                .code,
+            415
+        );
+        assert!(PatchKind::Apply
+            .parse_body(b"metadata:\n  name: a\n")
+            .is_ok());
     }
 }

@@ -106,8 +106,12 @@ impl ResourceType {
         let spec = crd.get("spec").ok_or("spec is required")?;
         let group = spec["group"].as_str().ok_or("spec.group is required")?;
         let names = &spec["names"];
-        let plural = names["plural"].as_str().ok_or("spec.names.plural is required")?;
-        let kind = names["kind"].as_str().ok_or("spec.names.kind is required")?;
+        let plural = names["plural"]
+            .as_str()
+            .ok_or("spec.names.plural is required")?;
+        let kind = names["kind"]
+            .as_str()
+            .ok_or("spec.names.kind is required")?;
         let singular = names["singular"]
             .as_str()
             .map(str::to_string)
@@ -115,7 +119,11 @@ impl ResourceType {
         let namespaced = spec["scope"].as_str().unwrap_or("Namespaced") == "Namespaced";
         let short_names: Vec<String> = names["shortNames"]
             .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let versions = spec["versions"]
             .as_array()
@@ -123,7 +131,9 @@ impl ResourceType {
             .ok_or("spec.versions must list at least one version")?;
         let mut out = Vec::new();
         for v in versions {
-            let name = v["name"].as_str().ok_or("spec.versions[].name is required")?;
+            let name = v["name"]
+                .as_str()
+                .ok_or("spec.versions[].name is required")?;
             if v["served"].as_bool() == Some(false) {
                 continue;
             }
@@ -170,9 +180,21 @@ pub fn builtin_types() -> Vec<ResourceType> {
         b("batch", "v1", "Job", "jobs", true).with(&[Status], &[]),
         b("coordination.k8s.io", "v1", "Lease", "leases", true),
         b("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
-        b("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
-        b("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false)
-            .with(&[Status], &["crd", "crds"]),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+        ),
+        b(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        )
+        .with(&[Status], &["crd", "crds"]),
     ]
 }
 
@@ -185,7 +207,9 @@ pub struct Registry {
 impl Registry {
     /// A registry holding the built-in types.
     pub fn with_builtins() -> Self {
-        Registry { types: RwLock::new(builtin_types()) }
+        Registry {
+            types: RwLock::new(builtin_types()),
+        }
     }
 
     /// The type served at `group/version/plural`.
@@ -199,12 +223,20 @@ impl Registry {
 
     /// Any version of `group/plural` (storage is shared across versions).
     pub fn lookup_any_version(&self, group: &str, plural: &str) -> Option<ResourceType> {
-        self.types.read().iter().find(|t| t.group == group && t.plural == plural).cloned()
+        self.types
+            .read()
+            .iter()
+            .find(|t| t.group == group && t.plural == plural)
+            .cloned()
     }
 
     /// The type with `apiVersion` and `kind`, as found in owner references.
     pub fn lookup_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.types.read().iter().find(|t| t.api_version() == api_version && t.kind == kind).cloned()
+        self.types
+            .read()
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .cloned()
     }
 
     /// Groups with their versions, in registration order (core group excluded).
@@ -212,7 +244,9 @@ impl Registry {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
         for t in self.types.read().iter().filter(|t| !t.group.is_empty()) {
             match out.iter_mut().find(|(g, _)| *g == t.group) {
-                Some((_, versions)) if !versions.contains(&t.version) => versions.push(t.version.clone()),
+                Some((_, versions)) if !versions.contains(&t.version) => {
+                    versions.push(t.version.clone())
+                }
                 Some(_) => {}
                 None => out.push((t.group.clone(), vec![t.version.clone()])),
             }
@@ -239,7 +273,9 @@ impl Registry {
 
     /// Removes the types of a deleted CRD.
     pub fn unregister_crd(&self, group: &str, plural: &str) {
-        self.types.write().retain(|t| !(t.from_crd && t.group == group && t.plural == plural));
+        self.types
+            .write()
+            .retain(|t| !(t.from_crd && t.group == group && t.plural == plural));
     }
 }
 
@@ -261,9 +297,13 @@ mod tests {
         assert!(types[0].has(Subresource::Status));
         let registry = Registry::with_builtins();
         registry.register_crd("kagent.dev", "agents", types);
-        assert!(registry.lookup("kagent.dev", "v1alpha2", "agents").is_some());
+        assert!(registry
+            .lookup("kagent.dev", "v1alpha2", "agents")
+            .is_some());
         assert!(registry.groups().iter().any(|(g, _)| g == "kagent.dev"));
         registry.unregister_crd("kagent.dev", "agents");
-        assert!(registry.lookup("kagent.dev", "v1alpha2", "agents").is_none());
+        assert!(registry
+            .lookup("kagent.dev", "v1alpha2", "agents")
+            .is_none());
     }
 }

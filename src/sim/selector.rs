@@ -98,15 +98,23 @@ fn parse_set(key: &str, rest: &str, term: &str) -> Result<(String, Vec<String>),
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement {term:?}: expected a (value,...) set"))?;
-    let values = inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+        .ok_or_else(|| {
+            format!("unable to parse requirement {term:?}: expected a (value,...) set")
+        })?;
+    let values = inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
     Ok((check_key(key, term)?, values))
 }
 
 fn check_key(key: &str, term: &str) -> Result<String, String> {
     let key = key.trim();
     if key.is_empty() || key.contains(char::is_whitespace) {
-        return Err(format!("unable to parse requirement {term:?}: invalid label key {key:?}"));
+        return Err(format!(
+            "unable to parse requirement {term:?}: invalid label key {key:?}"
+        ));
     }
     Ok(key.to_string())
 }
@@ -124,10 +132,16 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
         return Ok(Requirement::In(k, v));
     }
     if let Some((key, value)) = term.split_once("!=") {
-        return Ok(Requirement::NotEquals(check_key(key, term)?, value.trim().to_string()));
+        return Ok(Requirement::NotEquals(
+            check_key(key, term)?,
+            value.trim().to_string(),
+        ));
     }
     if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(Requirement::Equals(check_key(key, term)?, value.trim().to_string()));
+        return Ok(Requirement::Equals(
+            check_key(key, term)?,
+            value.trim().to_string(),
+        ));
     }
     Ok(Requirement::Exists(check_key(term, term)?))
 }
@@ -172,16 +186,29 @@ mod tests {
         check("!canary", json!({"app": "web"}), true);
         check("!canary", json!({"canary": "yes"}), false);
         check("app", json!({"app": ""}), true);
-        check("app=web,tier in (a,b),!canary", json!({"app": "web", "tier": "a"}), true);
-        check("app=web,tier in (a,b),!canary", json!({"app": "web", "tier": "c"}), false);
+        check(
+            "app=web,tier in (a,b),!canary",
+            json!({"app": "web", "tier": "a"}),
+            true,
+        );
+        check(
+            "app=web,tier in (a,b),!canary",
+            json!({"app": "web", "tier": "c"}),
+            false,
+        );
     }
 
     #[test]
     fn field_selector_and_errors() {
         let s = Selector::parse("metadata.name=x,status.phase!=Failed").unwrap();
-        assert!(s.matches_fields(&json!({"metadata": {"name": "x"}, "status": {"phase": "Running"}})));
+        assert!(
+            s.matches_fields(&json!({"metadata": {"name": "x"}, "status": {"phase": "Running"}}))
+        );
         assert!(!s.matches_fields(&json!({"metadata": {"name": "y"}})));
         assert!(Selector::parse("a in b").is_err());
-        assert_eq!(match_labels_string(&json!({"app": "web", "tier": "a"})), "app=web,tier=a");
+        assert_eq!(
+            match_labels_string(&json!({"app": "web", "tier": "a"})),
+            "app=web,tier=a"
+        );
     }
 }

@@ -21,7 +21,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with an explicit code and reason.
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        ApiError { code, reason: reason.to_string(), message: message.into(), details: None }
+        ApiError {
+            code,
+            reason: reason.to_string(),
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
@@ -31,19 +36,31 @@ impl ApiError {
 
     /// 404 for an object, in the real API's words.
     pub fn not_found(group: &str, plural: &str, group_resource: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{group_resource} \"{name}\" not found"))
-            .with_details(group, plural, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{group_resource} \"{name}\" not found"),
+        )
+        .with_details(group, plural, name)
     }
 
     /// 404 for a path that names no resource.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, plural: &str, group_resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{group_resource} \"{name}\" already exists"))
-            .with_details(group, plural, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{group_resource} \"{name}\" already exists"),
+        )
+        .with_details(group, plural, name)
     }
 
     /// 409 Conflict for a stale resourceVersion.
@@ -102,7 +119,11 @@ impl ApiError {
             429 => "TooManyRequests",
             _ => "InternalError",
         };
-        Self::new(code, reason, format!("simulated failure (fault switch fail_next, code {code})"))
+        Self::new(
+            code,
+            reason,
+            format!("simulated failure (fault switch fail_next, code {code})"),
+        )
     }
 
     /// The `Status` object.

@@ -66,6 +66,9 @@ pub enum WatchStart {
 
 type Key = (String, String, String);
 
+/// A live subscription to store events.
+pub type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
+
 struct Inner {
     rv: u64,
     objects: BTreeMap<Key, Value>,
@@ -112,7 +115,9 @@ fn random_suffix() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 impl Store {
@@ -120,7 +125,12 @@ impl Store {
     pub fn new(history_cap: usize) -> Self {
         let (events, _) = broadcast::channel(16 * 1024);
         Store {
-            inner: Mutex::new(Inner { rv: 1, objects: BTreeMap::new(), history: VecDeque::new(), floor: 0 }),
+            inner: Mutex::new(Inner {
+                rv: 1,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                floor: 0,
+            }),
             events,
             history_cap: history_cap.max(1),
         }
@@ -153,12 +163,24 @@ impl Store {
     /// Creates an object in `ns` (ignored for cluster-scoped types). Fills
     /// in apiVersion, kind, uid, resourceVersion, generation and
     /// creationTimestamp; `generateName` gets a random suffix.
-    pub fn create(&self, rt: &ResourceType, ns: &str, mut obj: Value, dry_run: bool) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         let mut inner = self.inner.lock();
-        let meta = obj.as_object_mut().expect("object").entry("metadata").or_insert_with(|| json!({}));
+        let meta = obj
+            .as_object_mut()
+            .expect("object")
+            .entry("metadata")
+            .or_insert_with(|| json!({}));
         if !meta.is_object() {
             return Err(ApiError::bad_request("metadata must be an object"));
         }
@@ -176,7 +198,12 @@ impl Store {
         };
         let k = key(rt, ns, &name);
         if inner.objects.contains_key(&k) {
-            return Err(ApiError::already_exists(&rt.group, &rt.plural, &rt.group_resource(), &name));
+            return Err(ApiError::already_exists(
+                &rt.group,
+                &rt.plural,
+                &rt.group_resource(),
+                &name,
+            ));
         }
         let rv = inner.rv + 1;
         let meta = meta.as_object_mut().expect("object");
@@ -215,15 +242,20 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock();
         let k = key(rt, ns, name);
-        let old = inner
-            .objects
-            .get(&k)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &rt.group_resource(), name))?;
+        let old = inner.objects.get(&k).cloned().ok_or_else(|| {
+            ApiError::not_found(&rt.group, &rt.plural, &rt.group_resource(), name)
+        })?;
         let mut new = old.clone();
         change(&mut new)?;
         // Identity fields cannot change.
-        for field in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "resourceVersion",
+        ] {
             match old["metadata"].get(field) {
                 Some(v) => new["metadata"][field] = v.clone(),
                 None => {
@@ -254,7 +286,13 @@ impl Store {
     }
 
     /// Removes an object and returns it (with the deletion's resourceVersion).
-    pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, dry_run: bool) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock();
         let k = key(rt, ns, name);
         let not_found = || ApiError::not_found(&rt.group, &rt.plural, &rt.group_resource(), name);
@@ -307,7 +345,7 @@ impl Store {
         &self,
         resource: &str,
         start: WatchStart,
-    ) -> Result<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>), ApiError> {
+    ) -> Result<(Vec<Arc<WatchEvent>>, EventReceiver), ApiError> {
         let inner = self.inner.lock();
         let rx = self.events.subscribe();
         let backlog = match start {
@@ -342,9 +380,23 @@ impl Store {
         Ok((backlog, rx))
     }
 
-    fn emit(&self, inner: &mut Inner, event_type: EventType, k: Key, object: Value, old: Option<Value>) {
+    fn emit(
+        &self,
+        inner: &mut Inner,
+        event_type: EventType,
+        k: Key,
+        object: Value,
+        old: Option<Value>,
+    ) {
         let (resource, namespace, _) = k;
-        let event = Arc::new(WatchEvent { rv: inner.rv, event_type, resource, namespace, object, old });
+        let event = Arc::new(WatchEvent {
+            rv: inner.rv,
+            event_type,
+            resource,
+            namespace,
+            object,
+            old,
+        });
         inner.history.push_back(event.clone());
         while inner.history.len() > self.history_cap {
             if let Some(dropped) = inner.history.pop_front() {
@@ -357,10 +409,22 @@ impl Store {
 }
 
 /// 409 Conflict unless `expected` is absent, empty or the current version.
-pub fn check_rv(rt: &ResourceType, name: &str, current: &Value, expected: Option<&str>) -> Result<(), ApiError> {
+pub fn check_rv(
+    rt: &ResourceType,
+    name: &str,
+    current: &Value,
+    expected: Option<&str>,
+) -> Result<(), ApiError> {
     match expected {
-        Some(rv) if !rv.is_empty() && current["metadata"]["resourceVersion"].as_str() != Some(rv) => {
-            Err(ApiError::conflict(&rt.group, &rt.plural, &rt.group_resource(), name))
+        Some(rv)
+            if !rv.is_empty() && current["metadata"]["resourceVersion"].as_str() != Some(rv) =>
+        {
+            Err(ApiError::conflict(
+                &rt.group,
+                &rt.plural,
+                &rt.group_resource(),
+                name,
+            ))
         }
         _ => Ok(()),
     }
@@ -371,7 +435,13 @@ mod tests {
     use super::*;
     use crate::sim::resources::builtin_types;
 
-    fn replace(store: &Store, rt: &ResourceType, name: &str, obj: Value, rv: Option<&str>) -> Result<Value, ApiError> {
+    fn replace(
+        store: &Store,
+        rt: &ResourceType,
+        name: &str,
+        obj: Value,
+        rv: Option<&str>,
+    ) -> Result<Value, ApiError> {
         store.update(rt, "default", name, false, |current| {
             check_rv(rt, name, current, rv)?;
             *current = obj;
@@ -380,7 +450,10 @@ mod tests {
     }
 
     fn rt(plural: &str) -> ResourceType {
-        builtin_types().into_iter().find(|t| t.plural == plural).unwrap()
+        builtin_types()
+            .into_iter()
+            .find(|t| t.plural == plural)
+            .unwrap()
     }
 
     #[test]
@@ -388,49 +461,96 @@ mod tests {
         let store = Store::new(100);
         let cm = rt("configmaps");
         let mut rx = store.subscribe();
-        let created = store.create(&cm, "default", json!({"metadata": {"name": "a"}, "data": {"k": "v"}}), false).unwrap();
+        let created = store
+            .create(
+                &cm,
+                "default",
+                json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+                false,
+            )
+            .unwrap();
         assert_eq!(created["kind"], "ConfigMap");
         assert_eq!(created["metadata"]["namespace"], "default");
         assert_eq!(created["metadata"]["generation"], 1);
-        let rv1 = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let rv1 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert_eq!(rx.try_recv().unwrap().event_type, EventType::Added);
 
-        let err = store.create(&cm, "default", json!({"metadata": {"name": "a"}}), false).unwrap_err();
+        let err = store
+            .create(&cm, "default", json!({"metadata": {"name": "a"}}), false)
+            .unwrap_err();
         assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
 
-        let updated = replace(&store, &cm, "a", json!({"metadata": {"name": "a"}, "data": {"k": "w"}}), Some(&rv1)).unwrap();
+        let updated = replace(
+            &store,
+            &cm,
+            "a",
+            json!({"metadata": {"name": "a"}, "data": {"k": "w"}}),
+            Some(&rv1),
+        )
+        .unwrap();
         assert_eq!(updated["metadata"]["generation"], 2);
         assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
-        let stale = replace(&store, &cm, "a", json!({"metadata": {"name": "a"}}), Some(&rv1));
+        let stale = replace(
+            &store,
+            &cm,
+            "a",
+            json!({"metadata": {"name": "a"}}),
+            Some(&rv1),
+        );
         assert_eq!(stale.unwrap_err().reason, "Conflict");
 
         // A no-op change stores nothing.
         let rv_before = store.current_rv();
-        store.update(&cm, "default", "a", false, |_| Ok(())).unwrap();
+        store
+            .update(&cm, "default", "a", false, |_| Ok(()))
+            .unwrap();
         assert_eq!(store.current_rv(), rv_before);
 
         // History replays from an old resourceVersion.
-        let (backlog, _) = store.watch(&cm.storage_key(), WatchStart::After(rv1.parse().unwrap())).unwrap();
+        let (backlog, _) = store
+            .watch(&cm.storage_key(), WatchStart::After(rv1.parse().unwrap()))
+            .unwrap();
         assert_eq!(backlog.len(), 1);
         assert_eq!(backlog[0].event_type, EventType::Modified);
 
         let deleted = store.delete(&cm, "default", "a", false).unwrap();
         assert_eq!(deleted["data"]["k"], "w");
         assert!(store.get(&cm, "default", "a").is_none());
-        assert_eq!(store.delete(&cm, "default", "a", false).unwrap_err().code, 404);
+        assert_eq!(
+            store.delete(&cm, "default", "a", false).unwrap_err().code,
+            404
+        );
     }
 
     #[test]
     fn generate_name_dry_run_and_gone() {
         let store = Store::new(2);
         let cm = rt("configmaps");
-        let dry = store.create(&cm, "ns", json!({"metadata": {"generateName": "x-"}}), true).unwrap();
+        let dry = store
+            .create(&cm, "ns", json!({"metadata": {"generateName": "x-"}}), true)
+            .unwrap();
         assert!(dry["metadata"]["name"].as_str().unwrap().starts_with("x-"));
         assert!(store.list(&cm, None).0.is_empty());
         for i in 0..4 {
-            store.create(&cm, "ns", json!({"metadata": {"name": format!("c{i}")}}), false).unwrap();
+            store
+                .create(
+                    &cm,
+                    "ns",
+                    json!({"metadata": {"name": format!("c{i}")}}),
+                    false,
+                )
+                .unwrap();
         }
-        assert_eq!(store.watch(&cm.storage_key(), WatchStart::After(1)).unwrap_err().code, 410);
+        assert_eq!(
+            store
+                .watch(&cm.storage_key(), WatchStart::After(1))
+                .unwrap_err()
+                .code,
+            410
+        );
         let (initial, _) = store.watch(&cm.storage_key(), WatchStart::Initial).unwrap();
         assert_eq!(initial.len(), 4);
         assert_eq!(store.list(&cm, Some("ns")).0.len(), 4);

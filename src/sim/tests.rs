@@ -6,7 +6,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
+};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::watcher;
 use kube::Client;
@@ -15,9 +17,12 @@ use serde_json::{json, Value};
 use super::{SimCluster, SimHandle, SimOptions};
 
 async fn start() -> (SimHandle, Client) {
-    let sim = SimCluster::start(SimOptions { ready_delay: Duration::from_millis(50), ..Default::default() })
-        .await
-        .expect("sim starts");
+    let sim = SimCluster::start(SimOptions {
+        ready_delay: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await
+    .expect("sim starts");
     let client = sim.client().expect("client builds");
     (sim, client)
 }
@@ -62,7 +67,12 @@ where
 }
 
 async fn ready_replicas(api: &Api<Deployment>, name: &str) -> i32 {
-    api.get(name).await.unwrap().status.and_then(|s| s.ready_replicas).unwrap_or(0)
+    api.get(name)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
 }
 
 async fn pod_names(client: &Client, app: &str) -> Vec<String> {
@@ -83,13 +93,20 @@ async fn pod_names(client: &Client, app: &str) -> Vec<String> {
 async fn discovery_finds_builtin_and_crd_kinds() {
     let (sim, client) = start().await;
     let version = client.apiserver_version().await.unwrap();
-    assert!(version.git_version.starts_with("v1.32."), "{}", version.git_version);
+    assert!(
+        version.git_version.starts_with("v1.32."),
+        "{}",
+        version.git_version
+    );
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let apps = discovery.get("apps").expect("apps group");
     let (deploy, caps) = apps.recommended_kind("Deployment").expect("Deployment");
     assert_eq!(deploy.plural, "deployments");
     assert_eq!(caps.scope, Scope::Namespaced);
-    assert!(caps.subresources.iter().any(|(r, _)| r.plural == "deployments/scale" || r.plural == "scale"));
+    assert!(caps
+        .subresources
+        .iter()
+        .any(|(r, _)| r.plural == "deployments/scale" || r.plural == "scale"));
     let kagent = discovery.get("kagent.dev").expect("kagent.dev group");
     let (agent, _) = kagent.recommended_kind("Agent").expect("Agent");
     assert_eq!(agent.version, "v1alpha2");
@@ -101,13 +118,35 @@ async fn discovery_finds_builtin_and_crd_kinds() {
     agents.create(&PostParams::default(), &obj).await.unwrap();
     let fetched = agents.get("helper").await.unwrap();
     assert_eq!(fetched.data["spec"]["description"], "test agent");
-    assert_eq!(agents.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        agents
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 
     let nodes: Api<Node> = Api::all(client.clone());
-    assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     let namespaces: Api<Namespace> = Api::all(client);
-    let names: Vec<String> =
-        namespaces.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|n| n.metadata.name).collect();
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     assert!(names.contains(&"consonant-system".to_string()), "{names:?}");
     sim.shutdown().await;
 }
@@ -116,52 +155,107 @@ async fn discovery_finds_builtin_and_crd_kinds() {
 async fn deployment_crud_with_selectors_and_pagination() {
     let (sim, client) = start().await;
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
-    api.create(&PostParams::default(), &deployment("web", 2)).await.unwrap();
+    api.create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .unwrap();
     let mut other = deployment("db", 1);
-    other.metadata.labels.as_mut().unwrap().insert("tier".into(), "data".into());
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("tier".into(), "data".into());
     api.create(&PostParams::default(), &other).await.unwrap();
 
-    let again = api.create(&PostParams::default(), &deployment("web", 2)).await.unwrap_err();
+    let again = api
+        .create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .unwrap_err();
     assert_eq!(api_code(again), 409);
 
     let web = api.get("web").await.unwrap();
     assert_eq!(web.metadata.generation, Some(1));
     assert!(web.metadata.uid.is_some() && web.metadata.resource_version.is_some());
 
-    let by_tier = api.list(&ListParams::default().labels("tier=web")).await.unwrap();
+    let by_tier = api
+        .list(&ListParams::default().labels("tier=web"))
+        .await
+        .unwrap();
     assert_eq!(by_tier.items.len(), 1);
-    let by_set = api.list(&ListParams::default().labels("tier in (web,data),!canary")).await.unwrap();
+    let by_set = api
+        .list(&ListParams::default().labels("tier in (web,data),!canary"))
+        .await
+        .unwrap();
     assert_eq!(by_set.items.len(), 2);
     let first_page = api.list(&ListParams::default().limit(1)).await.unwrap();
     assert_eq!(first_page.items.len(), 1);
-    let token = first_page.metadata.continue_.clone().expect("continue token");
-    let second = api.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap();
+    let token = first_page
+        .metadata
+        .continue_
+        .clone()
+        .expect("continue token");
+    let second = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap();
     assert_eq!(second.items.len(), 1);
-    assert_ne!(first_page.items[0].metadata.name, second.items[0].metadata.name);
+    assert_ne!(
+        first_page.items[0].metadata.name,
+        second.items[0].metadata.name
+    );
     let all: Api<Deployment> = Api::all(client.clone());
-    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
 
     assert_eq!(api_code(api.get("missing").await.unwrap_err()), 404);
 
     // Pods appear, then go away with the deployment.
-    eventually("two web pods", || async { (pod_names(&client, "web").await.len() == 2).then_some(()) }).await;
-    api.delete("web", &DeleteParams::background()).await.unwrap();
-    eventually("web pods deleted", || async { pod_names(&client, "web").await.is_empty().then_some(()) }).await;
+    eventually("two web pods", || async {
+        (pod_names(&client, "web").await.len() == 2).then_some(())
+    })
+    .await;
+    api.delete("web", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("web pods deleted", || async {
+        pod_names(&client, "web").await.is_empty().then_some(())
+    })
+    .await;
     assert_eq!(api_code(api.get("web").await.unwrap_err()), 404);
 
     // Orphan keeps the pods and strips the owner reference.
-    eventually("db pod", || async { (pod_names(&client, "db").await.len() == 1).then_some(()) }).await;
+    eventually("db pod", || async {
+        (pod_names(&client, "db").await.len() == 1).then_some(())
+    })
+    .await;
     api.delete("db", &DeleteParams::orphan()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let orphan = pods.list(&ListParams::default().labels("app=db")).await.unwrap();
+    let orphan = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .unwrap();
     assert_eq!(orphan.items.len(), 1);
-    assert!(orphan.items[0].metadata.owner_references.as_ref().is_none_or(|r| r.is_empty()));
+    assert!(orphan.items[0]
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_none_or(|r| r.is_empty()));
 
     // A namespaced object in a missing namespace is 404.
     let elsewhere: Api<ConfigMap> = Api::namespaced(client, "nope");
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
-    assert_eq!(api_code(elsewhere.create(&PostParams::default(), &cm).await.unwrap_err()), 404);
+    assert_eq!(
+        api_code(
+            elsewhere
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
     sim.shutdown().await;
 }
 
@@ -170,32 +264,65 @@ async fn server_side_apply_creates_then_updates_and_dry_run_stores_nothing() {
     let (sim, client) = start().await;
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
     let pp = PatchParams::apply("consonant-relayer").force();
-    let created = api.patch("api", &pp, &Patch::Apply(&deployment_json("api", 1))).await.unwrap();
+    let created = api
+        .patch("api", &pp, &Patch::Apply(&deployment_json("api", 1)))
+        .await
+        .unwrap();
     assert_eq!(created.spec.as_ref().unwrap().replicas, Some(1));
-    let managers: Vec<String> =
-        created.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    let managers: Vec<String> = created
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
     assert_eq!(managers, vec!["consonant-relayer".to_string()]);
 
     let mut changed = deployment_json("api", 3);
     changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
-    let updated = api.patch("api", &pp, &Patch::Apply(&changed)).await.unwrap();
+    let updated = api
+        .patch("api", &pp, &Patch::Apply(&changed))
+        .await
+        .unwrap();
     assert_eq!(updated.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(updated.metadata.generation, Some(2));
 
     let dry = PatchParams::apply("consonant-relayer").force().dry_run();
-    api.patch("ghost", &dry, &Patch::Apply(&deployment_json("ghost", 1))).await.unwrap();
+    api.patch("ghost", &dry, &Patch::Apply(&deployment_json("ghost", 1)))
+        .await
+        .unwrap();
     assert_eq!(api_code(api.get("ghost").await.unwrap_err()), 404);
 
     // Merge and strategic merge patches.
-    let merged = api.patch("api", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+    let merged = api
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
         .await
         .unwrap();
     assert_eq!(merged.metadata.labels.unwrap()["x"], "y");
     let sidecar = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "image": "envoy"}]}}}});
-    let strategic = api.patch("api", &PatchParams::default(), &Patch::Strategic(sidecar)).await.unwrap();
-    assert_eq!(strategic.spec.unwrap().template.spec.unwrap().containers.len(), 2);
+    let strategic = api
+        .patch("api", &PatchParams::default(), &Patch::Strategic(sidecar))
+        .await
+        .unwrap();
+    assert_eq!(
+        strategic
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .len(),
+        2
+    );
     let requests = sim.requests();
-    assert!(requests.iter().any(|r| r.method == "PATCH" && r.query.contains("fieldManager=consonant-relayer")));
+    assert!(requests
+        .iter()
+        .any(|r| r.method == "PATCH" && r.query.contains("fieldManager=consonant-relayer")));
     sim.shutdown().await;
 }
 
@@ -203,43 +330,102 @@ async fn server_side_apply_creates_then_updates_and_dry_run_stores_nothing() {
 async fn scale_restart_and_logs() {
     let (sim, client) = start().await;
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
-    api.create(&PostParams::default(), &deployment("web", 1)).await.unwrap();
+    api.create(&PostParams::default(), &deployment("web", 1))
+        .await
+        .unwrap();
     let scale = api.get_scale("web").await.unwrap();
     assert_eq!(scale.spec.unwrap().replicas, Some(1));
     let scaled = api
-        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .unwrap();
     assert_eq!(scaled.spec.unwrap().replicas, Some(3));
-    eventually("3 ready replicas", || async { (ready_replicas(&api, "web").await == 3).then_some(()) }).await;
+    eventually("3 ready replicas", || async {
+        (ready_replicas(&api, "web").await == 3).then_some(())
+    })
+    .await;
     let before = pod_names(&client, "web").await;
     assert_eq!(before.len(), 3);
-    assert_eq!(api.get_scale("web").await.unwrap().status.unwrap().selector.as_deref(), Some("app=web"));
+    assert_eq!(
+        api.get_scale("web")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .selector
+            .as_deref(),
+        Some("app=web")
+    );
 
     // Restart: the annotation in the pod template replaces every pod.
     let restart = json!({"spec": {"template": {"metadata": {"annotations": {"consonant.xyz/restartedAt": "cmd-1"}}}}});
-    api.patch("web", &PatchParams::default(), &Patch::Strategic(restart)).await.unwrap();
+    api.patch("web", &PatchParams::default(), &Patch::Strategic(restart))
+        .await
+        .unwrap();
     let after = eventually("replaced pods", || async {
         let names = pod_names(&client, "web").await;
         (names.len() == 3 && names.iter().all(|n| !before.contains(n))).then_some(names)
     })
     .await;
-    eventually("ready after restart", || async { (ready_replicas(&api, "web").await == 3).then_some(()) }).await;
+    eventually("ready after restart", || async {
+        (ready_replicas(&api, "web").await == 3).then_some(())
+    })
+    .await;
 
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let text = pods.logs(&after[0], &LogParams { tail_lines: Some(1), ..Default::default() }).await.unwrap();
+    let text = pods
+        .logs(
+            &after[0],
+            &LogParams {
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(text.lines().count(), 1);
     assert!(text.trim_end().ends_with("ready"), "{text}");
     let all = pods.logs(&after[0], &LogParams::default()).await.unwrap();
     assert!(all.contains(&format!("{} started", after[0])), "{all}");
-    let bad = pods.logs(&after[0], &LogParams { container: Some("nope".into()), ..Default::default() }).await;
+    let bad = pods
+        .logs(
+            &after[0],
+            &LogParams {
+                container: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .await;
     let err = bad.unwrap_err();
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 400 && s.message.contains("app")), "{err:?}");
-    assert_eq!(api_code(pods.logs("missing", &LogParams::default()).await.unwrap_err()), 404);
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 400 && s.message.contains("app")),
+        "{err:?}"
+    );
+    assert_eq!(
+        api_code(
+            pods.logs("missing", &LogParams::default())
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
 
     // Scale down removes pods.
-    api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await.unwrap();
-    eventually("one pod", || async { (pod_names(&client, "web").await.len() == 1).then_some(()) }).await;
+    api.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually("one pod", || async {
+        (pod_names(&client, "web").await.len() == 1).then_some(())
+    })
+    .await;
     sim.shutdown().await;
 }
 
@@ -247,21 +433,35 @@ async fn scale_restart_and_logs() {
 async fn watcher_sees_added_then_ready() {
     let (sim, client) = start().await;
     let api: Api<Deployment> = Api::default_namespaced(client.clone());
-    let mut events = watcher(api.clone(), watcher::Config::default().labels("app=watched")).boxed();
+    let mut events = watcher(
+        api.clone(),
+        watcher::Config::default().labels("app=watched"),
+    )
+    .boxed();
     // Drain the initial (empty) listing.
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(watcher::Event::InitDone) => break,
             Some(_) => continue,
             None => panic!("watcher ended"),
         }
     }
-    api.create(&PostParams::default(), &deployment("watched", 2)).await.unwrap();
+    api.create(&PostParams::default(), &deployment("watched", 2))
+        .await
+        .unwrap();
     let mut seen_unready = false;
     let ready = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(event) = events.try_next().await.unwrap() {
             if let watcher::Event::Apply(d) = event {
-                let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
                 if ready == 2 {
                     return d;
                 }
@@ -272,7 +472,10 @@ async fn watcher_sees_added_then_ready() {
     })
     .await
     .expect("deployment became ready");
-    assert!(seen_unready, "the first event shows the deployment before it is ready");
+    assert!(
+        seen_unready,
+        "the first event shows the deployment before it is ready"
+    );
     assert_eq!(ready.status.unwrap().observed_generation, Some(1));
     sim.shutdown().await;
 }
@@ -287,19 +490,41 @@ async fn lease_conflicts_and_fault_switches() {
     let created = leases.create(&PostParams::default(), &lease).await.unwrap();
     let mut first = created.clone();
     first.spec.as_mut().unwrap().holder_identity = Some("b".into());
-    leases.replace("relayer-leader", &PostParams::default(), &first).await.unwrap();
+    leases
+        .replace("relayer-leader", &PostParams::default(), &first)
+        .await
+        .unwrap();
     let mut stale = created;
     stale.spec.as_mut().unwrap().holder_identity = Some("c".into());
-    let err = leases.replace("relayer-leader", &PostParams::default(), &stale).await.unwrap_err();
+    let err = leases
+        .replace("relayer-leader", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
     assert_eq!(api_code(err), 409);
 
     sim.forbid_namespace("consonant-system");
-    assert_eq!(api_code(leases.get("relayer-leader").await.unwrap_err()), 403);
+    assert_eq!(
+        api_code(leases.get("relayer-leader").await.unwrap_err()),
+        403
+    );
     sim.clear_faults();
-    assert_eq!(leases.get("relayer-leader").await.unwrap().spec.unwrap().holder_identity.as_deref(), Some("b"));
+    assert_eq!(
+        leases
+            .get("relayer-leader")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("b")
+    );
 
     sim.fail_next(1, 500);
-    assert_eq!(api_code(leases.get("relayer-leader").await.unwrap_err()), 500);
+    assert_eq!(
+        api_code(leases.get("relayer-leader").await.unwrap_err()),
+        500
+    );
     assert!(leases.get("relayer-leader").await.is_ok());
     // kube's default retry layer absorbs a single 503: two requests, one answer.
     sim.clear_requests();
@@ -310,11 +535,23 @@ async fn lease_conflicts_and_fault_switches() {
     // The HTTP switch works too.
     let url = format!("{}/sim/faults", sim.url());
     let http = reqwest::Client::new();
-    let response = http.post(&url).json(&json!({"forbid_namespace": "default"})).send().await.unwrap();
+    let response = http
+        .post(&url)
+        .json(&json!({"forbid_namespace": "default"}))
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success());
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
-    assert_eq!(api_code(cms.list(&ListParams::default()).await.unwrap_err()), 403);
-    http.post(&url).json(&json!({"clear": true})).send().await.unwrap();
+    assert_eq!(
+        api_code(cms.list(&ListParams::default()).await.unwrap_err()),
+        403
+    );
+    http.post(&url)
+        .json(&json!({"clear": true}))
+        .send()
+        .await
+        .unwrap();
     assert!(cms.list(&ListParams::default()).await.is_ok());
     sim.shutdown().await;
 }
@@ -326,11 +563,15 @@ async fn kubeconfig_client_and_jobs() {
     let path = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&path).unwrap();
     let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     let client = Client::try_from(config).unwrap();
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::default_namespaced(client);
-    let job = serde_json::from_value(json!({"metadata": {"name": "once"}, "spec": {"template": {"spec": {
-        "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}))
+    let job = serde_json::from_value(
+        json!({"metadata": {"name": "once"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}),
+    )
     .unwrap();
     jobs.create(&PostParams::default(), &job).await.unwrap();
     eventually("job complete", || async {

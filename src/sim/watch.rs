@@ -43,13 +43,20 @@ impl Filter {
     /// The event to send for `ev`, if any. An object that stops matching
     /// the selectors is reported DELETED, one that starts matching ADDED.
     fn render(&self, ev: &WatchEvent) -> Option<(EventType, Value)> {
-        if ev.resource != self.resource || self.namespace.as_deref().is_some_and(|ns| ns != ev.namespace) {
+        if ev.resource != self.resource
+            || self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != ev.namespace)
+        {
             return None;
         }
         let now = self.selects(&ev.object);
         let before = ev.old.as_ref().map(|o| self.selects(o));
         match (ev.event_type, before, now) {
-            (EventType::Modified, Some(true), false) => Some((EventType::Deleted, ev.object.clone())),
+            (EventType::Modified, Some(true), false) => {
+                Some((EventType::Deleted, ev.object.clone()))
+            }
             (EventType::Modified, Some(false), true) => Some((EventType::Added, ev.object.clone())),
             (_, _, true) => Some((ev.event_type, ev.object.clone())),
             _ => None,
@@ -58,7 +65,8 @@ impl Filter {
 }
 
 fn line(event_type: &str, object: &Value) -> Bytes {
-    let mut bytes = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    let mut bytes =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
@@ -66,17 +74,25 @@ fn line(event_type: &str, object: &Value) -> Bytes {
 fn streaming(rx: mpsc::Receiver<Bytes>) -> Response {
     Response::builder()
         .header(CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>)))
+        .body(Body::from_stream(
+            ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>),
+        ))
         .expect("valid response")
 }
 
 /// Serves one watch request.
-pub fn serve(state: Arc<SimState>, rt: &ResourceType, namespace: Option<String>, q: &Params) -> Result<Response, ApiError> {
+pub fn serve(
+    state: Arc<SimState>,
+    rt: &ResourceType,
+    namespace: Option<String>,
+    q: &Params,
+) -> Result<Response, ApiError> {
     let (labels, fields) = q.selectors()?;
     let start = match q.get("resourceVersion") {
         None | Some("") | Some("0") => WatchStart::Initial,
         Some(rv) => WatchStart::After(
-            rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
         ),
     };
     let timeout = match q.int("timeoutSeconds")? {
@@ -84,7 +100,12 @@ pub fn serve(state: Arc<SimState>, rt: &ResourceType, namespace: Option<String>,
         _ => DEFAULT_TIMEOUT,
     };
     let bookmarks = q.get("allowWatchBookmarks") == Some("true");
-    let filter = Filter { resource: rt.storage_key(), namespace, labels, fields };
+    let filter = Filter {
+        resource: rt.storage_key(),
+        namespace,
+        labels,
+        fields,
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let (backlog, live) = match state.store.watch(&filter.resource, start) {
         Ok(v) => v,
@@ -100,7 +121,16 @@ pub fn serve(state: Arc<SimState>, rt: &ResourceType, namespace: Option<String>,
         WatchStart::After(rv) => backlog.last().map_or(rv, |e| e.rv.max(rv)),
     };
     let bookmark_object = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {}});
-    tokio::spawn(pump(state, filter, backlog, live, tx, last_rv, timeout, bookmarks.then_some(bookmark_object)));
+    tokio::spawn(pump(
+        state,
+        filter,
+        backlog,
+        live,
+        tx,
+        last_rv,
+        timeout,
+        bookmarks.then_some(bookmark_object),
+    ));
     Ok(streaming(rx))
 }
 
@@ -124,7 +154,10 @@ async fn pump(
     }
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+        BOOKMARK_INTERVAL,
+    );
     loop {
         tokio::select! {
             _ = &mut deadline => return,
