@@ -130,8 +130,36 @@ fn ensure_namespace(state: &SimState, rt: &ResourceType, ns: &str) -> Result<(),
     }
 }
 
+/// Defaulting and conversion the real API server does on every write:
+/// `spec.replicas` defaults to 1 for scalable workloads, a Secret's
+/// `stringData` moves into `data` (base64).
+fn normalize(rt: &ResourceType, obj: &mut Value) {
+    match rt.kind.as_str() {
+        "Deployment" | "StatefulSet" | "ReplicaSet" => {
+            if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() {
+                obj["spec"]["replicas"] = json!(1);
+            }
+        }
+        "Secret" => {
+            let Some(string_data) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
+                return;
+            };
+            for (k, v) in string_data.as_object().cloned().unwrap_or_default() {
+                let bytes =
+                    k8s_openapi::ByteString(v.as_str().unwrap_or_default().as_bytes().to_vec());
+                if !obj["data"].is_object() {
+                    obj["data"] = json!({});
+                }
+                obj["data"][k] = serde_json::to_value(bytes).unwrap_or_default();
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fills what the real API server sets on a new object of `rt`.
 fn prepare_new(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    normalize(rt, obj);
     if rt.has(Subresource::Status) {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
@@ -254,6 +282,7 @@ pub fn replace(
         if keep_status {
             restore_status(current, status);
         }
+        normalize(rt, current);
         Ok(())
     })?;
     if !q.dry_run() {
@@ -324,6 +353,7 @@ pub fn patch(
             if keep_status {
                 restore_status(current, status);
             }
+            normalize(rt, current);
             Ok(())
         })?;
         if !q.dry_run() {
@@ -341,6 +371,7 @@ pub fn patch(
         if keep_status {
             restore_status(current, status);
         }
+        normalize(rt, current);
         Ok(())
     })?;
     if !q.dry_run() {
@@ -349,29 +380,29 @@ pub fn patch(
     Ok((200, updated))
 }
 
-/// The propagation policy from the query or a DeleteOptions body.
-fn propagation(body: &[u8], q: &Params) -> Result<String, ApiError> {
-    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
-        None
+/// DeleteOptions from the query and body: the propagation policy and the
+/// optional `preconditions` (uid, resourceVersion).
+fn delete_options(body: &[u8], q: &Params) -> Result<(String, Value), ApiError> {
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
     } else {
-        parse_body(body)?["propagationPolicy"]
-            .as_str()
-            .map(str::to_string)
+        parse_body(body)?
     };
     let policy = q
         .get("propagationPolicy")
         .map(str::to_string)
-        .or(from_body)
+        .or_else(|| options["propagationPolicy"].as_str().map(str::to_string))
         .unwrap_or_else(|| "Background".into());
     match policy.as_str() {
-        "Foreground" | "Background" | "Orphan" => Ok(policy),
+        "Foreground" | "Background" | "Orphan" => Ok((policy, options["preconditions"].clone())),
         other => Err(ApiError::bad_request(format!(
             "propagationPolicy {other:?} is not one of Foreground, Background, Orphan"
         ))),
     }
 }
 
-/// DELETE on an object; dependents are deleted (or orphaned) too.
+/// DELETE on an object; dependents are deleted (or orphaned) too. 409 when
+/// a precondition (uid, resourceVersion) does not hold.
 pub fn delete(
     state: &SimState,
     rt: &ResourceType,
@@ -380,9 +411,24 @@ pub fn delete(
     body: &[u8],
     q: &Params,
 ) -> Result<Value, ApiError> {
-    let policy = propagation(body, q)?;
+    let (policy, preconditions) = delete_options(body, q)?;
+    let current = get(state, rt, ns, name)?;
+    for field in ["uid", "resourceVersion"] {
+        if let Some(expected) = preconditions[field].as_str() {
+            let actual = current["metadata"][field].as_str().unwrap_or_default();
+            if expected != actual {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: {field} in precondition: {expected}, {field} in object meta: {actual}"
+                    ),
+                ));
+            }
+        }
+    }
     if q.dry_run() {
-        return get(state, rt, ns, name);
+        return Ok(current);
     }
     delete_cascading(state, rt, ns, name, &policy)
 }
@@ -458,7 +504,7 @@ pub fn delete_collection(
     body: &[u8],
     q: &Params,
 ) -> Result<Value, ApiError> {
-    let policy = propagation(body, q)?;
+    let (policy, _) = delete_options(body, q)?;
     let mut listed = list(
         state,
         rt,

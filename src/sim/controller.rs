@@ -1,5 +1,6 @@
 //! A small workload controller: Deployments and StatefulSets get
-//! `spec.replicas` Pods named `<name>-<template hash>-<n>`, Jobs get one Pod
+//! `spec.replicas` Pods named `<name>-<template hash>-<n>`, DaemonSets one
+//! Pod per node, Jobs get one Pod
 //! that completes; Pods turn Ready after `SimOptions::ready_delay`; a changed
 //! pod template replaces every Pod; owner status (replicas, readyReplicas,
 //! conditions, ...) follows the Pods. It reacts to store events and writes
@@ -18,7 +19,12 @@ use super::store::{now_rfc3339, EventType, WatchEvent};
 use super::SimState;
 
 /// Workload kinds the controller owns Pods for, by storage key.
-const WORKLOADS: [&str; 3] = ["apps/deployments", "apps/statefulsets", "batch/jobs"];
+const WORKLOADS: [&str; 4] = [
+    "apps/deployments",
+    "apps/statefulsets",
+    "apps/daemonsets",
+    "batch/jobs",
+];
 
 /// Runs until the simulator shuts down.
 pub async fn run(state: Arc<SimState>) {
@@ -143,10 +149,10 @@ fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
     let uid = meta_str(&owner, "uid");
     let template = owner["spec"]["template"].clone();
     let hash = template_hash(&template);
-    let desired = if is_job {
-        1
-    } else {
-        owner["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize
+    let desired = match rt.kind.as_str() {
+        "Job" => 1,
+        "DaemonSet" => state.options.node_names.len(),
+        _ => owner["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize,
     };
     let pod_rt = pods(state);
     let owned = |state: &SimState| -> Vec<Value> {
@@ -337,6 +343,17 @@ fn workload_status(
         "readyReplicas": ready,
         "availableReplicas": ready,
     });
+    if rt.kind == "DaemonSet" {
+        return json!({
+            "observedGeneration": owner["metadata"]["generation"],
+            "desiredNumberScheduled": desired,
+            "currentNumberScheduled": total,
+            "updatedNumberScheduled": updated,
+            "numberReady": ready,
+            "numberAvailable": ready,
+            "numberMisscheduled": 0,
+        });
+    }
     if rt.kind == "StatefulSet" {
         status["currentReplicas"] = json!(updated);
         status["currentRevision"] = json!(format!("{name}-{hash}"));

@@ -57,12 +57,16 @@
 //!   `application/apply-patch+yaml` with `fieldManager`, `force`), delete
 //!   and deletecollection with `propagationPolicy` (dependents found by
 //!   ownerReferences are deleted, or orphaned), `dryRun=All` on writes.
+//! - Defaulting done by the real server where callers rely on it:
+//!   `spec.replicas` = 1 on scalable workloads, Secret `stringData` moved
+//!   into `data`; `status` is ignored on main-resource writes of types with
+//!   a status subresource. DeleteOptions `preconditions` are checked.
 //! - Subresources: `status` (GET/PUT/PATCH), `scale` (autoscaling/v1
 //!   `Scale`, GET/PUT/PATCH) for Deployments, StatefulSets and ReplicaSets,
 //!   `pods/{name}/log` with `container`, `tailLines`, `sinceSeconds`,
 //!   `limitBytes`.
 //! - A controller (`controller.rs`) that runs Pods for Deployments,
-//!   StatefulSets and Jobs and keeps their status up to date.
+//!   StatefulSets, DaemonSets and Jobs and keeps their status up to date.
 //! - Fault switches ([`Faults`], also `POST /sim/faults`) and a request log
 //!   ([`SimHandle::requests`]).
 //!
@@ -86,8 +90,8 @@
 //!   nodes round-robin and turn Ready after [`SimOptions::ready_delay`].
 //!   Deployments own their Pods directly (no ReplicaSets); a new pod
 //!   template replaces every Pod at once (no rolling update, no
-//!   maxSurge/maxUnavailable). DaemonSets and ReplicaSets are stored but not
-//!   reconciled. Logs are a few fixed lines per container; `follow` is ignored.
+//!   maxSurge/maxUnavailable). DaemonSets get one Pod per fake node.
+//!   ReplicaSets are stored but not reconciled. Logs are a few fixed lines per container; `follow` is ignored.
 //! - One resourceVersion counter for all types; watch history is bounded by
 //!   [`SimOptions::watch_history`]; `resourceVersionMatch` and
 //!   `sendInitialEvents` are ignored.

@@ -581,3 +581,262 @@ async fn kubeconfig_client_and_jobs() {
     .await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn raw_watch_follows_label_changes_and_reports_gone() {
+    let sim = SimCluster::start(SimOptions {
+        watch_history: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client().unwrap();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "c", "labels": {"team": "a"}}}))
+            .unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let rv = created.metadata.resource_version.unwrap();
+    let wp = kube::api::WatchParams::default()
+        .labels("team=a")
+        .timeout(5);
+    let mut stream = cms.watch(&wp, &rv).await.unwrap().boxed();
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "b"}}})),
+    )
+    .await
+    .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        match stream.try_next().await.unwrap().expect("event") {
+            kube::api::WatchEvent::Modified(_) => kinds.push("MODIFIED"),
+            kube::api::WatchEvent::Deleted(_) => kinds.push("DELETED"),
+            kube::api::WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["MODIFIED", "DELETED"],
+        "relabeling out of the selector reads as DELETED"
+    );
+
+    // Push the first events out of the 3-event history: a watch from there is 410.
+    for i in 0..4 {
+        let extra: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("x{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &extra).await.unwrap();
+    }
+    let mut old = cms
+        .watch(&kube::api::WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match old.try_next().await.unwrap().expect("event") {
+        kube::api::WatchEvent::Error(e) => assert_eq!(e.code, 410),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn preconditions_and_conflicts() {
+    let (sim, client) = start().await;
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}))
+            .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    let take = |holder: &str| json!({"metadata": {"resourceVersion": rv}, "spec": {"holderIdentity": holder}});
+    leases
+        .patch("l", &PatchParams::default(), &Patch::Merge(take("b")))
+        .await
+        .unwrap();
+    let err = leases
+        .patch("l", &PatchParams::default(), &Patch::Merge(take("c")))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), 409);
+
+    let wrong = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("other".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(api_code(leases.delete("l", &wrong).await.unwrap_err()), 409);
+    let right = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: created.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    leases.delete("l", &right).await.unwrap();
+    assert_eq!(api_code(leases.delete("l", &right).await.unwrap_err()), 404);
+
+    // deletecollection with a selector.
+    let cms: Api<ConfigMap> = Api::default_namespaced(client);
+    for (name, team) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+                .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("team=x"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(left, ["c"]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn statefulsets_daemonsets_status_and_secrets() {
+    let (sim, client) = start().await;
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::default_namespaced(client.clone());
+    let mut body = deployment_json("store", 1);
+    body["kind"] = json!("StatefulSet");
+    body["spec"]["serviceName"] = json!("store");
+    sts.create(
+        &PostParams::default(),
+        &serde_json::from_value(body).unwrap(),
+    )
+    .await
+    .unwrap();
+    sts.patch_scale(
+        "store",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await
+    .unwrap();
+    eventually("statefulset ready", || async {
+        let ready = sts.get("store").await.unwrap().status?.ready_replicas?;
+        (ready == 2).then_some(())
+    })
+    .await;
+
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::default_namespaced(client.clone());
+    let mut body = deployment_json("agent", 1);
+    body["kind"] = json!("DaemonSet");
+    body["spec"].as_object_mut().unwrap().remove("replicas");
+    ds.create(
+        &PostParams::default(),
+        &serde_json::from_value(body).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("one pod per node", || async {
+        let status = ds.get("agent").await.unwrap().status?;
+        (status.number_ready == 2 && status.desired_number_scheduled == 2).then_some(())
+    })
+    .await;
+
+    // Status subresource: only status changes, generation stays.
+    let deploys: Api<Deployment> = Api::default_namespaced(client.clone());
+    let mut no_replicas = deployment_json("plain", 1);
+    no_replicas["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("replicas");
+    let created = deploys
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(no_replicas).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec.unwrap().replicas,
+        Some(1),
+        "replicas defaults to 1"
+    );
+    let patched = deploys
+        .patch_status(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 7}, "spec": {"replicas": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().observed_generation, Some(7));
+    assert_eq!(patched.spec.unwrap().replicas, Some(1));
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client, "consonant-system");
+    let secret = serde_json::from_value(json!({"metadata": {"name": "consonant-relayer-cluster"},
+        "stringData": {"clusterId": "cls_1"}}))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let stored = secrets.get("consonant-relayer-cluster").await.unwrap();
+    assert_eq!(stored.data.unwrap()["clusterId"].0, b"cls_1");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn crds_created_at_run_time_are_served_and_latency_applies() {
+    let (sim, client) = start().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Cluster",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object"}}}]}}))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let (widget, caps) = discovery
+        .get("example.com")
+        .unwrap()
+        .recommended_kind("Widget")
+        .unwrap();
+    assert_eq!(caps.scope, Scope::Cluster);
+    let widgets: Api<DynamicObject> = Api::all_with(client.clone(), &widget);
+    let applied = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}});
+    widgets
+        .patch(
+            "w",
+            &PatchParams::apply("consonant-relayer"),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .unwrap();
+    assert_eq!(widgets.get("w").await.unwrap().data["spec"]["size"], 3);
+    crds.delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(api_code(widgets.get("w").await.unwrap_err()), 404);
+
+    sim.latency(Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    client.apiserver_version().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    sim.shutdown().await;
+}
