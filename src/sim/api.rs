@@ -135,10 +135,10 @@ fn ensure_namespace(state: &SimState, rt: &ResourceType, ns: &str) -> Result<(),
 /// `stringData` moves into `data` (base64).
 fn normalize(rt: &ResourceType, obj: &mut Value) {
     match rt.kind.as_str() {
-        "Deployment" | "StatefulSet" | "ReplicaSet" => {
-            if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() {
-                obj["spec"]["replicas"] = json!(1);
-            }
+        "Deployment" | "StatefulSet" | "ReplicaSet"
+            if obj["spec"].is_object() && obj["spec"]["replicas"].is_null() =>
+        {
+            obj["spec"]["replicas"] = json!(1);
         }
         "Secret" => {
             let Some(string_data) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
