@@ -176,7 +176,9 @@ fn reconcile(state: &Arc<SimState>, rt: &ResourceType, ns: &str, name: &str) {
         }
     }
     current.sort_by_key(pod_index);
-    let finished_job = is_job && owner["status"]["succeeded"].as_i64().unwrap_or(0) > 0;
+    let finished_job = is_job
+        && (owner["status"]["succeeded"].as_i64().unwrap_or(0) > 0
+            || owner["status"]["failed"].as_i64().unwrap_or(0) > 0);
     if !is_job {
         while current.len() > desired {
             let pod = current.pop().expect("non-empty");
@@ -271,26 +273,47 @@ fn schedule_ready(state: &Arc<SimState>, pod: &Value) {
     });
 }
 
+/// Whether a container image asks the simulator to crash
+/// (its name contains `crash`, e.g. `busybox:crash`).
+pub fn crashes(container: &Value) -> bool {
+    container["image"]
+        .as_str()
+        .is_some_and(|i| i.contains("crash"))
+}
+
 fn started_status(pod: &Value, job: bool) -> Value {
     let now = now_rfc3339();
-    let (phase, ready) = if job {
-        ("Succeeded", "False")
-    } else {
-        ("Running", "True")
-    };
-    let containers: Vec<Value> = pod["spec"]["containers"]
+    let containers = pod["spec"]["containers"]
         .as_array()
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let crashed = containers.iter().any(crashes);
+    let (phase, ready) = match (job, crashed) {
+        (true, false) => ("Succeeded", "False"),
+        (true, true) => ("Failed", "False"),
+        (false, false) => ("Running", "True"),
+        (false, true) => ("Running", "False"),
+    };
+    let statuses: Vec<Value> = containers
         .iter()
         .map(|c| {
-            let state = if job {
-                json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}})
-            } else {
-                json!({"running": {"startedAt": now}})
+            let crash = crashes(c);
+            let (state, last, restarts) = match (job, crash) {
+                (true, _) => {
+                    let (code, reason) = if crash { (1, "Error") } else { (0, "Completed") };
+                    (json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now}}), json!({}), 0)
+                }
+                (false, true) => (
+                    json!({"waiting": {"reason": "CrashLoopBackOff",
+                                       "message": "back-off 40s restarting failed container"}}),
+                    json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}}),
+                    3,
+                ),
+                (false, false) => (json!({"running": {"startedAt": now}}), json!({}), 0),
             };
-            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": !job, "started": !job,
-                   "restartCount": 0, "state": state})
+            let up = !job && !crash;
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": up, "started": up,
+                   "restartCount": restarts, "state": state, "lastState": last})
         })
         .collect();
     let condition = |t: &str, s: &str| json!({"type": t, "status": s, "lastTransitionTime": now});
@@ -299,7 +322,7 @@ fn started_status(pod: &Value, job: bool) -> Value {
         "phase": phase,
         "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
                        condition("ContainersReady", ready), condition("Ready", ready)],
-        "containerStatuses": containers,
+        "containerStatuses": statuses,
         "hostIP": "10.0.0.2",
         "podIP": format!("10.244.0.{n}"),
         "startTime": now,
@@ -420,6 +443,22 @@ fn job_status(owner: &Value, pods: &[Value]) -> Value {
             )
         })
         .count();
+    if pods.iter().any(|p| p["status"]["phase"] == "Failed")
+        || previous["failed"].as_i64().unwrap_or(0) > 0
+    {
+        let done = previous["completionTime"].as_str().map(str::to_string);
+        let mut status = json!({
+            "startTime": start, "failed": 1, "ready": 0,
+            "conditions": [
+                condition(previous, "FailureTarget", true, "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+                condition(previous, "Failed", true, "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+            ],
+        });
+        if let Some(done) = done {
+            status["completionTime"] = json!(done);
+        }
+        return status;
+    }
     if succeeded > 0 {
         let done = previous["completionTime"]
             .as_str()

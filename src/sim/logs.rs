@@ -51,7 +51,18 @@ fn lines_for(pod: &Value, container: &str) -> Vec<(SystemTime, String)> {
         (later, format!("{name}/{container} listening on :8080")),
         (later, format!("{name} ready")),
     ];
-    if pod["status"]["phase"] == "Succeeded" {
+    let crashed = pod["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .is_some_and(super::controller::crashes);
+    if crashed {
+        lines.truncate(2);
+        lines.push((
+            later,
+            format!("{name}/{container} fatal: simulated crash (image {image})"),
+        ));
+        lines.push((later, format!("{name}/{container} exited with code 1")));
+    } else if pod["status"]["phase"] == "Succeeded" {
         lines.push((later, format!("{name} completed")));
     }
     lines

@@ -26,7 +26,7 @@
 //!
 //! `kube::Client::try_from(Config)` builds a rustls connector even for an
 //! `http://` url, and rustls needs a process-wide crypto provider; when more
-//! than one is compiled in, install one first:
+//! than one is compiled in (today only ring is), install one first:
 //! `rustls::crypto::ring::default_provider().install_default()` —
 //! [`SimHandle::client`] does this for you.
 //!
@@ -88,6 +88,10 @@
 //!   at once; deleting a Namespace deletes its objects at once.
 //! - No scheduler, kubelet or networking: Pods are assigned to the fake
 //!   nodes round-robin and turn Ready after [`SimOptions::ready_delay`].
+//!   A container whose image contains `crash` (e.g. `busybox:crash`) never
+//!   turns Ready: it shows `CrashLoopBackOff` with restarts (a Job's Pod
+//!   fails and the Job gets a `Failed` condition) — a switch for failure
+//!   paths. Pods never change state after that; no restarts happen over time.
 //!   Deployments own their Pods directly (no ReplicaSets); a new pod
 //!   template replaces every Pod at once (no rolling update, no
 //!   maxSurge/maxUnavailable). DaemonSets get one Pod per fake node.
@@ -390,7 +394,7 @@ impl SimHandle {
     }
 
     /// Turns every fault switch off.
-    pub fn clear_faults(&self) {
+    pub fn clear(&self) {
         self.state.faults.clear();
     }
 

@@ -507,7 +507,7 @@ async fn lease_conflicts_and_fault_switches() {
         api_code(leases.get("relayer-leader").await.unwrap_err()),
         403
     );
-    sim.clear_faults();
+    sim.clear();
     assert_eq!(
         leases
             .get("relayer-leader")
@@ -838,5 +838,55 @@ async fn crds_created_at_run_time_are_served_and_latency_applies() {
     let started = std::time::Instant::now();
     client.apiserver_version().await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(150));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn crashing_images_never_turn_ready() {
+    let (sim, client) = start().await;
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    let mut body = deployment_json("broken", 1);
+    body["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:crash");
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(body).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pod = eventually("crash-looping pod", || async {
+        let pod = pods
+            .list(&ListParams::default().labels("app=broken"))
+            .await
+            .unwrap()
+            .items
+            .pop()?;
+        let waiting = pod.status.as_ref()?.container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .waiting
+            .clone()?;
+        (waiting.reason.as_deref() == Some("CrashLoopBackOff")).then_some(pod)
+    })
+    .await;
+    assert_eq!(ready_replicas(&api, "broken").await, 0);
+    let text = pods
+        .logs(pod.metadata.name.as_deref().unwrap(), &LogParams::default())
+        .await
+        .unwrap();
+    assert!(text.contains("exited with code 1"), "{text}");
+
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::default_namespaced(client);
+    let job = serde_json::from_value(
+        json!({"metadata": {"name": "fails"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:crash"}]}}}}),
+    )
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    eventually("job failed", || async {
+        let status = jobs.get("fails").await.unwrap().status?;
+        (status.failed == Some(1)).then_some(())
+    })
+    .await;
     sim.shutdown().await;
 }
