@@ -317,6 +317,10 @@ pub fn patch(
     let kind = PatchKind::from_content_type(content_type)?;
     let patch = kind.parse_body(body)?;
     let keep_status = rt.has(Subresource::Status);
+    // A resourceVersion in any patch is a precondition, as in the real API.
+    let expected = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
     if kind == PatchKind::Apply {
         let manager = q
             .get("fieldManager")
@@ -348,6 +352,7 @@ pub fn patch(
             return Ok((201, created));
         }
         let updated = state.store.update(rt, ns, name, q.dry_run(), |current| {
+            check_rv(rt, name, current, expected.as_deref())?;
             let status = current.get("status").cloned();
             *current = server_side_apply(Some(current), &patch, &manager, &now);
             if keep_status {
@@ -361,9 +366,6 @@ pub fn patch(
         }
         return Ok((200, updated));
     }
-    let expected = patch["metadata"]["resourceVersion"]
-        .as_str()
-        .map(str::to_string);
     let updated = state.store.update(rt, ns, name, q.dry_run(), |current| {
         check_rv(rt, name, current, expected.as_deref())?;
         let status = current.get("status").cloned();

@@ -81,7 +81,9 @@
 //! - Server-side apply is a recursive merge (lists of items with a `name`
 //!   merge by name, other lists replace); `managedFields` records the
 //!   manager but there is no per-field ownership, so there are never apply
-//!   conflicts and `force` changes nothing. Strategic merge knows no
+//!   conflicts, `force` changes nothing, and a field left out of a later
+//!   apply is kept rather than removed. A `metadata.resourceVersion` in any
+//!   patch is checked as a precondition (409 Conflict). Strategic merge knows no
 //!   `$patch` directives or per-field merge keys other than `name`.
 //! - Deletion is immediate: no finalizers, no `deletionTimestamp`, no
 //!   graceful termination; Foreground and Background both delete dependents

@@ -667,6 +667,23 @@ async fn preconditions_and_conflicts() {
         .await
         .unwrap_err();
     assert_eq!(api_code(err), 409);
+    let mut applied = take("d");
+    applied["apiVersion"] = json!("coordination.k8s.io/v1");
+    applied["kind"] = json!("Lease");
+    applied["metadata"]["name"] = json!("l");
+    let err = leases
+        .patch(
+            "l",
+            &PatchParams::apply("x").force(),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(err),
+        409,
+        "a stale resourceVersion in an apply is a conflict too"
+    );
 
     let wrong = DeleteParams {
         preconditions: Some(kube::api::Preconditions {
