@@ -127,7 +127,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Faults, RequestRecord};
+pub use faults::{FailNext, FaultRequest, Faults, RequestRecord};
 pub use resources::{ResourceType, Subresource};
 pub use status::ApiError;
 
