@@ -19,5 +19,6 @@ pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod relayer;
+pub mod sim;
 pub mod supervisor;
 pub mod watch;
