@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +45,10 @@ impl ClusterWatcher {
         let namespace = if !cfg.credentials.secret_namespace.is_empty() {
             cfg.credentials.secret_namespace.clone()
         } else {
-            std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()).unwrap_or_else(|| "default".into())
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| "default".into())
         };
         Self {
             rc,
@@ -84,9 +89,19 @@ impl ClusterWatcher {
             self.set_leader(true, ctx);
             return;
         }
-        let identity = format!("{}-{}", self.rc.identity.instance_id, &self.rc.identity.incarnation[..8]);
-        let (namespace, lease, duration) = (self.namespace.clone(), self.lease.clone(), self.rc.config.kubernetes.lease_duration);
-        let campaign = async move { LeaderElection::start(client, &namespace, &lease, &identity, duration).await };
+        let identity = format!(
+            "{}-{}",
+            self.rc.identity.instance_id,
+            &self.rc.identity.incarnation[..8]
+        );
+        let (namespace, lease, duration) = (
+            self.namespace.clone(),
+            self.lease.clone(),
+            self.rc.config.kubernetes.lease_duration,
+        );
+        let campaign = async move {
+            LeaderElection::start(client, &namespace, &lease, &identity, duration).await
+        };
         ctx.spawn(campaign.into_actor(self).map(|started, act, ctx| match started {
             Ok(election) => {
                 ctx.add_stream(tokio_stream::wrappers::WatchStream::new(election.subscribe()));
@@ -126,7 +141,12 @@ impl ClusterWatcher {
         let stop = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_CHANNEL);
         let selector = self.rc.config.kubernetes.watch_label_selector.clone();
-        tokio::spawn(crate::watch::watchers::run(kube.client().clone(), selector, tx, stop.clone()));
+        tokio::spawn(crate::watch::watchers::run(
+            kube.client().clone(),
+            selector,
+            tx,
+            stop.clone(),
+        ));
         let (rc, sent) = (self.rc.clone(), self.events_sent.clone());
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -169,7 +189,12 @@ impl Handler<Stop> for ClusterWatcher {
         self.rc.leader.store(false, Ordering::Relaxed);
         match self.election.take() {
             Some(election) => {
-                ctx.spawn(election.stop().into_actor(self).map(|(), _, ctx| ctx.stop()));
+                ctx.spawn(
+                    election
+                        .stop()
+                        .into_actor(self)
+                        .map(|(), _, ctx| ctx.stop()),
+                );
             }
             None => ctx.stop(),
         }

@@ -139,7 +139,10 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
     if cfg.kubernetes.lease_duration < Duration::from_secs(3) {
         e.push(Invalid::new(
             "kubernetes.lease_duration",
-            format!("{:?}", crate::config::units::format_duration(cfg.kubernetes.lease_duration)),
+            format!(
+                "{:?}",
+                crate::config::units::format_duration(cfg.kubernetes.lease_duration)
+            ),
             "must be at least \"3s\" (the Lease is renewed every third of it)",
         ));
     }

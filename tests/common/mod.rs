@@ -59,6 +59,10 @@ pub struct RelayerOptions {
     pub extra: String,
     /// Extra TOML appended to the `[backend]` section.
     pub backend_extra: String,
+    /// The `[kubernetes]` section's body (default: disabled).
+    pub kubernetes: String,
+    /// The `[commands]` section's body.
+    pub commands: String,
     pub env: Vec<(String, String)>,
     pub level: String,
 }
@@ -72,6 +76,8 @@ impl RelayerOptions {
             connection: String::new(),
             extra: String::new(),
             backend_extra: String::new(),
+            kubernetes: "enabled = false".to_string(),
+            commands: String::new(),
             env: Vec::new(),
             level: "info".to_string(),
         }
@@ -80,6 +86,21 @@ impl RelayerOptions {
     pub fn connection(mut self, toml: &str) -> Self {
         self.connection.push_str(toml);
         self.connection.push('\n');
+        self
+    }
+
+    /// Runs against the in-memory Kubernetes API at `kubeconfig`.
+    pub fn kubernetes(mut self, kubeconfig: &std::path::Path, leader_election: bool) -> Self {
+        self.kubernetes = format!(
+            "enabled = true\nkubeconfig = \"{}\"\nleader_election = {leader_election}\nlease_duration = \"3s\"",
+            kubeconfig.display()
+        );
+        self
+    }
+
+    pub fn commands(mut self, toml: &str) -> Self {
+        self.commands.push_str(toml);
+        self.commands.push('\n');
         self
     }
 
@@ -121,7 +142,10 @@ cluster_token_file = "{token_file}"
 enabled = false
 
 [kubernetes]
-enabled = false
+{kubernetes}
+
+[commands]
+{commands}
 
 [health]
 listen = "{health}"
@@ -140,6 +164,8 @@ format = "text"
             level = options.level,
             extra = options.extra,
             backend_extra = options.backend_extra,
+            kubernetes = options.kubernetes,
+            commands = options.commands,
         );
         let config_path = dir.path().join("relayer.toml");
         std::fs::write(&config_path, config).unwrap();
