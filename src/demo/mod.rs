@@ -6,9 +6,10 @@
 //! runs a scenario, prints each step with its outcome and latency, and exits
 //! 0 only if every step passed.
 //!
-//! The in-memory Kubernetes API is not part of this release yet, so the
-//! demo's relayer runs with `kubernetes.enabled = false`: Kubernetes actions
-//! are answered REJECTED/UNAVAILABLE, as the protocol says for that setting.
+//! The cluster is the in-memory Kubernetes API (`src/sim/`, the same one the
+//! tests use), reached through a kubeconfig like any other cluster. A sample
+//! Deployment `web` (label `app.kubernetes.io/managed-by=consonant`) is
+//! applied through the relayer at start, so the printed `scale` works.
 
 mod scenario;
 
@@ -22,6 +23,31 @@ use clap::Args;
 use crate::config::RelayerConfig;
 use crate::devbackend::{self, DevBackendHandle, DevBackendOptions};
 use crate::relayer::{self, RunningRelayer};
+use crate::sim::{SimCluster, SimHandle, SimOptions};
+
+/// The sample workload the demo applies and scales.
+pub const SAMPLE_DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    app.kubernetes.io/managed-by: consonant
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+        app.kubernetes.io/managed-by: consonant
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.27
+"#;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -32,6 +58,7 @@ pub struct DemoArgs {
 
 /// Everything a running demo holds.
 pub struct Demo {
+    pub sim: SimHandle,
     pub backend: DevBackendHandle,
     pub relayer: RunningRelayer,
     pub cluster_id: String,
@@ -82,6 +109,7 @@ fn pick(preferred: &str) -> SocketAddr {
 
 impl Demo {
     pub async fn start() -> anyhow::Result<Self> {
+        let sim = SimCluster::start(SimOptions::default()).await?;
         let backend = devbackend::start(DevBackendOptions {
             grpc_listen: pick("127.0.0.1:50051"),
             http_listen: pick("127.0.0.1:3000"),
@@ -124,6 +152,7 @@ impl Demo {
         std::fs::create_dir_all(&workdir)?;
         std::fs::write(workdir.join("clusterId"), &cluster_id)?;
         std::fs::write(workdir.join("clusterToken"), &token)?;
+        sim.write_kubeconfig(&workdir.join("kubeconfig"))?;
 
         let mut config = RelayerConfig::default();
         config.cluster.name = "demo".into();
@@ -133,7 +162,9 @@ impl Demo {
         config.credentials.cluster_id_file = workdir.join("clusterId");
         config.credentials.cluster_token_file = workdir.join("clusterToken");
         config.health.listen = pick("127.0.0.1:8080").to_string();
-        config.kubernetes.enabled = false;
+        config.kubernetes.enabled = true;
+        config.kubernetes.kubeconfig = workdir.join("kubeconfig").display().to_string();
+        config.kubernetes.leader_election = false;
         config.telemetry.enabled = false;
         config.connection.heartbeat_interval = Duration::from_secs(2);
         let relayer = RunningRelayer::start(
@@ -144,6 +175,7 @@ impl Demo {
         )?;
         let health = format!("http://{}", relayer.http_addr);
         let demo = Self {
+            sim,
             backend,
             relayer,
             cluster_id,
@@ -152,7 +184,35 @@ impl Demo {
             workdir,
         };
         demo.wait_connected(Duration::from_secs(10)).await?;
+        demo.apply_sample().await?;
         Ok(demo)
+    }
+
+    /// Applies the sample Deployment through the relayer, like a backend would.
+    pub async fn apply_sample(&self) -> anyhow::Result<serde_json::Value> {
+        // proto3 JSON carries `bytes` fields as base64.
+        let manifest = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            SAMPLE_DEPLOYMENT,
+        );
+        self.command(serde_json::json!({"apply": {"manifest": manifest, "namespace": "default"}}))
+            .await
+    }
+
+    /// Sends one command through the backend's admin API and waits for its result.
+    pub async fn command(&self, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let url = format!(
+            "{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=15000",
+            self.admin, self.cluster_id
+        );
+        let response = reqwest::Client::new().post(&url).json(&body).send().await?;
+        let status = response.status();
+        let result: serde_json::Value = response.json().await?;
+        anyhow::ensure!(
+            status.is_success() && result["status"] == "SUCCEEDED",
+            "command {body} answered HTTP {status}: {result}"
+        );
+        Ok(result)
     }
 
     /// Waits until the relayer reports a live stream.
@@ -188,6 +248,13 @@ impl Demo {
             "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{{\"ping\": {{\"payload\": \"aGVsbG8=\"}}}}'\n",
             self.admin
         );
+        println!("  # scale the sample Deployment (applied at start) to 3 replicas");
+        println!(
+            "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{{\"scale\": {{\"target\": {{\"api_version\": \"apps/v1\", \"kind\": \"Deployment\", \"namespace\": \"default\", \"name\": \"web\"}}, \"replicas\": 3}}}}'\n",
+            self.admin
+        );
+        println!("  # cluster events the relayer reported (readiness changes, failing pods)");
+        println!("  curl -s '{}/api/v1/clusters/{id}/events'\n", self.admin);
         println!("  # drain the stream; the relayer reconnects after ~1 s");
         println!(
             "  curl -s -X POST '{}/api/v1/clusters/{id}/drain'\n",
@@ -197,13 +264,18 @@ impl Demo {
         println!("  curl -s {}/debug/actors\n", self.health);
         println!("  # health as Kubernetes and people see it");
         println!("  curl -s {}/health\n", self.health);
-        println!("Kubernetes actions answer REJECTED/UNAVAILABLE in this demo: it runs with kubernetes.enabled = false.");
+        println!(
+            "The cluster is the in-memory Kubernetes API at {} (kubeconfig in {}).",
+            self.sim.url(),
+            self.workdir.display()
+        );
         println!("Ctrl-C stops everything.");
     }
 
     pub async fn stop(self) {
         self.relayer.shutdown().await;
         self.backend.shutdown().await;
+        self.sim.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.workdir);
     }
 }

@@ -19,6 +19,13 @@ pub async fn run(demo: &Demo) -> bool {
         ("ping round trip", ping),
         ("/debug/actors lists every actor with its mailbox", actors),
         (
+            "apply the sample Deployment (server-side apply)",
+            apply_sample,
+        ),
+        ("scale it to 3 and see 3 running pods", scale_to_three),
+        ("read a pod's logs", read_logs),
+        ("the backend got a workload.status event", readiness_event),
+        (
             "drain, then reconnect with a new session",
             drain_and_reconnect,
         ),
@@ -194,5 +201,115 @@ fn metrics<'a>(
         } else {
             Err(format!("expected at least 2 pings, metrics say: {line}"))
         }
+    })
+}
+
+fn apply_sample<'a>(
+    demo: &'a Demo,
+    _: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let result = demo.apply_sample().await.map_err(|e| e.to_string())?;
+        let applied = &result["output"]["applied"][0];
+        Ok(format!(
+            "{} {}/{} applied",
+            applied["kind"], applied["namespace"], applied["name"]
+        )
+        .replace('"', ""))
+    })
+}
+
+fn scale_to_three<'a>(
+    demo: &'a Demo,
+    _: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let target = serde_json::json!({"api_version": "apps/v1", "kind": "Deployment", "namespace": "default", "name": "web"});
+        let scaled = demo
+            .command(serde_json::json!({"scale": {"target": target, "replicas": 3}}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let running = running_pods(demo).await?;
+            if running.len() == 3 {
+                return Ok(format!(
+                    "replicas {} → 3, pods running",
+                    scaled["output"]["previous_replicas"]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("3 pods were not running within 10 s".into())
+    })
+}
+
+async fn running_pods(demo: &Demo) -> Result<Vec<String>, String> {
+    let listed = demo
+        .command(serde_json::json!({"list": {"api_version": "v1", "kind": "Pod", "namespace": "default", "label_selector": "app=web"}}))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(listed["output"]["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn read_logs<'a>(
+    demo: &'a Demo,
+    _: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let pod = running_pods(demo)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or("no running pod")?;
+        let logs = demo
+            .command(
+                serde_json::json!({"logs": {"namespace": "default", "pod": pod, "tail_lines": 5}}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let lines = logs["output"]["lines"].as_u64().unwrap_or(0);
+        if lines > 0 {
+            Ok(format!("{lines} lines from {pod}"))
+        } else {
+            Err(format!("no log lines: {logs}"))
+        }
+    })
+}
+
+fn readiness_event<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let url = format!(
+            "{}/api/v1/clusters/{}/events?limit=100",
+            demo.admin, demo.cluster_id
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let events = get_json(client, &url).await?;
+            if let Some(event) = events.as_array().and_then(|list| {
+                list.iter()
+                    .rev()
+                    .find(|e| e["kind"] == "workload.status" && e["object"]["name"] == "web")
+            }) {
+                return Ok(format!(
+                    "workload.status for Deployment web: {}",
+                    event["payload"]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("no workload.status event for web within 10 s".into())
     })
 }
