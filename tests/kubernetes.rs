@@ -460,3 +460,213 @@ async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
         .collect();
     assert!(found, "events seen: {kinds:?}\n{}", env.relayer.output());
 }
+
+#[tokio::test]
+async fn cancel_stops_a_running_command() {
+    let env = env().await;
+    env.sim.latency(Duration::from_secs(3));
+    let slow = cmd(command::Action::ClusterInfo(Default::default()));
+    let id = slow.command_id.clone();
+    let waiter = env
+        .backend
+        .state()
+        .submit_command(CLUSTER_ID, slow)
+        .unwrap();
+    // Cancel once the relayer has accepted it (it is running against the slow API).
+    let accepted = eventually(Duration::from_secs(5), || {
+        env.backend
+            .state()
+            .command(CLUSTER_ID, &id)
+            .unwrap()
+            .is_some_and(|c| format!("{:?}", c.state).contains("Accepted"))
+    })
+    .await;
+    assert!(
+        accepted,
+        "{:?}",
+        env.backend
+            .state()
+            .command(CLUSTER_ID, &id)
+            .unwrap()
+            .map(|c| c.state)
+    );
+    assert_eq!(env.backend.state().cancel(CLUSTER_ID, &id).unwrap(), 1);
+    let result = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("cancelled well before the slow call ends")
+        .unwrap();
+    assert_eq!(result.status, Status::Cancelled as i32, "{result:?}");
+    assert_eq!(result.error.unwrap().code, Code::Cancelled as i32);
+}
+
+#[tokio::test]
+async fn a_command_resent_after_a_reconnect_runs_once() {
+    let env = env().await;
+    env.sim.latency(Duration::from_millis(1500));
+    let slow = cmd(command::Action::Scale(
+        consonant_relayer::proto::ScaleWorkload {
+            target: target("Deployment", "web"),
+            replicas: 2,
+        },
+    ));
+    let id = slow.command_id.clone();
+    env.sim.latency(Duration::ZERO);
+    output(&run(&env, apply(WEB)).await);
+    env.sim.latency(Duration::from_millis(1500));
+    env.sim.clear_requests();
+    let first = env
+        .backend
+        .state()
+        .submit_command(CLUSTER_ID, slow.clone())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream dies while the scale runs, and the backend sends the same
+    // command again on the next session (as one that lost the CommandAccepted would).
+    env.backend
+        .state()
+        .set_faults(consonant_relayer::devbackend::FaultsUpdate {
+            end_streams: Some(true),
+            ..Default::default()
+        });
+    assert!(
+        eventually(Duration::from_secs(10), || env
+            .backend
+            .state()
+            .stats()
+            .sessions_started
+            >= 2)
+        .await
+    );
+    env.relayer.wait_connected().await;
+    drop(first);
+    env.backend.state().forget_command(CLUSTER_ID, &id);
+    let again = env
+        .backend
+        .state()
+        .submit_command(CLUSTER_ID, slow)
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), again)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output(&result)["replicas"], 2);
+    let scale_patches = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/deployments/web/scale"))
+        .count();
+    assert_eq!(
+        scale_patches,
+        1,
+        "the scale ran once: {:?}",
+        env.sim.requests()
+    );
+}
+
+#[tokio::test]
+async fn only_the_leader_sends_events_and_a_standby_takes_over() {
+    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let backend = backend().await;
+    let replica = |name: &str| {
+        Relayer::start(
+            RelayerOptions::new(&backend)
+                .kubernetes(&kubeconfig, true)
+                .env("POD_NAME", name),
+        )
+    };
+    let first = replica("relayer-a");
+    let second = replica("relayer-b");
+    first.wait_connected().await;
+    second.wait_connected().await;
+    let leaders = |backend: &consonant_relayer::devbackend::DevBackendHandle| -> Vec<String> {
+        backend.state().list_clusters()[0]
+            .sessions
+            .iter()
+            .filter(|s| s.leader)
+            .map(|s| s.instance_id.clone())
+            .collect()
+    };
+    let settled = eventually(Duration::from_secs(15), || {
+        let sessions = backend.state().list_clusters()[0].sessions.len();
+        sessions == 2 && leaders(&backend).len() == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "one leader among two sessions: {:?}",
+        backend.state().list_clusters()
+    );
+    let leader = leaders(&backend)[0].clone();
+
+    let env_backend = &backend;
+    let web = run_command(env_backend, apply(WEB)).await;
+    output(&web);
+    let ready_events = |backend: &consonant_relayer::devbackend::DevBackendHandle| {
+        backend
+            .state()
+            .events(CLUSTER_ID, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.kind == "workload.status" && e.object.as_ref().is_some_and(|o| o.name == "web")
+            })
+            .filter(|e| {
+                serde_json::from_slice::<Value>(&e.payload_json).is_ok_and(|p| p["ready"] == true)
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || ready_events(&backend) >= 1).await,
+        "the leader reported web"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ready_events(&backend),
+        1,
+        "only one replica reports web ready"
+    );
+
+    // The leader stops (releasing its Lease); the standby takes over and reports.
+    let mut replicas = vec![("relayer-a", first), ("relayer-b", second)];
+    let index = replicas
+        .iter()
+        .position(|(name, _)| *name == leader)
+        .expect("the leader is one of ours");
+    let (_, mut stopping) = replicas.remove(index);
+    let (standby, standing) = &replicas[0];
+    let status = stopping
+        .terminate(Duration::from_secs(15))
+        .expect("the leader exits on SIGTERM");
+    assert!(status.success());
+    let took_over = eventually(Duration::from_secs(10), || {
+        leaders(&backend) == vec![standby.to_string()]
+    })
+    .await;
+    assert!(
+        took_over,
+        "{standby} leads now: {:?}\n{}",
+        backend.state().list_clusters(),
+        standing.output()
+    );
+    let before = ready_events(&backend);
+    output(
+        &run_command(
+            &backend,
+            cmd(command::Action::Scale(
+                consonant_relayer::proto::ScaleWorkload {
+                    target: target("Deployment", "web"),
+                    replicas: 2,
+                },
+            )),
+        )
+        .await,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || ready_events(&backend) > before).await,
+        "the new leader reports events"
+    );
+}

@@ -513,6 +513,23 @@ impl DevBackendState {
         Ok(told)
     }
 
+    /// Sends `CancelCommand` for `command_id` on every session; returns how
+    /// many got it. (In-process API; the admin HTTP API has no cancel.)
+    pub fn cancel(&self, cluster_id: &str, command_id: &str) -> Result<usize, ClusterError> {
+        let frame = proto::BackendFrame {
+            body: Some(Out::Cancel(proto::CancelCommand {
+                command_id: command_id.to_string(),
+            })),
+        };
+        let cluster = self.cluster(cluster_id)?;
+        let inner = cluster.inner.lock();
+        Ok(inner
+            .sessions
+            .iter()
+            .filter(|session| session.tx.send(Ok(frame.clone())).is_ok())
+            .count())
+    }
+
     /// Starts a credential rotation; returns the new token and how many
     /// sessions were told.
     pub fn rotate(&self, cluster_id: &str) -> Result<(Secret, usize), ClusterError> {
