@@ -17,7 +17,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use consonant_relayer::credentials::Secret;
@@ -30,18 +29,14 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::Stream;
 use tokio::sync::mpsc;
 
+mod support;
+
+use support::*;
+
 const IN_FLIGHT: usize = 1_000;
 const PAYLOAD: usize = 64;
 const ROUNDS: usize = 3;
 const LATENCY_SAMPLES: usize = 3_000;
-
-fn window() -> Duration {
-    let secs = std::env::var("RELAY_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
-    Duration::from_secs_f64(secs)
-}
 
 fn ping_command(i: u64) -> RelayCommand {
     RelayCommand {
@@ -172,63 +167,6 @@ async fn baseline_run(
 }
 
 // ---------------------------------------------------------------- relay
-
-const CLUSTER: &str = "cls_bench";
-const TOKEN: &str = "bench-token-bench-token-bench-token";
-
-struct RelayerProcess(Child);
-
-impl Drop for RelayerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The release relayer binary, configured for `grpc` with the bench cluster.
-fn spawn_relayer(http: &str, grpc: &str, dir: &std::path::Path) -> RelayerProcess {
-    std::fs::write(dir.join("clusterId"), CLUSTER).unwrap();
-    std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
-    let health = free_addr();
-    let config = format!(
-        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[commands]\nrate_per_second = 100000000\nburst = 100000000\n[telemetry]\nenabled = false\n[kubernetes]\nenabled = false\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
-        dir.join("clusterId").display(),
-        dir.join("clusterToken").display(),
-    );
-    std::fs::write(dir.join("relayer.toml"), config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
-        .args(["run", "--config"])
-        .arg(dir.join("relayer.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the relayer");
-    RelayerProcess(child)
-}
-
-async fn start_relayer(backend: &DevBackendHandle, dir: &std::path::Path) -> RelayerProcess {
-    let process = spawn_relayer(&backend.http_url(), &backend.grpc_url(), dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if backend
-            .state()
-            .list_clusters()
-            .iter()
-            .any(|c| c.cluster_id == CLUSTER && c.connected)
-        {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the relayer did not connect");
-}
 
 async fn relay_throughput(backend: &DevBackendHandle, duration: Duration, next: &mut u64) -> f64 {
     relay_throughput_for(backend, CLUSTER, duration, next).await
@@ -375,6 +313,7 @@ async fn lean_throughput(duration: Duration) -> Vec<f64> {
         &format!("http://{addr}"),
         &format!("http://{addr}"),
         dir.path(),
+        "enabled = false",
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while results.load(Relaxed) == 0 && Instant::now() < deadline {
@@ -460,32 +399,6 @@ const MINIMAL_CLUSTER: &str = "cls_minimal";
 
 // ---------------------------------------------------------------- report
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
-
-fn spread(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -526,7 +439,7 @@ fn main() {
         }
         minimal.abort();
         let dir = tempfile::tempdir().unwrap();
-        let relayer = start_relayer(&backend, dir.path()).await;
+        let relayer = start_relayer(&backend, dir.path(), "enabled = false").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle_rss = rss_kib(relayer.0.id());
 

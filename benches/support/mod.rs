@@ -1,0 +1,109 @@
+//! Shared pieces of the bench binaries: the relayer process, loopback
+//! ports, the measuring window and the statistics.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use consonant_relayer::devbackend::DevBackendHandle;
+
+pub fn window() -> Duration {
+    let secs = std::env::var("RELAY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    Duration::from_secs_f64(secs)
+}
+
+pub const CLUSTER: &str = "cls_bench";
+pub const TOKEN: &str = "bench-token-bench-token-bench-token";
+
+pub struct RelayerProcess(pub Child);
+
+impl Drop for RelayerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The release relayer binary, configured for `grpc` with the bench cluster.
+pub fn spawn_relayer(
+    http: &str,
+    grpc: &str,
+    dir: &std::path::Path,
+    kubernetes: &str,
+) -> RelayerProcess {
+    std::fs::write(dir.join("clusterId"), CLUSTER).unwrap();
+    std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
+    let health = free_addr();
+    let config = format!(
+        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[commands]\nrate_per_second = 100000000\nburst = 100000000\n[telemetry]\nenabled = false\n[kubernetes]\n{kubernetes}\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
+        dir.join("clusterId").display(),
+        dir.join("clusterToken").display(),
+    );
+    std::fs::write(dir.join("relayer.toml"), config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
+        .args(["run", "--config"])
+        .arg(dir.join("relayer.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the relayer");
+    RelayerProcess(child)
+}
+
+pub async fn start_relayer(
+    backend: &DevBackendHandle,
+    dir: &std::path::Path,
+    kubernetes: &str,
+) -> RelayerProcess {
+    let process = spawn_relayer(&backend.http_url(), &backend.grpc_url(), dir, kubernetes);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if backend
+            .state()
+            .list_clusters()
+            .iter()
+            .any(|c| c.cluster_id == CLUSTER && c.connected)
+        {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the relayer did not connect");
+}
+
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+pub fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
