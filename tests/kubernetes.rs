@@ -13,29 +13,8 @@ use consonant_relayer::sim::{SimCluster, SimHandle, SimOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
-const WEB: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels:
-    app: web
-    app.kubernetes.io/managed-by: consonant
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web
-        app.kubernetes.io/managed-by: consonant
-    spec:
-      containers:
-        - name: web
-          image: nginx:1.27
-"#;
+/// The demo's sample Deployment (labelled `app.kubernetes.io/managed-by: consonant`).
+const WEB: &str = consonant_relayer::demo::SAMPLE_DEPLOYMENT;
 
 struct Env {
     sim: SimHandle,

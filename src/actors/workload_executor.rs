@@ -21,22 +21,15 @@ use super::context::RelayContext;
 use crate::commands::outcome::{
     ended, now_unix_ms, rejected, status_name, succeeded, CommandError,
 };
+use crate::config::ALL_ACTIONS;
 use crate::kube::actions::{Executor, KubeRequest};
 use crate::proto::{command_result::Status, relayer_frame::Body, Command};
 use crate::supervisor::{ChildContext, Stop};
 
 /// Kubernetes actions this executor runs (announced in `Hello.capabilities`
 /// when `kubernetes.enabled`).
-pub const SUPPORTED_ACTIONS: &[&str] = &[
-    "apply",
-    "delete",
-    "get",
-    "list",
-    "scale",
-    "restart",
-    "logs",
-    "cluster_info",
-];
+/// Every action but `ping` (which the router answers itself).
+pub const SUPPORTED_ACTIONS: &[&str] = ALL_ACTIONS.split_at(1).1;
 
 /// Room kept in a frame for everything but `output_json`.
 const FRAME_OVERHEAD: usize = 4 * 1024;
