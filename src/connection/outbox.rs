@@ -87,6 +87,8 @@ pub struct OutboxStats {
     pub telemetry_batches_dropped: u64,
     pub telemetry_items_dropped: u64,
     pub over_capacity_results: u64,
+    /// Telemetry bytes pending or unacked (what `telemetry.buffer_bytes` bounds).
+    pub telemetry_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,7 @@ pub struct Outbox {
     next_seq: u64,
     acked_seq: u64,
     bytes: usize,
+    telemetry_bytes: usize,
     capacity: usize,
     headroom: usize,
     session_open: bool,
@@ -122,6 +125,7 @@ impl Outbox {
             next_seq: 1,
             acked_seq: 0,
             bytes: 0,
+            telemetry_bytes: 0,
             capacity,
             headroom,
             session_open: false,
@@ -189,6 +193,7 @@ impl Outbox {
             });
         }
         self.bytes += bytes;
+        self.telemetry_bytes += bytes;
         self.telemetry.push_back(Pending { body, bytes, items });
         Ok(())
     }
@@ -197,6 +202,7 @@ impl Outbox {
         match self.telemetry.pop_front() {
             Some(dropped) => {
                 self.bytes -= dropped.bytes;
+                self.telemetry_bytes -= dropped.bytes;
                 self.telemetry_batches_dropped += 1;
                 self.telemetry_items_dropped += dropped.items;
                 true
@@ -239,6 +245,9 @@ impl Outbox {
                 break;
             }
             self.bytes -= front.bytes;
+            if front.class == FrameClass::Telemetry {
+                self.telemetry_bytes -= front.bytes;
+            }
             self.unacked.pop_front();
             freed += 1;
         }
@@ -311,6 +320,7 @@ impl Outbox {
             telemetry_batches_dropped: self.telemetry_batches_dropped,
             telemetry_items_dropped: self.telemetry_items_dropped,
             over_capacity_results: self.over_capacity_results,
+            telemetry_bytes: self.telemetry_bytes,
         }
     }
 }
@@ -399,7 +409,25 @@ mod tests {
         assert_eq!(seqs, vec![3, 4, 5]);
         outbox.ack(5);
         assert_eq!(outbox.stats().unacked_frames, 0);
+        assert_eq!(outbox.stats().telemetry_bytes, 0);
         assert_eq!(outbox.stats().bytes, 0);
+    }
+
+    #[test]
+    fn telemetry_bytes_count_until_acked() {
+        let mut outbox = Outbox::new(1 << 20);
+        outbox.push_telemetry(telemetry(100), 1).unwrap();
+        let pending = outbox.stats().telemetry_bytes;
+        assert!(pending > 100);
+        open(&mut outbox, 0);
+        drain(&mut outbox);
+        assert_eq!(
+            outbox.stats().telemetry_bytes,
+            pending,
+            "sent but unacked still counts"
+        );
+        outbox.ack(1);
+        assert_eq!(outbox.stats().telemetry_bytes, 0);
     }
 
     #[test]
@@ -446,6 +474,10 @@ mod tests {
             stats.telemetry_batches_dropped * 3
         );
         assert!(stats.bytes <= capacity + 200);
+        assert!(
+            stats.telemetry_bytes < stats.bytes,
+            "evictions leave the telemetry count"
+        );
         open(&mut outbox, 0);
         let results = drain(&mut outbox)
             .into_iter()
