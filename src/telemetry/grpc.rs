@@ -285,6 +285,10 @@ mod tests {
             .unwrap();
         let status = client.export(traces(1, &[100])).await.unwrap_err();
         assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        // The limit holds after decompression too: this compresses below it.
+        let mut client = client.send_compressed(CompressionEncoding::Gzip);
+        let status = client.export(traces(1, &[100])).await.unwrap_err();
+        assert!(status.message().contains("size limit"), "{status:?}");
         assert!(server.sink.offers.lock().is_empty());
         server.shutdown().await;
     }
