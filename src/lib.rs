@@ -21,4 +21,5 @@ pub mod proto;
 pub mod relayer;
 pub mod sim;
 pub mod supervisor;
+pub mod telemetry;
 pub mod watch;
