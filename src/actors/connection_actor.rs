@@ -233,8 +233,18 @@ impl ConnectionActor {
             labels,
             leader: self.rc.leader.load(std::sync::atomic::Ordering::Relaxed),
             telemetry_stats: Some(TelemetryStats {
-                batches_dropped: outbox.telemetry_batches_dropped,
-                items_dropped: outbox.telemetry_items_dropped,
+                batches_dropped: outbox.telemetry_batches_dropped
+                    + self.rc.telemetry.get().map_or(0, |sink| {
+                        sink.counters
+                            .dropped_batches
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    }),
+                items_dropped: outbox.telemetry_items_dropped
+                    + self.rc.telemetry.get().map_or(0, |sink| {
+                        sink.counters
+                            .dropped_items
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    }),
             }),
             heartbeat_interval_ms: self
                 .rc

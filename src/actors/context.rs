@@ -157,6 +157,9 @@ pub struct RelayContext {
     pub policy: CommandPolicy,
     pub rate: CommandRateLimiter,
     pub limits: ValidationLimits,
+    /// The OTLP receivers' sink (coalescer and counters), made by the first
+    /// TelemetryIngest and kept across its restarts.
+    pub telemetry: std::sync::OnceLock<Arc<super::telemetry_ingest::IngestSink>>,
     /// This replica holds the leader Lease (`Hello.leader`); always true when
     /// `kubernetes.leader_election` is off and Kubernetes is on.
     pub leader: AtomicBool,
@@ -222,6 +225,7 @@ impl RelayContext {
             policy,
             rate,
             limits,
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 

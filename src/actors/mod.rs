@@ -6,6 +6,7 @@ pub mod command_router;
 pub mod connection_actor;
 pub mod context;
 pub mod health_actor;
+pub mod telemetry_ingest;
 pub mod tree;
 pub mod workload_executor;
 

@@ -7,6 +7,7 @@
 //! │   ├── WorkloadExecutor permanent
 //! │   ├── CommandRouter    permanent   (routes to the executor)
 //! │   └── ConnectionActor  permanent   (feeds the router)
+//! ├── TelemetryIngest      permanent   (OTLP receivers → outbox)
 //! └── ClusterWatcher       permanent   (leader Lease, cluster events)
 //! ```
 //!
@@ -21,6 +22,7 @@ use super::command_router::CommandRouter;
 use super::connection_actor::ConnectionActor;
 use super::context::RelayContext;
 use super::health_actor::HealthActor;
+use super::telemetry_ingest::TelemetryIngest;
 use super::workload_executor::WorkloadExecutor;
 use crate::supervisor::{ChildSpec, Restart, Strategy, SupervisorSpec};
 
@@ -83,6 +85,16 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                 move |addr, _| publish.directory.set_health(addr),
             ),
             relay.into_child(rc.board.clone()),
+            {
+                let make = rc.clone();
+                ChildSpec::actor(
+                    "TelemetryIngest",
+                    Restart::Permanent,
+                    WATCHER_MAILBOX,
+                    move |child, _| TelemetryIngest::new(make.clone(), child),
+                    |_, _| {},
+                )
+            },
             {
                 let make = rc.clone();
                 ChildSpec::actor(

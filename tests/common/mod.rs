@@ -63,6 +63,8 @@ pub struct RelayerOptions {
     pub kubernetes: String,
     /// The `[commands]` section's body.
     pub commands: String,
+    /// The `[telemetry]` section's body (default: disabled).
+    pub telemetry: String,
     pub env: Vec<(String, String)>,
     pub level: String,
 }
@@ -78,6 +80,7 @@ impl RelayerOptions {
             backend_extra: String::new(),
             kubernetes: "enabled = false".to_string(),
             commands: String::new(),
+            telemetry: "enabled = false".to_string(),
             env: Vec::new(),
             level: "info".to_string(),
         }
@@ -139,7 +142,7 @@ cluster_token_file = "{token_file}"
 {connection}
 
 [telemetry]
-enabled = false
+{telemetry}
 
 [kubernetes]
 {kubernetes}
@@ -166,6 +169,7 @@ format = "text"
             backend_extra = options.backend_extra,
             kubernetes = options.kubernetes,
             commands = options.commands,
+            telemetry = options.telemetry,
         );
         let config_path = dir.path().join("relayer.toml");
         std::fs::write(&config_path, config).unwrap();
