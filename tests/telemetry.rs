@@ -113,6 +113,12 @@ async fn a_full_buffer_answers_retry_later_and_nothing_accepted_is_lost() {
     }
     assert!(refused > 0, "the 16 KiB buffer filled");
     assert!(accepted > 0);
+    assert_eq!(
+        relayer
+            .metric("consonant_relayer_telemetry_refused_requests", "")
+            .await,
+        refused as f64
+    );
     backend.state().set_faults(FaultsUpdate {
         withhold_acks: Some(false),
         end_streams: Some(true),

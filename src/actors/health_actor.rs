@@ -152,12 +152,30 @@ impl HealthActor {
                 .set(actor.mailbox.capacity as i64);
         }
         let outbox = self.rc.outbox.stats();
-        metrics
-            .telemetry_batches_dropped
-            .set(outbox.telemetry_batches_dropped);
-        metrics
-            .telemetry_items_dropped
-            .set(outbox.telemetry_items_dropped);
+        let (mut dropped_batches, mut dropped_items) = (
+            outbox.telemetry_batches_dropped,
+            outbox.telemetry_items_dropped,
+        );
+        if let Some(sink) = self.rc.telemetry.get() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = &sink.counters;
+            dropped_batches += c.dropped_batches.load(Relaxed);
+            dropped_items += c.dropped_items.load(Relaxed);
+            metrics
+                .telemetry_accepted_items
+                .set(c.accepted_items.load(Relaxed));
+            metrics
+                .telemetry_refused_requests
+                .set(c.refused_requests.load(Relaxed));
+            metrics
+                .telemetry_forwarded_batches
+                .set(c.forwarded_batches.load(Relaxed));
+            metrics
+                .telemetry_buffer_bytes
+                .set(sink.buffered_bytes() as i64);
+        }
+        metrics.telemetry_batches_dropped.set(dropped_batches);
+        metrics.telemetry_items_dropped.set(dropped_items);
         metrics.render()
     }
 }

@@ -50,6 +50,26 @@ pub struct IngestSink {
     coalescer: Mutex<Coalescer>,
     budget: usize,
     pub counters: IngestCounters,
+    drop_log: LogThrottle,
+}
+
+/// At most one log line per interval for a repeating condition.
+#[derive(Debug)]
+struct LogThrottle {
+    last: Mutex<Option<std::time::Instant>>,
+    every: Duration,
+}
+
+impl LogThrottle {
+    fn allow(&self) -> bool {
+        let mut last = self.last.lock();
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 impl IngestSink {
@@ -61,6 +81,10 @@ impl IngestSink {
             coalescer: Mutex::new(Coalescer::new(batch, cfg.telemetry.flush_interval)),
             budget: cfg.telemetry.buffer_bytes as usize,
             counters: IngestCounters::default(),
+            drop_log: LogThrottle {
+                last: Mutex::new(None),
+                every: Duration::from_secs(10),
+            },
             rc,
         }
     }
@@ -76,13 +100,19 @@ impl IngestSink {
                 }
                 Err(full) => {
                     // Only when results filled the replay buffer: counted, logged, never silent.
-                    self.counters
+                    let batches = self
+                        .counters
                         .dropped_batches
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.counters
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    let dropped = self
+                        .counters
                         .dropped_items
-                        .fetch_add(items, Ordering::Relaxed);
-                    tracing::warn!(error = %full, items, "telemetry batch dropped: the replay buffer is full of results");
+                        .fetch_add(items, Ordering::Relaxed)
+                        + items;
+                    if self.drop_log.allow() {
+                        tracing::warn!(error = %full, batches, items = dropped, "telemetry dropped since start: the replay buffer is full of results");
+                    }
                 }
             }
         }

@@ -86,6 +86,10 @@ pub struct Metrics {
     pub mailbox_depth: Family<ActorLabel, Gauge>,
     pub mailbox_capacity: Family<ActorLabel, Gauge>,
     pub credential_reloads: Counter,
+    pub telemetry_accepted_items: Gauge<u64, AtomicU64>,
+    pub telemetry_refused_requests: Gauge<u64, AtomicU64>,
+    pub telemetry_forwarded_batches: Gauge<u64, AtomicU64>,
+    pub telemetry_buffer_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -231,6 +235,31 @@ impl Metrics {
             credential_reloads.clone(),
         );
 
+        let telemetry_accepted_items = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "telemetry_accepted_items",
+            "Spans, data points and log records accepted by the OTLP receivers",
+            telemetry_accepted_items.clone(),
+        );
+        let telemetry_refused_requests = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "telemetry_refused_requests",
+            "OTLP requests answered retry-later because telemetry.buffer_bytes was full",
+            telemetry_refused_requests.clone(),
+        );
+        let telemetry_forwarded_batches = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "telemetry_forwarded_batches",
+            "Telemetry batches handed to the stream",
+            telemetry_forwarded_batches.clone(),
+        );
+        let telemetry_buffer_bytes = Gauge::default();
+        registry.register(
+            "telemetry_buffer_bytes",
+            "Telemetry bytes coalescing or pending/unacked (bounded by telemetry.buffer_bytes)",
+            telemetry_buffer_bytes.clone(),
+        );
+
         Self {
             registry,
             connection_state,
@@ -252,6 +281,10 @@ impl Metrics {
             mailbox_depth,
             mailbox_capacity,
             credential_reloads,
+            telemetry_accepted_items,
+            telemetry_refused_requests,
+            telemetry_forwarded_batches,
+            telemetry_buffer_bytes,
         }
     }
 
