@@ -64,6 +64,8 @@ pub struct Demo {
     pub cluster_id: String,
     pub admin: String,
     pub health: String,
+    /// The relayer's OTLP/HTTP receiver (`http://127.0.0.1:4318` when free).
+    pub otlp_http: String,
     workdir: PathBuf,
 }
 
@@ -165,7 +167,11 @@ impl Demo {
         config.kubernetes.enabled = true;
         config.kubernetes.kubeconfig = workdir.join("kubeconfig").display().to_string();
         config.kubernetes.leader_election = false;
-        config.telemetry.enabled = false;
+        config.telemetry.enabled = true;
+        config.telemetry.otlp_grpc_listen = pick("127.0.0.1:4317").to_string();
+        config.telemetry.otlp_http_listen = pick("127.0.0.1:4318").to_string();
+        config.telemetry.flush_interval = Duration::from_millis(200);
+        let otlp_http = format!("http://{}", config.telemetry.otlp_http_listen);
         config.connection.heartbeat_interval = Duration::from_secs(2);
         let relayer = RunningRelayer::start(
             config,
@@ -181,6 +187,7 @@ impl Demo {
             cluster_id,
             admin,
             health,
+            otlp_http,
             workdir,
         };
         demo.wait_connected(Duration::from_secs(10)).await?;
@@ -241,6 +248,10 @@ impl Demo {
         println!("  reference backend  gRPC  {}", self.backend.grpc_url());
         println!("  reference backend  admin {}", self.admin);
         println!("  relayer health           {}", self.health);
+        println!(
+            "  relayer OTLP/HTTP        {} (POST /v1/traces, /v1/metrics, /v1/logs)",
+            self.otlp_http
+        );
         println!("  cluster id               {id}\n");
         println!("Try:\n");
         println!("  # a ping, end to end (backend → relayer → backend)");

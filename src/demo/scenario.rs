@@ -25,6 +25,7 @@ pub async fn run(demo: &Demo) -> bool {
         ("scale it to 3 and see 3 running pods", scale_to_three),
         ("read a pod's logs", read_logs),
         ("the backend got a workload.status event", readiness_event),
+        ("send 10 OTLP spans; the backend counts them", send_spans),
         (
             "drain, then reconnect with a new session",
             drain_and_reconnect,
@@ -311,5 +312,61 @@ fn readiness_event<'a>(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err("no workload.status event for web within 10 s".into())
+    })
+}
+
+fn send_spans<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use prost::Message;
+        let telemetry_url = format!(
+            "{}/api/v1/clusters/{}/telemetry",
+            demo.admin, demo.cluster_id
+        );
+        let before = get_json(client, &telemetry_url).await?["spans"]
+            .as_u64()
+            .unwrap_or(0);
+        let spans = (0..10u64)
+            .map(|i| Span {
+                trace_id: vec![7; 16],
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: format!("agent.step.{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let response = client
+            .post(format!("{}/v1/traces", demo.otlp_http))
+            .header("content-type", "application/x-protobuf")
+            .body(request.encode_to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("OTLP/HTTP answered {}", response.status()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let spans = get_json(client, &telemetry_url).await?["spans"]
+                .as_u64()
+                .unwrap_or(0);
+            if spans >= before + 10 {
+                return Ok(format!("{} spans counted by the backend", spans - before));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the backend did not count 10 spans within 10 s".into())
     })
 }
