@@ -91,12 +91,7 @@ async fn measure(
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let window = window();
         let sim = SimCluster::start(SimOptions::default()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -97,19 +97,27 @@ impl relay_service_server::RelayService for Echo {
     }
 }
 
-async fn baseline_server() -> SocketAddr {
+/// Serves `service` on a free loopback port with Nagle off; returns the
+/// address and the server task.
+async fn serve<S>(service: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    S: relay_service_server::RelayService,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(relay_service_server::RelayServiceServer::new(Echo))
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(relay_service_server::RelayServiceServer::new(service))
             .serve_with_incoming(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             )
-            .await
-            .unwrap();
+            .await;
     });
-    addr
+    (addr, task)
+}
+
+async fn baseline_server() -> SocketAddr {
+    serve(Echo).await.0
 }
 
 /// Sends `in_flight` frames ahead of the answers; returns (count, elapsed, RTT samples).
@@ -295,19 +303,10 @@ impl relay_service_server::RelayService for LeanBackend {
 async fn lean_throughput(duration: Duration) -> Vec<f64> {
     use std::sync::atomic::Ordering::Relaxed;
     let results = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = LeanBackend {
+    let (addr, server) = serve(LeanBackend {
         results: results.clone(),
-    };
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(relay_service_server::RelayServiceServer::new(service))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let relayer = spawn_relayer(
         &format!("http://{addr}"),
@@ -400,12 +399,7 @@ const MINIMAL_CLUSTER: &str = "cls_minimal";
 // ---------------------------------------------------------------- report
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         let duration = window();
         println!("relay bench: {IN_FLIGHT} in flight, payload {PAYLOAD} B, window {duration:?}, {ROUNDS} rounds\n");
 

@@ -30,11 +30,11 @@ pub enum DialError {
         path: String,
         what: &'static str,
     },
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed: {0}; check backend.ca_file, backend.client_cert_file and backend.client_key_file")]
     Tls(String),
-    #[error("connect to {uri} failed: {reason}")]
+    #[error("connect to {uri} failed: {reason}; check backend.grpc_endpoint (or backend.url), that the backend is up, and that a NetworkPolicy allows the egress")]
     Connect { uri: String, reason: String },
-    #[error("connect to {uri} timed out after {timeout:?}")]
+    #[error("connect to {uri} timed out after {timeout:?}; check that the backend is reachable from this pod (DNS, firewall, NetworkPolicy) or raise connection.connect_timeout")]
     Timeout { uri: String, timeout: Duration },
 }
 

@@ -143,18 +143,7 @@ where
     S: TelemetrySink,
     F: Future<Output = ()> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            protocol: "grpc",
-            addr,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        protocol: "grpc",
-        addr,
-        source,
-    })?;
+    let (listener, local_addr) = super::bind("grpc", addr).await?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let routes = services(sink, max_bytes);
     let task = tokio::spawn(async move {

@@ -322,15 +322,7 @@ where
     S: TelemetrySink,
     F: Future<Output = ()> + Send + 'static,
 {
-    let bind_error = |source| ServeError::Bind {
-        protocol: "http",
-        addr,
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let (listener, local_addr) = super::bind("http", addr).await?;
     let app = router(sink, max_bytes);
     let task = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -49,3 +49,20 @@ pub struct Receiver {
     /// The server task.
     pub task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
+
+/// Binds a receiver's listener, naming the protocol and address on failure.
+pub(crate) async fn bind(
+    protocol: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ServeError> {
+    let bind_error = |source| ServeError::Bind {
+        protocol,
+        addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
+}
