@@ -227,6 +227,7 @@ impl TelemetryIngest {
             "refused_requests": c.refused_requests.load(Ordering::Relaxed),
             "forwarded_batches": c.forwarded_batches.load(Ordering::Relaxed),
             "dropped_batches": c.dropped_batches.load(Ordering::Relaxed),
+            "dropped_items": c.dropped_items.load(Ordering::Relaxed),
         }));
     }
 }
