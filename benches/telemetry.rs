@@ -153,7 +153,7 @@ impl relay_service_server::RelayService for LeanBackend {
                         .spans
                         .fetch_add(u64::from(batch.item_count), Relaxed);
                     frames += 1;
-                    if frames % ACK_EVERY == 0 && !backend.withhold_acks.load(Relaxed) {
+                    if frames.is_multiple_of(ACK_EVERY) && !backend.withhold_acks.load(Relaxed) {
                         let ack = BackendFrame {
                             body: Some(backend_frame::Body::Ack(Ack {
                                 acked_seq: frame.seq,

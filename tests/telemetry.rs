@@ -299,3 +299,44 @@ async fn command_spans_continue_the_backend_trace_and_are_exported_over_grpc_and
         let _ = stop.send(());
     }
 }
+
+#[tokio::test]
+async fn frames_stay_within_the_limit_the_backend_announces() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let backend =
+        consonant_relayer::devbackend::start(consonant_relayer::devbackend::DevBackendOptions {
+            clusters: vec![(
+                CLUSTER_ID.to_string(),
+                consonant_relayer::credentials::Secret::new(TOKEN),
+            )],
+            max_frame_bytes: Some(64 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (options, _, http) = telemetry_options(&backend, "");
+    let relayer = Relayer::start(options);
+    relayer.wait_connected().await;
+    // ~300 KiB in one request: more than four frames' worth at 64 KiB.
+    let request = spans(1000, 250).encode_to_vec();
+    assert!(request.len() > 256 * 1024);
+    let response = post(&http, request).await;
+    assert_eq!(response.status(), 200);
+    let arrived = eventually(Duration::from_secs(10), || {
+        backend.state().telemetry(CLUSTER_ID).unwrap().spans == 1000
+    })
+    .await;
+    assert!(
+        arrived,
+        "{:?}\n{}",
+        backend.state().telemetry(CLUSTER_ID).unwrap(),
+        relayer.output()
+    );
+    let batches = backend.state().telemetry(CLUSTER_ID).unwrap().batches;
+    assert!(batches >= 5, "split into {batches} frames");
+    assert!(
+        relayer.output().contains("frame_limit=65536"),
+        "{}",
+        relayer.output()
+    );
+}

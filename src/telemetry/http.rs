@@ -548,6 +548,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_larger_than_a_frame_is_split_and_an_oversized_span_reported_in_json() {
+        let server = start(crate::telemetry::DEFAULT_MAX_REQUEST_BYTES).await;
+        server.sink.set_max_piece_bytes(300);
+        let mut request: serde_json::Value = serde_json::from_str(TRACE_JSON).unwrap();
+        request["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["name"] =
+            serde_json::Value::String("x".repeat(400));
+        let response = server
+            .post("/v1/traces", JSON, false, request.to_string().into_bytes())
+            .await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        // int64 may be a JSON number or string (OTLP/JSON readers take both).
+        let rejected = body["partialSuccess"]["rejectedSpans"].to_string();
+        assert_eq!(rejected.trim_matches('"'), "1", "{body}");
+        assert!(body["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("300 bytes"));
+        assert_eq!(server.sink.counts(), vec![(Signal::Traces, 1)]);
+        // Protobuf bodies over the limit are split too.
+        let large = traces(1, &[20]).encode_to_vec();
+        assert!(large.len() > 300);
+        let response = server.post("/v1/traces", PROTOBUF, false, large).await;
+        assert_eq!(response.status(), 200);
+        let offers = server.sink.offers.lock().clone();
+        assert!(offers.len() > 2);
+        assert!(offers.iter().all(|(_, otlp, _)| otlp.len() <= 300));
+        assert_eq!(offers.iter().map(|(_, _, n)| n).sum::<u64>(), 21);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn malformed_bodies_are_400_with_a_reason() {
         let server = start(crate::telemetry::DEFAULT_MAX_REQUEST_BYTES).await;
 

@@ -48,8 +48,13 @@ impl Rejected {
         Rejected {
             items: split.rejected_items,
             reason: (split.rejected_items > 0).then(|| {
+                let items = match signal {
+                    super::Signal::Traces => "span(s)",
+                    super::Signal::Metrics => "metric data point(s)",
+                    super::Signal::Logs => "log record(s)",
+                };
                 format!(
-                    "{} {signal} item(s) left out: the largest is {} bytes encoded, more than the {limit} bytes one relay frame carries (connection.max_frame_bytes or the backend's limit)",
+                    "{} {items} left out: the largest item is {} bytes encoded, more than the {limit} bytes one relay frame carries (connection.max_frame_bytes, or less if the backend asks)",
                     split.rejected_items, split.largest_rejected_bytes
                 )
             }),
