@@ -10,13 +10,14 @@
 //! - Baseline: a plain tonic `TraceService` that decodes each request,
 //!   re-encodes it into a `TelemetryBatch` and forwards it over one relay
 //!   stream to the same kind of backend — no actors, no coalescing, no
-//!   buffer accounting.
+//!   buffer accounting. It runs in a process of its own (this binary,
+//!   started again), as the relayer does.
 //! - Overload: the backend withholds acks for `TELEMETRY_OVERLOAD_SECS`
 //!   (default 60) while the exporters keep sending; the relayer must refuse
 //!   with RESOURCE_EXHAUSTED and its RSS stays under `buffer_bytes` + 40 MiB.
 //!
-//! The relayer is the release binary in its own process; everything else
-//! runs in this process. Each throughput is measured `ROUNDS` times and
+//! The relayer is the release binary in its own process; the load and the
+//! backends run in this process. Each throughput is measured `ROUNDS` times and
 //! reported as median (min–max).
 //!
 //! Run: `cargo bench --bench telemetry` (`RELAY_BENCH_SECS` sets the
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use consonant_relayer::proto::{
     backend_frame, relay_service_client::RelayServiceClient, relay_service_server, relayer_frame,
-    telemetry_batch, Ack, BackendFrame, Hello, RelayerFrame, TelemetryBatch, Welcome,
+    telemetry_batch, Ack, BackendFrame, Heartbeat, Hello, RelayerFrame, TelemetryBatch, Welcome,
 };
 use futures::Stream;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -146,6 +147,21 @@ impl relay_service_server::RelayService for LeanBackend {
             if tx.send(Ok(welcome)).await.is_err() {
                 return;
             }
+            // Heartbeats keep the relayer from declaring a silent backend
+            // while acks are withheld.
+            let beat = tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    let heartbeat = BackendFrame {
+                        body: Some(backend_frame::Body::Heartbeat(Heartbeat::default())),
+                    };
+                    if beat.send(Ok(heartbeat)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             let mut frames = 0u64;
             while let Ok(Some(frame)) = inbound.message().await {
                 if let Some(relayer_frame::Body::Telemetry(batch)) = &frame.body {
@@ -222,6 +238,43 @@ impl TraceService for Forwarder {
             .map_err(|_| tonic::Status::unavailable("stream closed"))?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+/// Set in the environment of the baseline's own process: the backend to
+/// forward to. The bench binary then serves the forwarder and prints its
+/// address, so the baseline, like the relayer, has a process and runtime
+/// of its own (like with like).
+const BASELINE_ROLE: &str = "TELEMETRY_BENCH_BASELINE_BACKEND";
+
+/// Runs the bench binary again as the baseline forwarder; returns the
+/// process and its OTLP address.
+fn spawn_baseline(backend: SocketAddr) -> (RelayerProcess, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(BASELINE_ROLE, backend.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the baseline forwarder");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("the baseline prints its address")
+        .parse()
+        .unwrap();
+    (RelayerProcess(child), addr)
+}
+
+/// The baseline process: forwards to `backend` until killed.
+fn baseline_process(backend: &str) {
+    runtime().block_on(async {
+        let addr = start_baseline(backend.parse().unwrap()).await;
+        println!("listening {addr}");
+        std::future::pending::<()>().await;
+    });
 }
 
 /// Starts the baseline forwarder against `backend`; returns its OTLP address.
@@ -325,6 +378,9 @@ async fn wait_listening(addr: SocketAddr) {
 }
 
 fn main() {
+    if let Ok(backend) = std::env::var(BASELINE_ROLE) {
+        return baseline_process(&backend);
+    }
     runtime().block_on(async {
         let window = window();
         let request_bytes = export_request(0).encoded_len();
@@ -335,12 +391,13 @@ fn main() {
         // Baseline.
         let baseline_backend = LeanBackend::default();
         let addr = serve_backend(baseline_backend.clone()).await;
-        let forwarder = start_baseline(addr).await;
+        let (forwarder_process, forwarder) = spawn_baseline(addr);
         let stop = Arc::new(AtomicBool::new(false));
         start_load(forwarder, stop.clone());
         let mut baseline = measure(&baseline_backend.spans, window).await;
         stop.store(true, Relaxed);
         tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(forwarder_process);
 
         // The relayer.
         let relay_backend = LeanBackend::default();
