@@ -1362,3 +1362,54 @@ fn bad_values_fail_with_a_clear_message() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+// ---------------------------------------------------------------- docs
+
+/// Keys documented in values.yaml (a `# --` comment above them), in order.
+fn documented_values() -> Vec<String> {
+    let values = std::fs::read_to_string(repo().join(CHART).join("values.yaml")).unwrap();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut documented = false;
+    let mut keys = Vec::new();
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# --") {
+            documented = true;
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_string()));
+        if std::mem::take(&mut documented) {
+            keys.push(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_chart_readme_lists_every_documented_value() {
+    let readme = std::fs::read_to_string(repo().join(CHART).join("README.md")).unwrap();
+    let keys = documented_values();
+    assert!(keys.len() > 80, "found only {} documented keys", keys.len());
+    for key in keys {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "README.md values table lacks {key}"
+        );
+    }
+}
