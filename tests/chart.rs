@@ -1344,6 +1344,21 @@ fn bad_values_fail_with_a_clear_message() {
         "{}",
         text(&out.stderr)
     );
+    // kubeVersion: ">=1.32.0-0".
+    let out = helm_template(
+        "consonant-system",
+        &set(&[
+            "cluster.name=prod",
+            "backend.url=https://b.company.com",
+            "auth.bearerToken=t",
+        ]),
+        &["--kube-version", "1.31.0"],
+    );
+    assert!(
+        text(&out.stderr).contains("chart requires kubeVersion: >=1.32.0-0"),
+        "{}",
+        text(&out.stderr)
+    );
     // tlsVerify false allows plaintext (development).
     let out = helm_template(
         "consonant-dev",
