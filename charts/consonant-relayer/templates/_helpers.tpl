@@ -324,53 +324,42 @@ helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- toJson $labels -}}
 {{- end -}}
 
+{{/* NetworkPolicy ports: dict "ports" (numbers) "protocols" (names). */}}
+{{- define "consonant-relayer.npPorts" -}}
+{{- $out := list -}}
+{{- range $port := .ports -}}
+{{- range $protocol := $.protocols -}}
+{{- $out = append $out (dict "protocol" $protocol "port" (int $port)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
 {{/* NetworkPolicy egress rules: DNS and the Kubernetes API server. */}}
 {{- define "consonant-relayer.egressDnsApi" -}}
 {{- $np := .Values.networkPolicy -}}
-- to:
-    {{- toYaml $np.dns.to | nindent 4 }}
-  ports:
-    {{- range $np.dns.ports }}
-    - protocol: UDP
-      port: {{ . }}
-    - protocol: TCP
-      port: {{ . }}
-    {{- end }}
-- {{- with $np.kubernetesApi.cidrs }}
-  to:
-    {{- range . }}
-    - ipBlock:
-        cidr: {{ . }}
-    {{- end }}
-  {{- end }}
-  ports:
-    {{- range $np.kubernetesApi.ports }}
-    - protocol: TCP
-      port: {{ . }}
-    {{- end }}
+{{- $dns := dict "to" $np.dns.to "ports" (include "consonant-relayer.npPorts" (dict "ports" $np.dns.ports "protocols" (list "UDP" "TCP")) | fromJsonArray) -}}
+{{- $api := dict "ports" (include "consonant-relayer.npPorts" (dict "ports" $np.kubernetesApi.ports "protocols" (list "TCP")) | fromJsonArray) -}}
+{{- with $np.kubernetesApi.cidrs -}}
+{{- $to := list -}}
+{{- range . }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
+{{- $_ := set $api "to" $to -}}
+{{- end -}}
+{{- toYaml (list $dns $api) -}}
 {{- end -}}
 
 {{/* NetworkPolicy egress rule: the backend on its ports, public addresses only unless private. */}}
 {{- define "consonant-relayer.egressBackend" -}}
 {{- $b := .Values.networkPolicy.backend -}}
-- {{- if $b.cidrs }}
-  to:
-    {{- range $b.cidrs }}
-    - ipBlock:
-        cidr: {{ . }}
-    {{- end }}
-  {{- else if not $b.private }}
-  to:
-    - ipBlock:
-        cidr: 0.0.0.0/0
-        except:
-          {{- toYaml $b.privateCidrs | nindent 10 }}
-  {{- end }}
-  ports:
-    {{- range (include "consonant-relayer.backendPorts" . | fromJsonArray) }}
-    - protocol: TCP
-      port: {{ . }}
-    {{- end }}
+{{- $rule := dict "ports" (include "consonant-relayer.npPorts" (dict "ports" (include "consonant-relayer.backendPorts" . | fromJsonArray) "protocols" (list "TCP")) | fromJsonArray) -}}
+{{- if $b.cidrs -}}
+{{- $to := list -}}
+{{- range $b.cidrs }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
+{{- $_ := set $rule "to" $to -}}
+{{- else if not $b.private -}}
+{{- $_ := set $rule "to" (list (dict "ipBlock" (dict "cidr" "0.0.0.0/0" "except" $b.privateCidrs))) -}}
+{{- end -}}
+{{- toYaml (list $rule) -}}
 {{- end -}}
 
 {{/* The collector's pod template, for the DaemonSet and the Deployment. */}}
