@@ -355,6 +355,39 @@ fn checkov_finds_nothing_beyond_the_documented_skips() {
 }
 
 #[test]
+fn every_resource_is_unique_and_labelled() {
+    for case in cases() {
+        let docs = documents(&render(&case, &[]));
+        let mut seen = BTreeSet::new();
+        for doc in &docs {
+            let id = format!(
+                "{}/{}/{}",
+                doc["kind"].as_str().unwrap(),
+                doc["metadata"]["namespace"].as_str().unwrap_or("-"),
+                doc["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(
+                seen.insert(id.clone()),
+                "{}: {id} rendered twice",
+                case.name
+            );
+            let labels = labels(doc);
+            assert_eq!(
+                labels["app.kubernetes.io/name"], "consonant-relayer",
+                "{id}"
+            );
+            assert_eq!(labels["app.kubernetes.io/instance"], RELEASE, "{id}");
+            assert!(
+                labels["app.kubernetes.io/component"].is_string(),
+                "{id}: no component"
+            );
+            let name_len = doc["metadata"]["name"].as_str().unwrap().len();
+            assert!(name_len <= 63, "{id}: name longer than 63");
+        }
+    }
+}
+
+#[test]
 fn every_pod_meets_pod_security_restricted() {
     for case in cases() {
         let docs = documents(&render(&case, &[]));
