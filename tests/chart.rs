@@ -608,6 +608,21 @@ fn values_reach_the_config() {
         "{toml}"
     );
     assert!(toml.contains("lease_duration = \"30s\""), "{toml}");
+    assert!(toml.contains("max_request_bytes = \"8MiB\""), "{toml}");
+    assert!(toml.contains("sample_ratio = 0.250000"), "{toml}");
+    assert!(
+        toml.contains(
+            "otlp_endpoint = \"http://consonant-relayer-otel.consonant-system.svc:4317\""
+        ),
+        "{toml}"
+    );
+    // The relayer may then send its spans to the collector.
+    let policy = find(&docs, "NetworkPolicy", "consonant-relayer");
+    let last = policy["spec"]["egress"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "otel-collector"
+    );
 }
 
 // ---------------------------------------------------------------- fields

@@ -250,6 +250,7 @@ otlp_http_listen = "0.0.0.0:4318"
 buffer_bytes = {{ include "consonant-relayer.tomlUnit" $v.telemetry.bufferBytes }}
 max_batch_bytes = {{ include "consonant-relayer.tomlUnit" $v.telemetry.maxBatchBytes }}
 flush_interval = {{ include "consonant-relayer.tomlUnit" $v.telemetry.flushInterval }}
+max_request_bytes = {{ include "consonant-relayer.tomlUnit" $v.telemetry.maxRequestBytes }}
 
 [kubernetes]
 enabled = {{ $v.kubernetes.enabled }}
@@ -265,6 +266,11 @@ debug_actors = {{ $v.relayer.debugActors }}
 [logging]
 level = {{ $v.relayer.logging.level | toJson }}
 format = {{ $v.relayer.logging.format | toJson }}
+
+[tracing]
+otlp_endpoint = {{ $v.tracing.otlpEndpoint | toJson }}
+otlp_protocol = {{ $v.tracing.otlpProtocol | toJson }}
+sample_ratio = {{ printf "%f" (float64 $v.tracing.sampleRatio) }}
 {{ end -}}
 
 {{/* Pod-level scheduling fields shared by the relayer pods. */}}
