@@ -18,6 +18,7 @@ pub mod kube;
 pub mod logging;
 pub mod metrics;
 pub mod proto;
+pub mod register;
 pub mod relayer;
 pub mod sim;
 pub mod supervisor;

@@ -2,6 +2,7 @@
 //! [`CredentialStore`] that reads `clusterId`/`clusterToken` from their
 //! mounted files, follows Secret updates and holds a rotated token.
 
+pub mod namespace;
 pub mod secret;
 pub mod store;
 
