@@ -31,6 +31,8 @@ pub struct RefusalContext {
     pub secret: String,
     /// The config file, for 422.
     pub config: String,
+    /// `--timeout` as given, for the message when it is spent.
+    pub timeout: Duration,
 }
 
 /// How one attempt ended.
@@ -233,6 +235,7 @@ pub async fn register_with_retries(
     context: &RefusalContext,
 ) -> Result<Registration, RegisterError> {
     let deadline = Instant::now() + budget;
+    let timeout_flag = context.timeout;
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
     let mut attempts = 0u32;
     loop {
@@ -253,7 +256,7 @@ pub async fn register_with_retries(
         if delay >= remaining {
             return Err(RegisterError::Unreachable {
                 url: client.endpoint().to_string(),
-                budget,
+                budget: timeout_flag,
                 attempts,
                 last: reason,
             });

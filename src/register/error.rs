@@ -45,7 +45,7 @@ pub enum RegisterError {
 
     #[error("{0}")]
     Tls(TlsFailure),
-    #[error("the backend at {url} did not register the cluster within --timeout {budget:?} ({attempts} attempts; last: {last}); check that the backend is up and reachable from this namespace (DNS, NetworkPolicy egress, proxies), or raise --timeout")]
+    #[error("the backend at {url} did not register the cluster within --timeout {} ({attempts} attempts; last: {last}); check that the backend is up and reachable from this namespace (DNS, NetworkPolicy egress, proxies), or raise --timeout", humantime::format_duration(*.budget))]
     Unreachable {
         url: String,
         budget: Duration,

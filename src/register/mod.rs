@@ -235,6 +235,7 @@ pub async fn register(plan: &RegisterPlan, kube: kube::Client) -> Result<Outcome
                 cluster_name: plan.config.cluster.name.clone(),
                 secret: secret.describe(),
                 config: plan.config_path.clone(),
+                timeout: plan.timeout,
             };
             let budget = plan.timeout.saturating_sub(started.elapsed());
             tracing::info!(endpoint = %http.endpoint(), name = %body.name, budget_ms = budget.as_millis() as u64, "registering the cluster");

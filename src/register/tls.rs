@@ -93,13 +93,14 @@ fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rus
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
+        // tokio-rustls wraps the rustls error in an io::Error, which hyper
+        // may wrap in another: look inside each layer.
+        let mut io = cause.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(|io| io.get_ref()) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
                 return Some(tls);
             }
+            io = inner.downcast_ref::<std::io::Error>();
         }
         current = cause.source();
     }
@@ -127,7 +128,8 @@ mod tests {
     }
 
     fn check(err: rustls::Error, kind: TlsFailureKind, needles: &[&str]) {
-        let io = io_wrapped(err);
+        // As hyper hands it over: an io::Error around tokio-rustls' io::Error.
+        let io = std::io::Error::other(io_wrapped(err));
         let failure =
             classify(&io, "https://backend.test", "backend.test", "").expect("a TLS failure");
         assert_eq!(failure.kind, kind);

@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod register;
+
 use consonant_relayer::credentials::Secret;
 use consonant_relayer::devbackend::{self, DevBackendHandle, DevBackendOptions};
 use consonant_relayer::proto;
