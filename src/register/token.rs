@@ -61,6 +61,12 @@ impl BootstrapToken {
         Self::check(raw.trim(), origin)
     }
 
+    /// A token handed over in process (the demo); `origin` names where it
+    /// came from in messages.
+    pub fn from_value(token: &str, origin: impl Into<String>) -> Result<Self, TokenError> {
+        Self::check(token.trim(), origin.into())
+    }
+
     fn check(token: &str, origin: String) -> Result<Self, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Empty { origin });
