@@ -199,7 +199,7 @@ async fn rotation_end_to_end_writes_the_secret_and_the_next_session_uses_it() {
     // The relayer reconnects with the rotated token: a new session, and the
     // old token is refused from then on.
     let second_session = world
-        .wait_new_session(&cluster_id, &[first_session.clone()])
+        .wait_new_session(&cluster_id, std::slice::from_ref(&first_session))
         .await;
     relayer.wait_connected().await;
     let refusal = refused_with(&world, &cluster_id, &first_token).await;
