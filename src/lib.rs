@@ -17,6 +17,7 @@ pub mod http;
 pub mod kube;
 pub mod logging;
 pub mod metrics;
+pub mod observability;
 pub mod proto;
 pub mod register;
 pub mod relayer;

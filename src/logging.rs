@@ -1,26 +1,46 @@
 //! Logging setup: `tracing` to stderr as JSON or text, filtered by
-//! `logging.level` (a level or an EnvFilter string), and panics logged as
+//! `logging.level` (a level or an EnvFilter string), optionally an extra
+//! layer (the OTLP span export, see `observability`), and panics logged as
 //! errors so they reach the log pipeline and not only raw stderr.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// A layer added beside the log output, with its own filter.
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync + 'static>;
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(level: &str, format: &str) {
+    init_with(level, format, None);
+}
+
+/// [`init`] plus `extra` (e.g. the span export layer), which sees spans
+/// whatever `logging.level` says.
+pub fn init_with(level: &str, format: &str, extra: Option<ExtraLayer>) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true);
-    let _ = if format == "json" {
-        builder
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output: ExtraLayer = if format == "json" {
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init()
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_target(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_target(true)
+            .with_filter(filter)
+            .boxed()
     };
+    let mut layers = vec![output];
+    layers.extend(extra);
+    let _ = tracing_subscriber::registry().with(layers).try_init();
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use consonant_relayer::cli::{Cli, Command};
+use consonant_relayer::observability::SpanExport;
 use consonant_relayer::{config, logging, relayer};
+use tracing_subscriber::Layer;
 
 fn main() -> ExitCode {
     logging::install_crypto_provider();
@@ -35,9 +37,17 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         }
         Command::Run(args) => {
             let cfg = config::load(&args.config)?;
-            logging::init(&cfg.logging.level, &cfg.logging.format);
-            let code = relayer::system().block_on(relayer::run_until_signal(cfg))?;
-            Ok(code)
+            let export = SpanExport::start(&cfg)?;
+            let layer = export.as_ref().map(|export| export.layer().boxed());
+            logging::init_with(&cfg.logging.level, &cfg.logging.format, layer);
+            if let Some(export) = &export {
+                tracing::info!(endpoint = export.endpoint(), protocol = %cfg.tracing.otlp_protocol, "exporting command spans over OTLP");
+            }
+            let code = relayer::system().block_on(relayer::run_until_signal(cfg));
+            if let Some(export) = export {
+                export.shutdown();
+            }
+            Ok(code?)
         }
         Command::Register(args) => Ok(i32::from(consonant_relayer::register::run(args))),
         Command::DevBackend(args) => {

@@ -42,11 +42,27 @@ pub fn spawn_relayer(
     dir: &std::path::Path,
     kubernetes: &str,
 ) -> RelayerProcess {
+    spawn_relayer_with(
+        http,
+        grpc,
+        dir,
+        &format!("[telemetry]\nenabled = false\n[kubernetes]\n{kubernetes}\n"),
+    )
+}
+
+/// [`spawn_relayer`] with the `[telemetry]` and `[kubernetes]` sections
+/// (and any others) given whole in `sections`.
+pub fn spawn_relayer_with(
+    http: &str,
+    grpc: &str,
+    dir: &std::path::Path,
+    sections: &str,
+) -> RelayerProcess {
     std::fs::write(dir.join("clusterId"), CLUSTER).unwrap();
     std::fs::write(dir.join("clusterToken"), TOKEN).unwrap();
     let health = free_addr();
     let config = format!(
-        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[commands]\nrate_per_second = 100000000\nburst = 100000000\n[telemetry]\nenabled = false\n[kubernetes]\n{kubernetes}\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
+        "[cluster]\nname = \"bench\"\n[backend]\nurl = \"{http}\"\ngrpc_endpoint = \"{grpc}\"\n[credentials]\ncluster_id_file = \"{}\"\ncluster_token_file = \"{}\"\n[commands]\nrate_per_second = 100000000\nburst = 100000000\n{sections}\n[health]\nlisten = \"{health}\"\n[logging]\nlevel = \"warn\"\nformat = \"text\"\n",
         dir.join("clusterId").display(),
         dir.join("clusterToken").display(),
     );

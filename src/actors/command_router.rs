@@ -24,6 +24,7 @@ use crate::commands::outcome::{
 };
 use crate::commands::validate::{validate, ValidatedCommand};
 use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
+use crate::observability::command_span::record_result;
 use crate::proto::{
     command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
     CommandResult,
@@ -102,7 +103,7 @@ impl CommandRouter {
 
     /// Decides one command. Answers go to `accepted`/`results`, written to
     /// the outbox once per batch.
-    fn route(&mut self, command: Command, draining: bool, out: &mut Answers) {
+    fn route(&mut self, mut command: Command, draining: bool, out: &mut Answers) {
         let action = action_name(&command).unwrap_or("none");
         if command.command_id.is_empty() {
             let error = CommandError::InvalidArgument(
@@ -130,11 +131,17 @@ impl CommandRouter {
             }
             Seen::New => {}
         }
+        // From here the command gets one span, and its answers carry the
+        // span's trace context (see `observability`).
+        let span = self.rc.command_tracing.start(&mut command, action);
         let validated = match self.admit(&command, draining) {
             Ok(validated) => validated,
             Err(error) => {
                 self.rc.dedup.lock().forget(&command.command_id);
                 out.reject(&self.rc, &command, action, &error);
+                if let Some(Body::Result(result)) = out.results.last() {
+                    record_result(&span, result);
+                }
                 return;
             }
         };
@@ -146,6 +153,7 @@ impl CommandRouter {
                 };
                 let started = now_unix_ms();
                 let result = succeeded(&command, &json!({ "payload_len": payload_len }), started);
+                record_result(&span, &result);
                 self.rc.dedup.lock().finish(result.clone(), Instant::now());
                 self.count(action, "succeeded");
                 tracing::info!(target: "audit", command_id = %command.command_id, action, target = "", outcome = "succeeded", duration_ms = 0u64, "command");
@@ -161,6 +169,7 @@ impl CommandRouter {
                         command,
                         action,
                         request,
+                        span,
                     });
                 }
                 None => {
@@ -171,6 +180,9 @@ impl CommandRouter {
                         action,
                         &CommandError::busy("the workload executor is restarting; retry shortly"),
                     );
+                    if let Some(Body::Result(result)) = out.results.last() {
+                        record_result(&span, result);
+                    }
                 }
             },
         }

@@ -76,6 +76,8 @@ pub enum SessionEvent {
         session_id: String,
         acked_seq: u64,
         heartbeat_interval: Duration,
+        /// `Welcome.max_frame_bytes` (0 = the protocol's 4 MiB).
+        max_frame_bytes: u32,
     },
     Draining {
         reason: String,
@@ -509,8 +511,10 @@ impl Handler<SessionEvent> for ConnectionActor {
                 session_id,
                 acked_seq,
                 heartbeat_interval,
+                max_frame_bytes,
             } => {
-                tracing::info!(%session_id, acked_seq, heartbeat_interval_ms = heartbeat_interval.as_millis() as u64, "stream established");
+                let frame_limit = self.rc.apply_backend_frame_limit(max_frame_bytes);
+                tracing::info!(%session_id, acked_seq, heartbeat_interval_ms = heartbeat_interval.as_millis() as u64, frame_limit, "stream established");
                 if let Some(session) = &self.session {
                     if self.rc.credentials.confirm_rotation(&session.token) {
                         tracing::info!("the backend accepted the rotated cluster token");

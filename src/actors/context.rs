@@ -5,7 +5,7 @@
 //! reports. Created once per process; every actor factory gets an `Arc`.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::connection::outbox_handle::OutboxHandle;
 use crate::credentials::CredentialStore;
 use crate::kube::actions::Executor;
 use crate::metrics::Metrics;
+use crate::observability::CommandTracing;
 use crate::supervisor::{MailboxGauge, StatusBoard};
 
 /// Who this process is, as `Hello` says it.
@@ -171,6 +172,11 @@ pub struct RelayContext {
     /// This replica holds the leader Lease (`Hello.leader`); always true when
     /// `kubernetes.leader_election` is off and Kubernetes is on.
     pub leader: AtomicBool,
+    /// Whether each command gets its own exported span (`[tracing]`).
+    pub command_tracing: CommandTracing,
+    /// Largest frame either side takes: `connection.max_frame_bytes`, lowered
+    /// to `Welcome.max_frame_bytes` when the backend announces less.
+    pub frame_limit: AtomicUsize,
 }
 
 impl std::fmt::Debug for RelayContext {
@@ -214,6 +220,7 @@ impl RelayContext {
         });
         let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
         let leader = config.kubernetes.enabled && !config.kubernetes.leader_election;
+        let config_tracing_endpoint = config.tracing.otlp_endpoint.clone();
         Ok(Self {
             config: Arc::new(config),
             identity: Identity::for_this_process(),
@@ -234,7 +241,27 @@ impl RelayContext {
             rate,
             limits,
             telemetry: std::sync::OnceLock::new(),
+            command_tracing: CommandTracing::new(!config_tracing_endpoint.is_empty()),
+            frame_limit: AtomicUsize::new(max_frame),
         })
+    }
+
+    /// The frame size limit now in force (see [`RelayContext::frame_limit`]).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.frame_limit.load(Ordering::Relaxed)
+    }
+
+    /// Applies a `Welcome.max_frame_bytes` (0 = the protocol's 4 MiB): the
+    /// smaller of it and `connection.max_frame_bytes` wins. Returns the limit.
+    pub fn apply_backend_frame_limit(&self, announced: u32) -> usize {
+        let announced = if announced == 0 {
+            4 * 1024 * 1024
+        } else {
+            announced as usize
+        };
+        let limit = (self.config.connection.max_frame_bytes as usize).min(announced);
+        self.frame_limit.store(limit, Ordering::Relaxed);
+        limit
     }
 
     /// The heartbeat interval this relayer announces in `Hello`.

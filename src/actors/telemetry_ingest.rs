@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,8 @@ use crate::proto::{relayer_frame::Body, TelemetryBatch};
 use crate::supervisor::{ChildContext, Stop};
 use crate::telemetry::coalesce::{Coalescer, Now};
 use crate::telemetry::sink::{Refusal, Signal, TelemetrySink};
-use crate::telemetry::{serve_grpc, serve_http, DEFAULT_MAX_REQUEST_BYTES};
+use crate::telemetry::split::Piece;
+use crate::telemetry::{serve_grpc, serve_http};
 
 /// Room kept in a frame for everything but the OTLP bytes.
 const FRAME_OVERHEAD: usize = 1024;
@@ -75,8 +75,8 @@ impl LogThrottle {
 impl IngestSink {
     pub fn new(rc: Arc<RelayContext>) -> Self {
         let cfg = &rc.config;
-        let frame_limit = (cfg.connection.max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
-        let batch = (cfg.telemetry.max_batch_bytes as usize).min(frame_limit);
+        let frame_budget = rc.max_frame_bytes().saturating_sub(FRAME_OVERHEAD);
+        let batch = (cfg.telemetry.max_batch_bytes as usize).min(frame_budget);
         Self {
             coalescer: Mutex::new(Coalescer::new(batch, cfg.telemetry.flush_interval)),
             budget: cfg.telemetry.buffer_bytes as usize,
@@ -87,6 +87,17 @@ impl IngestSink {
             },
             rc,
         }
+    }
+
+    /// OTLP bytes one frame can carry now (the backend may lower the frame
+    /// limit in `Welcome`).
+    fn frame_budget(&self) -> usize {
+        self.rc.max_frame_bytes().saturating_sub(FRAME_OVERHEAD)
+    }
+
+    /// `telemetry.max_batch_bytes`, or less when a frame is smaller.
+    fn batch_limit(&self) -> usize {
+        (self.rc.config.telemetry.max_batch_bytes as usize).min(self.frame_budget())
     }
 
     fn forward(&self, batches: Vec<TelemetryBatch>) {
@@ -135,8 +146,14 @@ impl IngestSink {
 }
 
 impl TelemetrySink for IngestSink {
-    fn offer(&self, signal: Signal, otlp: Bytes, items: u64) -> Result<(), Refusal> {
-        let size = otlp.len();
+    fn max_piece_bytes(&self) -> usize {
+        self.frame_budget()
+    }
+
+    fn offer(&self, signal: Signal, pieces: Vec<Piece>) -> Result<(), Refusal> {
+        let size: usize = pieces.iter().map(|p| p.otlp.len()).sum();
+        let items: u64 = pieces.iter().map(|p| p.items).sum();
+        let batch_limit = self.batch_limit();
         let full = {
             let mut coalescer = self.coalescer.lock();
             let used = coalescer.pending_bytes() + self.rc.outbox.stats().telemetry_bytes;
@@ -152,7 +169,13 @@ impl TelemetrySink for IngestSink {
                     ),
                 });
             }
-            coalescer.push(signal, otlp, items, Now::current())
+            coalescer.set_max_batch_bytes(batch_limit);
+            let now = Now::current();
+            let mut full = Vec::new();
+            for piece in pieces {
+                full.extend(coalescer.push(signal, piece.otlp, piece.items, now));
+            }
+            full
         };
         self.counters
             .accepted_requests
@@ -204,6 +227,7 @@ impl TelemetryIngest {
             "refused_requests": c.refused_requests.load(Ordering::Relaxed),
             "forwarded_batches": c.forwarded_batches.load(Ordering::Relaxed),
             "dropped_batches": c.dropped_batches.load(Ordering::Relaxed),
+            "dropped_items": c.dropped_items.load(Ordering::Relaxed),
         }));
     }
 }
@@ -230,21 +254,16 @@ impl Actor for TelemetryIngest {
             return;
         };
         let stop = self.stop.clone();
+        let max_request = cfg.max_request_bytes as usize;
         let start = async move {
             let g = serve_grpc(
                 grpc,
                 sink.clone(),
-                DEFAULT_MAX_REQUEST_BYTES,
+                max_request,
                 stop.clone().cancelled_owned(),
             )
             .await?;
-            let h = serve_http(
-                http,
-                sink,
-                DEFAULT_MAX_REQUEST_BYTES,
-                stop.cancelled_owned(),
-            )
-            .await?;
+            let h = serve_http(http, sink, max_request, stop.cancelled_owned()).await?;
             Ok::<_, crate::telemetry::ServeError>((g.local_addr, h.local_addr))
         };
         ctx.spawn(

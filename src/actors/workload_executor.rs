@@ -23,8 +23,10 @@ use crate::commands::outcome::{
 };
 use crate::config::ALL_ACTIONS;
 use crate::kube::actions::{Executor, KubeRequest};
+use crate::observability::command_span::record_result;
 use crate::proto::{command_result::Status, relayer_frame::Body, Command};
 use crate::supervisor::{ChildContext, Stop};
+use tracing::Instrument;
 
 /// Kubernetes actions this executor runs (announced in `Hello.capabilities`
 /// when `kubernetes.enabled`).
@@ -43,6 +45,9 @@ pub struct Execute {
     pub command: Command,
     pub action: &'static str,
     pub request: KubeRequest,
+    /// The command's span (`Span::none()` when span export is off); the
+    /// Kubernetes request runs inside it.
+    pub span: tracing::Span,
 }
 
 /// Cancel a running command.
@@ -138,6 +143,7 @@ impl Handler<Execute> for WorkloadExecutor {
             command,
             action,
             request,
+            span,
         } = msg;
         let Some(kube) = self.rc.kube.read().clone() else {
             let why = self
@@ -149,10 +155,12 @@ impl Handler<Execute> for WorkloadExecutor {
             let error = CommandError::busy(format!(
                 "the Kubernetes client is not ready ({why}); retry shortly"
             ));
+            let result = rejected(&command, &error);
+            record_result(&span, &result);
             deliver(
                 &self.rc,
                 CommandFinished {
-                    result: rejected(&command, &error),
+                    result,
                     action,
                     ran: false,
                 },
@@ -175,10 +183,10 @@ impl Handler<Execute> for WorkloadExecutor {
         } else {
             self.rc.config.commands.default_timeout
         };
-        let max_output =
-            (self.rc.config.connection.max_frame_bytes as usize).saturating_sub(FRAME_OVERHEAD);
+        let max_output = self.rc.max_frame_bytes().saturating_sub(FRAME_OVERHEAD);
         let rc = self.rc.clone();
-        tokio::spawn(async move {
+        let task_span = span.clone();
+        let task = async move {
             let started_ms = now_unix_ms();
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -204,6 +212,7 @@ impl Handler<Execute> for WorkloadExecutor {
                 Err((status, error)) => ended(&command, status, &error, started_ms),
             };
             rc.running.lock().remove(&command.command_id);
+            record_result(&span, &result);
             tracing::info!(
                 target: "audit",
                 command_id = %command.command_id,
@@ -221,7 +230,8 @@ impl Handler<Execute> for WorkloadExecutor {
                     ran: true,
                 },
             );
-        });
+        };
+        tokio::spawn(task.instrument(task_span));
         self.publish();
     }
 }

@@ -21,6 +21,7 @@ pub struct RelayerConfig {
     pub kubernetes: KubernetesConfig,
     pub health: HealthConfig,
     pub logging: LoggingConfig,
+    pub tracing: TracingConfig,
 }
 
 /// `[cluster]`
@@ -180,6 +181,9 @@ pub struct TelemetryConfig {
     pub max_batch_bytes: u64,
     #[serde(with = "crate::config::units::duration")]
     pub flush_interval: Duration,
+    /// Largest OTLP export request the receivers take (after gzip), per request.
+    #[serde(with = "crate::config::units::bytes")]
+    pub max_request_bytes: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -191,6 +195,7 @@ impl Default for TelemetryConfig {
             buffer_bytes: 32 * 1024 * 1024,
             max_batch_bytes: 1024 * 1024,
             flush_interval: Duration::from_secs(1),
+            max_request_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -251,6 +256,31 @@ impl Default for LoggingConfig {
         Self {
             level: "info".to_string(),
             format: "json".to_string(),
+        }
+    }
+}
+
+/// `[tracing]`: the relayer's own spans (one per command), exported with
+/// OpenTelemetry OTLP. Off while `otlp_endpoint` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Where to export, e.g. `http://otel-collector:4317` (gRPC) or
+    /// `http://otel-collector:4318` (HTTP; `/v1/traces` is appended). "" = off.
+    pub otlp_endpoint: String,
+    /// `grpc` or `http/protobuf`, as `OTEL_EXPORTER_OTLP_PROTOCOL` spells them.
+    pub otlp_protocol: String,
+    /// Share of new traces sampled (0.0–1.0); a command's incoming
+    /// `traceparent` sampled flag always wins.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            otlp_protocol: "grpc".to_string(),
+            sample_ratio: 1.0,
         }
     }
 }

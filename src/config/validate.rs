@@ -169,7 +169,38 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         ));
     }
 
+    if !(KIB..=256 * MIB).contains(&tel.max_request_bytes) {
+        e.push(Invalid::new(
+            "telemetry.max_request_bytes",
+            quote(&format_bytes(tel.max_request_bytes)),
+            "must be between 1KiB and 256MiB (default \"16MiB\")",
+        ));
+    }
+
     socket_addr(e, "health.listen", &cfg.health.listen);
+
+    let tracing = &cfg.tracing;
+    check_url(
+        e,
+        "tracing.otlp_endpoint",
+        &tracing.otlp_endpoint,
+        &["http", "https"],
+        false,
+    );
+    if !matches!(tracing.otlp_protocol.as_str(), "grpc" | "http/protobuf") {
+        e.push(Invalid::new(
+            "tracing.otlp_protocol",
+            quote(&tracing.otlp_protocol),
+            "is not an OTLP protocol: use \"grpc\" (port 4317) or \"http/protobuf\" (port 4318)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        e.push(Invalid::new(
+            "tracing.sample_ratio",
+            tracing.sample_ratio.to_string(),
+            "must be between 0.0 (no new traces) and 1.0 (every command)",
+        ));
+    }
 
     check_log_level(e, &cfg.logging.level);
     if !matches!(cfg.logging.format.as_str(), "json" | "text") {
@@ -419,6 +450,34 @@ mod tests {
                 "\"2MiB\"",
                 "connection.max_frame_bytes (4MiB)",
             )],
+        );
+    }
+
+    #[test]
+    fn tracing_and_request_limit() {
+        check(
+            |c| c.tracing.otlp_endpoint = "http://otel-collector:4317".into(),
+            &[],
+        );
+        check(
+            |c| c.tracing.otlp_endpoint = "otel-collector:4317".into(),
+            &[(
+                "tracing.otlp_endpoint",
+                "\"otel-collector:4317\"",
+                "http://",
+            )],
+        );
+        check(
+            |c| c.tracing.otlp_protocol = "http/json".into(),
+            &[("tracing.otlp_protocol", "\"http/json\"", "http/protobuf")],
+        );
+        check(
+            |c| c.tracing.sample_ratio = 1.5,
+            &[("tracing.sample_ratio", "1.5", "between 0.0")],
+        );
+        check(
+            |c| c.telemetry.max_request_bytes = 10,
+            &[("telemetry.max_request_bytes", "\"10\"", "1KiB and 256MiB")],
         );
     }
 

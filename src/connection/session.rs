@@ -246,6 +246,7 @@ pub async fn run(params: SessionParams) -> SessionOutcome {
             session_id: welcome.session_id.clone(),
             acked_seq: welcome.acked_seq,
             heartbeat_interval: interval,
+            max_frame_bytes: welcome.max_frame_bytes,
         })
         .await;
 

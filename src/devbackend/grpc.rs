@@ -34,13 +34,20 @@ pub struct RelayServiceImpl {
     state: Arc<DevBackendState>,
     /// `--heartbeat-interval`: sent in `Welcome` and used by both sides.
     heartbeat_override: Option<Duration>,
+    /// Sent as `Welcome.max_frame_bytes` (`None` = 0, the protocol's 4 MiB).
+    max_frame_bytes: Option<u32>,
 }
 
 impl RelayServiceImpl {
-    pub fn new(state: Arc<DevBackendState>, heartbeat_override: Option<Duration>) -> Self {
+    pub fn new(
+        state: Arc<DevBackendState>,
+        heartbeat_override: Option<Duration>,
+        max_frame_bytes: Option<u32>,
+    ) -> Self {
         Self {
             state,
             heartbeat_override,
+            max_frame_bytes,
         }
     }
 }
@@ -137,9 +144,13 @@ impl RelayServiceImpl {
             (None, ms) => Duration::from_millis(ms.into()),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let session = self
-            .state
-            .start_session(cluster, &hello, welcome_interval_ms, tx.clone())?;
+        let session = self.state.start_session(
+            cluster,
+            &hello,
+            welcome_interval_ms,
+            self.max_frame_bytes.unwrap_or(0),
+            tx.clone(),
+        )?;
         tokio::spawn(run_session(
             self.state.clone(),
             session,

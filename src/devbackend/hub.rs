@@ -710,6 +710,7 @@ impl DevBackendState {
         cluster: Arc<Cluster>,
         hello: &proto::Hello,
         heartbeat_interval_ms: u32,
+        max_frame_bytes: u32,
         tx: FrameSender,
     ) -> Result<SessionStart, Status> {
         let incarnation: Arc<str> = Arc::from(hello.incarnation.as_str());
@@ -732,7 +733,7 @@ impl DevBackendState {
             session_id: session_id.to_string(),
             heartbeat_interval_ms,
             acked_seq,
-            max_frame_bytes: 0,
+            max_frame_bytes,
         };
         let _ = tx.send(Ok(proto::BackendFrame {
             body: Some(Out::Welcome(welcome)),

@@ -128,6 +128,10 @@ pub struct DevBackendOptions {
     /// process only (tests of the relayer's TLS settings); the command line
     /// serves plaintext.
     pub grpc_tls: Option<ServerTls>,
+    /// `Welcome.max_frame_bytes` to announce, also enforced on what the
+    /// backend reads; `None` announces 0 (the protocol's 4 MiB). In process
+    /// only (tests of the relayer honouring a smaller limit).
+    pub max_frame_bytes: Option<u32>,
 }
 
 /// A PEM certificate chain and private key for the gRPC listener.
@@ -153,6 +157,7 @@ impl Default for DevBackendOptions {
             clusters: Vec::new(),
             heartbeat_interval: None,
             grpc_tls: None,
+            max_frame_bytes: None,
         }
     }
 }
@@ -170,6 +175,7 @@ impl From<DevBackendArgs> for DevBackendOptions {
                 .collect(),
             heartbeat_interval: args.heartbeat_interval,
             grpc_tls: None,
+            max_frame_bytes: None,
         }
     }
 }
@@ -287,7 +293,9 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let service = grpc::RelayServiceImpl::new(state.clone(), opts.heartbeat_interval);
+    let service =
+        grpc::RelayServiceImpl::new(state.clone(), opts.heartbeat_interval, opts.max_frame_bytes);
+    let max_decoding = opts.max_frame_bytes.map_or(4 << 20, |max| max as usize);
     let grpc_tls = opts.grpc_tls.is_some();
     let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = &opts.grpc_tls {
@@ -306,7 +314,8 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
             let result = server
                 .add_service(
                     RelayServiceServer::new(service)
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .max_decoding_message_size(max_decoding),
                 )
                 .serve_with_incoming_shutdown(incoming, stop)
                 .await;

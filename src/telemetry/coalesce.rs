@@ -100,6 +100,12 @@ impl Coalescer {
         }
     }
 
+    /// Changes where batches are cut from now on (the frame limit can drop
+    /// when a backend announces a smaller one); pending batches stay.
+    pub fn set_max_batch_bytes(&mut self, max_batch_bytes: usize) {
+        self.max_batch_bytes = max_batch_bytes.max(1);
+    }
+
     /// Appends one serialized export request of `signal` with `items` items,
     /// arrived at `now`. Returns the batches that became full, oldest first:
     /// the pending batch when `otlp` would not fit beside it, and `otlp`

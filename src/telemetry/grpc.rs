@@ -1,6 +1,8 @@
 //! OTLP/gRPC receivers: the collector `TraceService`, `MetricsService` and
 //! `LogsService` over a [`TelemetrySink`]. tonic decodes (gzip accepted, size
-//! capped); each request is counted, re-encoded and offered to the sink. A
+//! capped); each request is counted, re-encoded (split when larger than a
+//! frame; items that fit no frame are answered with OTLP partial success)
+//! and offered to the sink. A
 //! refusal becomes `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo`
 //! detail, which OTLP exporters treat as retryable after the given delay.
 
@@ -8,32 +10,30 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::count::ItemCount;
 use super::sink::{Refusal, Signal, TelemetrySink};
+use super::split::{Rejected, SplitRequest};
 use super::{Receiver, ServeError};
 
 /// The three OTLP collector services over one sink; implements
@@ -58,16 +58,22 @@ impl<S> Clone for OtlpGrpc<S> {
 }
 
 impl<S: TelemetrySink> OtlpGrpc<S> {
-    fn accept<R: Message + ItemCount>(&self, signal: Signal, request: &R) -> Result<(), Status> {
-        let items = request.item_count();
-        if items == 0 {
+    /// Forwards `request`; `Ok` carries what had to be left out (items too
+    /// large for a frame), for the OTLP partial-success answer.
+    fn accept<R: SplitRequest>(&self, signal: Signal, request: R) -> Result<Rejected, Status> {
+        if request.item_count() == 0 {
             // Nothing to forward; OTLP says an empty request succeeds.
-            return Ok(());
+            return Ok(Rejected::default());
         }
-        let otlp = Bytes::from(request.encode_to_vec());
-        self.sink
-            .offer(signal, otlp, items)
-            .map_err(|refusal| refused(signal, &refusal))
+        let limit = self.sink.max_piece_bytes();
+        let split = request.split(limit);
+        let rejected = Rejected::of(&split, signal, limit);
+        if !split.pieces.is_empty() {
+            self.sink
+                .offer(signal, split.pieces)
+                .map_err(|refusal| refused(signal, &refusal))?;
+        }
+        Ok(rejected)
     }
 }
 
@@ -86,8 +92,15 @@ impl<S: TelemetrySink> TraceService for OtlpGrpc<S> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.accept(Signal::Traces, request.get_ref())?;
-        Ok(Response::new(ExportTraceServiceResponse::default()))
+        let rejected = self.accept(Signal::Traces, request.into_inner())?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportTracePartialSuccess {
+                    rejected_spans: rejected.items as i64,
+                    error_message,
+                }),
+        }))
     }
 }
 
@@ -97,8 +110,15 @@ impl<S: TelemetrySink> MetricsService for OtlpGrpc<S> {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.accept(Signal::Metrics, request.get_ref())?;
-        Ok(Response::new(ExportMetricsServiceResponse::default()))
+        let rejected = self.accept(Signal::Metrics, request.into_inner())?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected.items as i64,
+                    error_message,
+                }),
+        }))
     }
 }
 
@@ -108,8 +128,15 @@ impl<S: TelemetrySink> LogsService for OtlpGrpc<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.accept(Signal::Logs, request.get_ref())?;
-        Ok(Response::new(ExportLogsServiceResponse::default()))
+        let rejected = self.accept(Signal::Logs, request.into_inner())?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportLogsPartialSuccess {
+                    rejected_log_records: rejected.items as i64,
+                    error_message,
+                }),
+        }))
     }
 }
 
@@ -164,6 +191,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use prost::Message;
     use std::time::Duration;
     use tokio::sync::oneshot;
 
@@ -227,6 +255,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(server.sink.offers.lock().len(), 1);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_frame_is_split_and_oversized_spans_reported() {
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        let server = start(crate::telemetry::DEFAULT_MAX_REQUEST_BYTES).await;
+        server.sink.set_max_piece_bytes(4096);
+        let mut client = TraceServiceClient::connect(server.url.clone())
+            .await
+            .unwrap();
+        let mut request = traces(1, &[200]);
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        for span in spans.iter_mut() {
+            span.name = "n".repeat(100);
+        }
+        spans[7] = Span {
+            name: "huge".repeat(2000),
+            ..Default::default()
+        };
+        let response = client.export(request).await.unwrap().into_inner();
+        let partial = response.partial_success.expect("partial success");
+        assert_eq!(partial.rejected_spans, 1);
+        assert!(
+            partial.error_message.contains("more than the 4096 bytes"),
+            "{}",
+            partial.error_message
+        );
+        let offers = server.sink.offers.lock().clone();
+        assert!(offers.len() > 3, "split into {} pieces", offers.len());
+        assert!(offers.iter().all(|(_, otlp, _)| otlp.len() <= 4096));
+        assert_eq!(offers.iter().map(|(_, _, n)| n).sum::<u64>(), 199);
         server.shutdown().await;
     }
 

@@ -1,8 +1,10 @@
 //! OTLP/HTTP receivers (axum): `POST /v1/traces`, `/v1/metrics`, `/v1/logs`
 //! with binary protobuf (`application/x-protobuf`) or the OTLP JSON mapping
 //! (`application/json`), optionally `Content-Encoding: gzip`. Each request
-//! is decoded, counted, re-encoded as protobuf and offered to a
-//! [`TelemetrySink`].
+//! is decoded, counted and offered to a [`TelemetrySink`]: protobuf bodies
+//! as they came, JSON re-encoded as protobuf; a request larger than a frame
+//! is split first, and items that fit no frame are answered with OTLP
+//! partial success.
 //!
 //! Answers, in the request's format: 200 with an empty
 //! `Export*ServiceResponse`; 400 (malformed body), 413 (body over the limit,
@@ -24,43 +26,76 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use super::count::ItemCount;
 use super::sink::{Signal, TelemetrySink};
+use super::split::{Piece, Rejected, SplitRequest};
 use super::{Receiver, ServeError};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
 /// An OTLP export request type and what it answers with.
-trait OtlpRequest: Message + Default + DeserializeOwned + ItemCount + 'static {
+trait OtlpRequest: SplitRequest + DeserializeOwned + 'static {
     const SIGNAL: Signal;
-    type Response: Message + Default;
+    type Response: Message + Default + Serialize;
+    /// The answer, with partial success when items were left out.
+    fn response(rejected: &Rejected) -> Self::Response;
 }
 
 impl OtlpRequest for ExportTraceServiceRequest {
     const SIGNAL: Signal = Signal::Traces;
     type Response = ExportTraceServiceResponse;
+    fn response(rejected: &Rejected) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportTracePartialSuccess {
+                    rejected_spans: rejected.items as i64,
+                    error_message,
+                }),
+        }
+    }
 }
 
 impl OtlpRequest for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
     type Response = ExportMetricsServiceResponse;
+    fn response(rejected: &Rejected) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected.items as i64,
+                    error_message,
+                }),
+        }
+    }
 }
 
 impl OtlpRequest for ExportLogsServiceRequest {
     const SIGNAL: Signal = Signal::Logs;
     type Response = ExportLogsServiceResponse;
+    fn response(rejected: &Rejected) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: rejected
+                .message()
+                .map(|error_message| ExportLogsPartialSuccess {
+                    rejected_log_records: rejected.items as i64,
+                    error_message,
+                }),
+        }
+    }
 }
 
 /// Body encodings of OTLP/HTTP.
@@ -270,27 +305,38 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
     })?;
     let body = decompress(&headers, body, format, signal, state.max_bytes)?;
     let request: R = decode(format, &body)?;
-    let items = request.item_count();
-    if items > 0 {
-        let otlp = match format {
-            // Already protobuf; keep the bytes as they came.
-            Format::Protobuf => body,
-            Format::Json => Bytes::from(request.encode_to_vec()),
+    let mut rejected = Rejected::default();
+    if request.item_count() > 0 {
+        let limit = state.sink.max_piece_bytes();
+        let pieces = if format == Format::Protobuf && body.len() <= limit {
+            // Already protobuf and small enough: keep the bytes as they came.
+            vec![Piece {
+                items: request.item_count(),
+                otlp: body,
+            }]
+        } else {
+            let split = request.split(limit);
+            rejected = Rejected::of(&split, signal, limit);
+            split.pieces
         };
-        state
-            .sink
-            .offer(signal, otlp, items)
-            .map_err(|refusal| Failure {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: tonic::Code::ResourceExhausted,
-                message: format!("{signal} export refused: {}", refusal.reason),
-                format,
-                retry_after: Some(refusal.retry_after),
-            })?;
+        if !pieces.is_empty() {
+            state
+                .sink
+                .offer(signal, pieces)
+                .map_err(|refusal| Failure {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: tonic::Code::ResourceExhausted,
+                    message: format!("{signal} export refused: {}", refusal.reason),
+                    format,
+                    retry_after: Some(refusal.retry_after),
+                })?;
+        }
     }
+    let response = R::response(&rejected);
     let body = match format {
-        Format::Protobuf => R::Response::default().encode_to_vec(),
-        Format::Json => b"{}".to_vec(),
+        Format::Protobuf => response.encode_to_vec(),
+        Format::Json if rejected.items == 0 => b"{}".to_vec(),
+        Format::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
     };
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
@@ -498,6 +544,38 @@ mod tests {
         );
         assert_eq!(span.name, "llm.call");
         assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_a_frame_is_split_and_an_oversized_span_reported_in_json() {
+        let server = start(crate::telemetry::DEFAULT_MAX_REQUEST_BYTES).await;
+        server.sink.set_max_piece_bytes(300);
+        let mut request: serde_json::Value = serde_json::from_str(TRACE_JSON).unwrap();
+        request["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["name"] =
+            serde_json::Value::String("x".repeat(400));
+        let response = server
+            .post("/v1/traces", JSON, false, request.to_string().into_bytes())
+            .await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        // int64 may be a JSON number or string (OTLP/JSON readers take both).
+        let rejected = body["partialSuccess"]["rejectedSpans"].to_string();
+        assert_eq!(rejected.trim_matches('"'), "1", "{body}");
+        assert!(body["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("300 bytes"));
+        assert_eq!(server.sink.counts(), vec![(Signal::Traces, 1)]);
+        // Protobuf bodies over the limit are split too.
+        let large = traces(1, &[20]).encode_to_vec();
+        assert!(large.len() > 300);
+        let response = server.post("/v1/traces", PROTOBUF, false, large).await;
+        assert_eq!(response.status(), 200);
+        let offers = server.sink.offers.lock().clone();
+        assert!(offers.len() > 2);
+        assert!(offers.iter().all(|(_, otlp, _)| otlp.len() <= 300));
+        assert_eq!(offers.iter().map(|(_, _, n)| n).sum::<u64>(), 21);
         server.shutdown().await;
     }
 

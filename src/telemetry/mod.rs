@@ -8,12 +8,14 @@ pub mod count;
 pub mod grpc;
 pub mod http;
 pub mod sink;
+pub mod split;
 
 pub use coalesce::{Coalescer, Now};
 pub use count::ItemCount;
 pub use grpc::{serve_grpc, services};
 pub use http::{router, serve_http};
 pub use sink::{Refusal, Signal, TelemetrySink};
+pub use split::{Piece, Rejected, Split, SplitRequest};
 
 /// Default largest export request the receivers accept (16 MiB), after
 /// decompression.

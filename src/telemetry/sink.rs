@@ -1,11 +1,11 @@
 //! The interface the OTLP receivers push into: one [`TelemetrySink::offer`]
-//! per decoded, validated and re-serialized export request.
+//! per decoded and validated export request, as serialized pieces no larger
+//! than [`TelemetrySink::max_piece_bytes`].
 
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
-
+use super::split::Piece;
 use crate::proto::telemetry_batch;
 
 /// Which OTLP signal an export request carries.
@@ -82,15 +82,21 @@ impl fmt::Display for Refusal {
 
 /// Where the receivers put accepted telemetry.
 pub trait TelemetrySink: Send + Sync + 'static {
-    /// Offer one decoded-and-validated export request, already serialized as protobuf,
-    /// with its item count. Ok = accepted (it will be forwarded); Err = refuse with retry-later.
-    fn offer(&self, signal: Signal, otlp: Bytes, items: u64) -> Result<(), Refusal>;
+    /// The largest serialized piece the sink forwards whole: what fits in one
+    /// frame. Receivers split larger requests first (see `split`).
+    fn max_piece_bytes(&self) -> usize;
+
+    /// Offer one export request's pieces: all are accepted (and will be
+    /// forwarded) or none is (the client is told to retry later), so a retry
+    /// never duplicates part of a request.
+    fn offer(&self, signal: Signal, pieces: Vec<Piece>) -> Result<(), Refusal>;
 }
 
 /// A sink for tests: records every offer, or refuses them all when told to.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use bytes::Bytes;
     use parking_lot::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -98,9 +104,14 @@ pub(crate) mod testing {
     pub(crate) struct RecordingSink {
         pub(crate) offers: Mutex<Vec<(Signal, Bytes, u64)>>,
         refuse: AtomicBool,
+        max_piece: std::sync::atomic::AtomicUsize,
     }
 
     impl RecordingSink {
+        pub(crate) fn set_max_piece_bytes(&self, max: usize) {
+            self.max_piece.store(max, Ordering::SeqCst);
+        }
+
         pub(crate) fn set_refuse(&self, refuse: bool) {
             self.refuse.store(refuse, Ordering::SeqCst);
         }
@@ -115,14 +126,24 @@ pub(crate) mod testing {
     }
 
     impl TelemetrySink for RecordingSink {
-        fn offer(&self, signal: Signal, otlp: Bytes, items: u64) -> Result<(), Refusal> {
+        fn max_piece_bytes(&self) -> usize {
+            match self.max_piece.load(Ordering::SeqCst) {
+                0 => usize::MAX,
+                max => max,
+            }
+        }
+
+        fn offer(&self, signal: Signal, pieces: Vec<Piece>) -> Result<(), Refusal> {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err(Refusal {
                     retry_after: Duration::from_millis(1500),
                     reason: "telemetry buffer full".into(),
                 });
             }
-            self.offers.lock().push((signal, otlp, items));
+            let mut offers = self.offers.lock();
+            for piece in pieces {
+                offers.push((signal, piece.otlp, piece.items));
+            }
             Ok(())
         }
     }

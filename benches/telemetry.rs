@@ -1,0 +1,406 @@
+//! OTLP ingest end to end: agents' exporters → relayer (OTLP/gRPC) → the
+//! relay stream → a backend, in spans per second, beside a baseline in the
+//! same run, plus the relayer's peak RSS under a long overload.
+//!
+//! - Load: 4 concurrent OTLP/gRPC exporters, each sending 100-span requests
+//!   (10 attributes per span) back to back.
+//! - Backend: a lean `RelayService` that counts `TelemetryBatch.item_count`
+//!   and acknowledges every 8 frames — no OTLP decoding, so the figure is
+//!   the relayer's, not the backend's.
+//! - Baseline: a plain tonic `TraceService` that decodes each request,
+//!   re-encodes it into a `TelemetryBatch` and forwards it over one relay
+//!   stream to the same kind of backend — no actors, no coalescing, no
+//!   buffer accounting.
+//! - Overload: the backend withholds acks for `TELEMETRY_OVERLOAD_SECS`
+//!   (default 60) while the exporters keep sending; the relayer must refuse
+//!   with RESOURCE_EXHAUSTED and its RSS stays under `buffer_bytes` + 40 MiB.
+//!
+//! The relayer is the release binary in its own process; everything else
+//! runs in this process. Each throughput is measured `ROUNDS` times and
+//! reported as median (min–max).
+//!
+//! Run: `cargo bench --bench telemetry` (`RELAY_BENCH_SECS` sets the
+//! measuring window, default 4 s).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consonant_relayer::proto::{
+    backend_frame, relay_service_client::RelayServiceClient, relay_service_server, relayer_frame,
+    telemetry_batch, Ack, BackendFrame, Hello, RelayerFrame, TelemetryBatch, Welcome,
+};
+use futures::Stream;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use tokio::sync::mpsc;
+
+mod support;
+
+use support::*;
+
+const EXPORTERS: usize = 4;
+const SPANS_PER_REQUEST: usize = 100;
+const ATTRIBUTES_PER_SPAN: usize = 10;
+const ROUNDS: usize = 3;
+const BUFFER_BYTES: u64 = 32 * 1024 * 1024;
+const ACK_EVERY: u64 = 8;
+
+fn overload_window() -> Duration {
+    let secs = std::env::var("TELEMETRY_OVERLOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// One agent export: 100 spans with 10 string attributes each.
+fn export_request(exporter: usize) -> ExportTraceServiceRequest {
+    let string = |s: String| {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s)),
+        })
+    };
+    let spans = (0..SPANS_PER_REQUEST)
+        .map(|i| Span {
+            trace_id: [exporter as u8 + 1; 16].to_vec(),
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            parent_span_id: 1u64.to_be_bytes().to_vec(),
+            name: format!("agent.tool_call.{}", i % 7),
+            kind: 3,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
+            end_time_unix_nano: 1_700_000_000_000_500_000 + i as u64,
+            attributes: (0..ATTRIBUTES_PER_SPAN)
+                .map(|k| KeyValue {
+                    key: format!("agent.attribute.{k}"),
+                    value: string(format!("value-{k}-{i:08}")),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: string(format!("kagent-{exporter}")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+// ------------------------------------------------------------- backend
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<BackendFrame, tonic::Status>> + Send>>;
+
+/// Counts forwarded spans; acks every `ACK_EVERY` telemetry frames unless
+/// told to withhold.
+#[derive(Clone, Default)]
+struct LeanBackend {
+    spans: Arc<AtomicU64>,
+    withhold_acks: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl relay_service_server::RelayService for LeanBackend {
+    type ConnectStream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: tonic::Request<tonic::Streaming<RelayerFrame>>,
+    ) -> Result<tonic::Response<FrameStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(_hello)) = inbound.message().await else {
+                return;
+            };
+            let welcome = BackendFrame {
+                body: Some(backend_frame::Body::Welcome(Welcome {
+                    session_id: "lean".into(),
+                    ..Default::default()
+                })),
+            };
+            if tx.send(Ok(welcome)).await.is_err() {
+                return;
+            }
+            let mut frames = 0u64;
+            while let Ok(Some(frame)) = inbound.message().await {
+                if let Some(relayer_frame::Body::Telemetry(batch)) = &frame.body {
+                    backend
+                        .spans
+                        .fetch_add(u64::from(batch.item_count), Relaxed);
+                    frames += 1;
+                    if frames.is_multiple_of(ACK_EVERY) && !backend.withhold_acks.load(Relaxed) {
+                        let ack = BackendFrame {
+                            body: Some(backend_frame::Body::Ack(Ack {
+                                acked_seq: frame.seq,
+                            })),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+async fn serve_backend(backend: LeanBackend) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(relay_service_server::RelayServiceServer::new(backend))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await;
+    });
+    addr
+}
+
+// ------------------------------------------------------------- baseline
+
+/// Decode, re-encode as a `TelemetryBatch`, send down one relay stream.
+struct Forwarder {
+    frames: mpsc::Sender<RelayerFrame>,
+    seq: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl TraceService for Forwarder {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        let frame = RelayerFrame {
+            seq: self.seq.fetch_add(1, Relaxed) + 1,
+            body: Some(relayer_frame::Body::Telemetry(TelemetryBatch {
+                signal: telemetry_batch::Signal::Traces as i32,
+                otlp: request.encode_to_vec().into(),
+                item_count: spans as u32,
+                received_at_unix_ms: 0,
+            })),
+        };
+        self.frames
+            .send(frame)
+            .await
+            .map_err(|_| tonic::Status::unavailable("stream closed"))?;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts the baseline forwarder against `backend`; returns its OTLP address.
+async fn start_baseline(backend: SocketAddr) -> SocketAddr {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{backend}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<RelayerFrame>(1024);
+    tx.send(RelayerFrame {
+        seq: 0,
+        body: Some(relayer_frame::Body::Hello(Hello {
+            cluster_id: CLUSTER.into(),
+            protocol_version: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = RelayServiceClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarder = Forwarder {
+        frames: tx,
+        seq: AtomicU64::new(0),
+    };
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(forwarder).max_decoding_message_size(16 * 1024 * 1024),
+            )
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await;
+    });
+    addr
+}
+
+// ------------------------------------------------------------- load
+
+/// Runs `EXPORTERS` exporters against `target` until `stop`; a refused
+/// export is retried after 50 ms. Returns how many exports were refused.
+fn start_load(target: SocketAddr, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let refused = Arc::new(AtomicU64::new(0));
+    for exporter in 0..EXPORTERS {
+        let (stop, refused) = (stop.clone(), refused.clone());
+        tokio::spawn(async move {
+            let request = export_request(exporter);
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .unwrap();
+            let mut client = TraceServiceClient::new(channel);
+            while !stop.load(Relaxed) {
+                if client.export(request.clone()).await.is_err() {
+                    refused.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+    }
+    refused
+}
+
+/// Spans per second arriving at `spans`, over `ROUNDS` windows after a warm-up.
+async fn measure(spans: &AtomicU64, window: Duration) -> Vec<f64> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = spans.load(Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(window).await;
+        rates.push((spans.load(Relaxed) - before) as f64 / started.elapsed().as_secs_f64());
+    }
+    rates
+}
+
+fn relayer_sections(otlp: SocketAddr) -> String {
+    format!(
+        "[telemetry]\nenabled = true\notlp_grpc_listen = \"{otlp}\"\notlp_http_listen = \"{}\"\nbuffer_bytes = {BUFFER_BYTES}\n[kubernetes]\nenabled = false\n",
+        free_addr()
+    )
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn main() {
+    runtime().block_on(async {
+        let window = window();
+        let request_bytes = export_request(0).encoded_len();
+        println!(
+            "telemetry bench: {EXPORTERS} exporters, {SPANS_PER_REQUEST} spans x {ATTRIBUTES_PER_SPAN} attributes per request ({request_bytes} B), window {window:?}, {ROUNDS} rounds\n"
+        );
+
+        // Baseline.
+        let baseline_backend = LeanBackend::default();
+        let addr = serve_backend(baseline_backend.clone()).await;
+        let forwarder = start_baseline(addr).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        start_load(forwarder, stop.clone());
+        let mut baseline = measure(&baseline_backend.spans, window).await;
+        stop.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // The relayer.
+        let relay_backend = LeanBackend::default();
+        let addr = serve_backend(relay_backend.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let otlp = free_addr();
+        let url = format!("http://{addr}");
+        let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
+        wait_listening(otlp).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        start_load(otlp, stop.clone());
+        let mut relayed = measure(&relay_backend.spans, window).await;
+        let loaded_rss = rss_kib(relayer.0.id());
+        stop.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(relayer);
+
+        // Overload: acks withheld for the whole window.
+        let overload_backend = LeanBackend::default();
+        overload_backend.withhold_acks.store(true, Relaxed);
+        let addr = serve_backend(overload_backend.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let otlp = free_addr();
+        let url = format!("http://{addr}");
+        let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
+        wait_listening(otlp).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = start_load(otlp, stop.clone());
+        let overload = overload_window();
+        let started = Instant::now();
+        let mut peak_rss = 0u64;
+        while started.elapsed() < overload {
+            peak_rss = peak_rss.max(rss_kib(relayer.0.id()).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, Relaxed);
+        let accepted = overload_backend.spans.load(Relaxed);
+        drop(relayer);
+
+        let row = |name: &str, values: &mut Vec<f64>| {
+            let (median, min, max) = spread(values);
+            println!("{name:<40} {median:>12.0} spans/s (min {min:.0}, max {max:.0})");
+            median
+        };
+        let b = row("baseline: tonic TraceService → stream", &mut baseline);
+        let r = row("relayer: OTLP/gRPC → relay stream", &mut relayed);
+        println!();
+        println!("ratio relayer/baseline                   {:>12.2}   (target ≥ 0.70)", r / b);
+        if let Some(rss) = loaded_rss {
+            println!("relayer RSS under full load              {:>12.1} MiB", rss as f64 / 1024.0);
+        }
+        let limit = (BUFFER_BYTES as f64) / 1048576.0 + 40.0;
+        println!(
+            "overload {:?}: peak RSS                {:>12.1} MiB (target < buffer_bytes + 40 MiB = {limit:.0} MiB)",
+            overload,
+            peak_rss as f64 / 1024.0
+        );
+        println!(
+            "overload: exports refused (retry later)  {:>12}   spans forwarded before the buffer filled: {accepted}",
+            refused.load(Relaxed)
+        );
+    });
+}
