@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `dev-backend`, `demo`, `--version`.
+//! The command line: `run`, `register`, `check-config`, `dev-backend`, `demo`, `--version`.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the relayer with a configuration file.
     Run(ConfigArg),
+    /// Register the cluster with the backend (the chart's pre-install hook): bootstrap token in, cluster Secret out. Exit codes: docs/register.md.
+    Register(crate::register::RegisterArgs),
     /// Validate a configuration file and print the effective configuration (secrets redacted).
     CheckConfig(ConfigArg),
     /// Run the reference backend (in memory; not a production backend).

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observability;
 pub mod proto;
+pub mod register;
 pub mod relayer;
 pub mod sim;
 pub mod supervisor;

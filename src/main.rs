@@ -49,6 +49,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
             Ok(code?)
         }
+        Command::Register(args) => Ok(i32::from(consonant_relayer::register::run(args))),
         Command::DevBackend(args) => {
             logging::init(
                 &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

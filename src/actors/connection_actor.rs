@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::context::RelayContext;
+use super::credential_writer::{WriteBackToken, WriteReason};
 use super::workload_executor::SUPPORTED_ACTIONS;
 use crate::connection::backoff::{with_extra_jitter, Backoff};
 use crate::connection::breaker::{BreakerState, CircuitBreaker, Permit};
@@ -33,6 +34,9 @@ use crate::supervisor::{ChildContext, Stop};
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// RESOURCE_EXHAUSTED: back off at least this long.
 const EXHAUSTED_FLOOR: Duration = Duration::from_secs(5);
+/// After `RotateCredentials`, reconnect with the new token once the Secret
+/// write-back ends, or after this long whatever it is doing.
+const WRITE_BACK_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
@@ -93,6 +97,8 @@ pub struct LeadershipChanged {
 
 struct RunningSession {
     id: u64,
+    /// The token this session presented: confirms or rolls back a rotation.
+    token: Secret,
     cancel: CancellationToken,
     abort: tokio::task::AbortHandle,
 }
@@ -304,7 +310,7 @@ impl ConnectionActor {
             dialer: self.rc.dialer.clone(),
             hello: self.hello(&credentials.cluster_id),
             cluster_id: credentials.cluster_id,
-            token: credentials.token,
+            token: credentials.token.clone(),
             heartbeat_interval: cfg.heartbeat_interval,
             handshake_timeout: cfg.connect_timeout,
             max_frame_bytes: cfg.max_frame_bytes as usize,
@@ -322,6 +328,7 @@ impl ConnectionActor {
         let join = tokio::spawn(session::run(params));
         self.session = Some(RunningSession {
             id,
+            token: credentials.token,
             cancel,
             abort: join.abort_handle(),
         });
@@ -346,7 +353,7 @@ impl ConnectionActor {
             return;
         }
         fail::fail_point!("connection-session-ended");
-        self.session = None;
+        let presented = self.session.take().map(|s| s.token);
         self.session_id = None;
         let now = Instant::now();
         if self.stopping {
@@ -383,8 +390,17 @@ impl ConnectionActor {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                     self.failing_hard = true;
                     self.rc.metrics.credential_reloads.inc();
-                    if self.rc.credentials.current().is_some() {
-                        self.rc.credentials.rollback_rotated_token();
+                    if let Some(previous) = presented
+                        .as_ref()
+                        .and_then(|token| self.rc.credentials.rollback_rotation(token))
+                    {
+                        tracing::warn!("the backend refused the rotated cluster token; falling back to the previous token and writing it back to the Secret");
+                        if let Some(writer) = self.rc.directory.credential_writer() {
+                            let _ = writer.try_send(WriteBackToken {
+                                token: previous,
+                                reason: WriteReason::Rollback,
+                            });
+                        }
                     }
                     self.last_error = Some(format!(
                         "the backend refused the cluster credentials ({code:?}: {message}); the relayer re-reads them before every dial — check the clusterId/clusterToken files or re-register the cluster"
@@ -435,6 +451,43 @@ impl ConnectionActor {
     }
 }
 
+impl ConnectionActor {
+    /// `RotateCredentials`: the new token wins from now on; the
+    /// CredentialWriter puts it into the Secret, and once that write ends
+    /// (or after `WRITE_BACK_WAIT`) the stream is re-opened with it, so the
+    /// backend sees the new token in use and may retire the old one. If the
+    /// backend refuses it, `session_ended` falls back to the previous token.
+    fn rotate(&mut self, token: Secret, ctx: &mut Context<Self>) {
+        tracing::info!("the backend rotated the cluster token; writing it to the Secret, then reconnecting with it");
+        self.rc.credentials.set_rotated_token(token.clone());
+        let Some(writer) = self.rc.directory.credential_writer() else {
+            self.reconnect_with_rotated_token();
+            return;
+        };
+        let write = writer
+            .send(WriteBackToken {
+                token,
+                reason: WriteReason::Rotation,
+            })
+            .timeout(WRITE_BACK_WAIT);
+        ctx.spawn(write.into_actor(self).map(|written, act, _| {
+            if written.is_err() {
+                tracing::warn!("the Secret write-back did not finish in time; reconnecting with the rotated token anyway");
+            }
+            act.reconnect_with_rotated_token();
+        }));
+    }
+
+    fn reconnect_with_rotated_token(&mut self) {
+        let current = self.rc.credentials.current().map(|c| c.token);
+        match &self.session {
+            // Ends as Cancelled, which dials again at once (not a failure).
+            Some(session) if Some(&session.token) != current.as_ref() => session.cancel.cancel(),
+            _ => {}
+        }
+    }
+}
+
 impl Actor for ConnectionActor {
     type Context = Context<Self>;
 
@@ -462,6 +515,11 @@ impl Handler<SessionEvent> for ConnectionActor {
             } => {
                 let frame_limit = self.rc.apply_backend_frame_limit(max_frame_bytes);
                 tracing::info!(%session_id, acked_seq, heartbeat_interval_ms = heartbeat_interval.as_millis() as u64, frame_limit, "stream established");
+                if let Some(session) = &self.session {
+                    if self.rc.credentials.confirm_rotation(&session.token) {
+                        tracing::info!("the backend accepted the rotated cluster token");
+                    }
+                }
                 self.breaker.on_welcome();
                 self.probing = false;
                 self.failing_hard = false;
@@ -483,12 +541,7 @@ impl Handler<SessionEvent> for ConnectionActor {
                 tracing::info!(%reason, "draining the stream");
                 self.set_state(ConnState::Draining);
             }
-            SessionEvent::RotateCredentials { token } => {
-                tracing::info!(
-                    "backend rotated the cluster token; the next connection uses the new one"
-                );
-                self.rc.credentials.set_rotated_token(token);
-            }
+            SessionEvent::RotateCredentials { token } => self.rotate(token, ctx),
         }
     }
 }

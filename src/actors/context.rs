@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::command_router::CommandRouter;
 use super::connection_actor::ConnectionActor;
+use super::credential_writer::CredentialWriter;
 use super::health_actor::HealthActor;
 use super::workload_executor::WorkloadExecutor;
 use crate::commands::dedup::DedupCache;
@@ -70,6 +71,7 @@ pub struct Directory {
     executor: Arc<RwLock<Option<Addr<WorkloadExecutor>>>>,
     connection: Arc<RwLock<Option<Addr<ConnectionActor>>>>,
     health: Arc<RwLock<Option<Addr<HealthActor>>>>,
+    credential_writer: Arc<RwLock<Option<Addr<CredentialWriter>>>>,
 }
 
 impl Directory {
@@ -97,6 +99,12 @@ impl Directory {
     }
     pub fn set_health(&self, addr: Addr<HealthActor>) {
         *self.health.write() = Some(addr);
+    }
+    pub fn credential_writer(&self) -> Option<Addr<CredentialWriter>> {
+        self.credential_writer.read().clone()
+    }
+    pub fn set_credential_writer(&self, addr: Addr<CredentialWriter>) {
+        *self.credential_writer.write() = Some(addr);
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cluster_watcher;
 pub mod command_router;
 pub mod connection_actor;
 pub mod context;
+pub mod credential_writer;
 pub mod health_actor;
 pub mod telemetry_ingest;
 pub mod tree;

@@ -8,7 +8,8 @@
 //! │   ├── CommandRouter    permanent   (routes to the executor)
 //! │   └── ConnectionActor  permanent   (feeds the router)
 //! ├── TelemetryIngest      permanent   (OTLP receivers → outbox)
-//! └── ClusterWatcher       permanent   (leader Lease, cluster events)
+//! ├── ClusterWatcher       permanent   (leader Lease, cluster events)
+//! └── CredentialWriter     permanent   (rotated token → cluster Secret)
 //! ```
 //!
 //! rest_for_one encodes the dependencies: a restarted executor restarts the
@@ -21,6 +22,7 @@ use super::cluster_watcher::ClusterWatcher;
 use super::command_router::CommandRouter;
 use super::connection_actor::ConnectionActor;
 use super::context::RelayContext;
+use super::credential_writer::CredentialWriter;
 use super::health_actor::HealthActor;
 use super::telemetry_ingest::TelemetryIngest;
 use super::workload_executor::WorkloadExecutor;
@@ -33,6 +35,8 @@ const ROUTER_MAILBOX: usize = 64;
 const CONNECTION_MAILBOX: usize = 16;
 const HEALTH_MAILBOX: usize = 64;
 const WATCHER_MAILBOX: usize = 16;
+/// Rotations are rare; a few queued writes (rotation, rollback) at most.
+const WRITER_MAILBOX: usize = 8;
 
 pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
     let executor_mailbox = rc.config.commands.max_in_flight as usize + 16;
@@ -103,6 +107,16 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                     WATCHER_MAILBOX,
                     move |child, _| ClusterWatcher::new(make.clone(), child),
                     |_, _| {},
+                )
+            },
+            {
+                let (make, publish) = (rc.clone(), rc.clone());
+                ChildSpec::actor(
+                    "CredentialWriter",
+                    Restart::Permanent,
+                    WRITER_MAILBOX,
+                    move |child, _| CredentialWriter::new(make.clone(), child),
+                    move |addr, _| publish.directory.set_credential_writer(addr),
                 )
             },
         ],

@@ -175,7 +175,9 @@ pub async fn run(params: SessionParams) -> SessionOutcome {
 
     let mut request = tonic::Request::new(outbound);
     match MetadataValue::try_from(format!("Bearer {}", params.token.expose())) {
-        Ok(value) => {
+        Ok(mut value) => {
+            // Sensitive: HTTP/2 and tonic never print it, at any log level.
+            value.set_sensitive(true);
             request.metadata_mut().insert("authorization", value);
         }
         Err(_) => {

@@ -78,12 +78,23 @@ pub struct CredentialStore {
     state: Mutex<State>,
 }
 
+/// How many superseded tokens are remembered (see `State::stale`).
+const STALE_TOKENS: usize = 8;
+
 #[derive(Debug, Default)]
 struct State {
     /// Last good content of the files.
     on_disk: Option<Credentials>,
-    /// Token from `RotateCredentials`, until the files change.
-    rotated: Option<Secret>,
+    /// Token from `RotateCredentials` (or the one rolled back to); wins
+    /// over the files' token until the files show it, or show a token this
+    /// store never had (an operator replaced the Secret).
+    override_token: Option<Secret>,
+    /// A rotation no session has confirmed yet: `(new, previous)`.
+    pending: Option<(Secret, Secret)>,
+    /// Tokens rotated away from (or refused after a rotation). Files that
+    /// show one of them are behind the Secret write-back (kubelet syncs a
+    /// mounted Secret late), not newer: they never replace the override.
+    stale: std::collections::VecDeque<Secret>,
     generation: u64,
 }
 
@@ -92,8 +103,34 @@ impl State {
         let disk = self.on_disk.as_ref()?;
         Some(Credentials {
             cluster_id: disk.cluster_id.clone(),
-            token: self.rotated.clone().unwrap_or_else(|| disk.token.clone()),
+            token: self
+                .override_token
+                .clone()
+                .unwrap_or_else(|| disk.token.clone()),
         })
+    }
+
+    fn mark_stale(&mut self, token: &Secret) {
+        if !self.stale.contains(token) {
+            if self.stale.len() == STALE_TOKENS {
+                self.stale.pop_front();
+            }
+            self.stale.push_back(token.clone());
+        }
+    }
+
+    fn unmark_stale(&mut self, token: &Secret) {
+        self.stale.retain(|t| t != token);
+    }
+
+    /// Runs `change` and bumps the generation if the effective credentials
+    /// changed.
+    fn changing(&mut self, change: impl FnOnce(&mut Self)) {
+        let before = self.effective();
+        change(self);
+        if self.effective() != before {
+            self.generation += 1;
+        }
     }
 }
 
@@ -126,25 +163,63 @@ impl CredentialStore {
     }
 
     /// Installs the token a `RotateCredentials` command delivered; it wins
-    /// over the files until their content changes (the Secret write-back
-    /// reaching the mount, or an operator replacing it).
+    /// over the files until they show it (the Secret write-back reaching the
+    /// mount) or show a token this store never had (an operator replacing
+    /// the Secret). The token it replaces is kept for [`Self::rollback_rotation`]
+    /// until a session confirms the new one.
     pub fn set_rotated_token(&self, token: Secret) {
-        let mut state = self.state.lock();
-        let before = state.effective();
-        state.rotated = Some(token);
-        if state.effective() != before {
-            state.generation += 1;
-        }
+        self.state.lock().changing(|state| {
+            let previous = state.effective().map(|c| c.token);
+            if previous.as_ref() == Some(&token) {
+                return;
+            }
+            if let Some(previous) = previous {
+                state.mark_stale(&previous);
+                state.pending = Some((token.clone(), previous));
+            }
+            state.unmark_stale(&token);
+            state.override_token = Some(token);
+        });
     }
 
-    /// Drops the rotated token, e.g. when the backend did not confirm it.
-    pub fn rollback_rotated_token(&self) {
+    /// A session was welcomed with `token`: if it is the rotated one, the
+    /// rotation is done and there is nothing to fall back to any more.
+    /// Returns true when this confirmed a rotation.
+    pub fn confirm_rotation(&self, token: &Secret) -> bool {
         let mut state = self.state.lock();
-        let before = state.effective();
-        state.rotated = None;
-        if state.effective() != before {
-            state.generation += 1;
+        if state.pending.as_ref().is_some_and(|(new, _)| new == token) {
+            state.pending = None;
+            return true;
         }
+        false
+    }
+
+    /// The backend refused `refused`: if that is a rotated token no session
+    /// confirmed, falls back to the token it replaced and returns it (so the
+    /// Secret can be written back too). `None` when there was no such
+    /// rotation.
+    pub fn rollback_rotation(&self, refused: &Secret) -> Option<Secret> {
+        let mut state = self.state.lock();
+        if !state
+            .pending
+            .as_ref()
+            .is_some_and(|(new, _)| new == refused)
+        {
+            return None;
+        }
+        let (new, previous) = state.pending.take()?;
+        state.changing(|state| {
+            state.mark_stale(&new);
+            state.unmark_stale(&previous);
+            let disk_token = state.on_disk.as_ref().map(|d| &d.token);
+            state.override_token = (disk_token != Some(&previous)).then(|| previous.clone());
+        });
+        Some(previous)
+    }
+
+    /// True while a rotated token waits for a session to confirm it.
+    pub fn rotation_pending(&self) -> bool {
+        self.state.lock().pending.is_some()
     }
 
     /// Bumped whenever the effective credentials change; 0 = never loaded.
@@ -211,14 +286,26 @@ impl CredentialStore {
         let mut state = self.state.lock();
         let changed = state.on_disk.as_ref() != Some(&disk);
         if changed {
-            let before = state.effective();
-            state.on_disk = Some(disk.clone());
-            state.rotated = None;
-            if state.effective() != before {
-                state.generation += 1;
-            }
+            state.changing(|state| {
+                let current = state.effective().map(|c| c.token);
+                match &state.override_token {
+                    _ if state.stale.contains(&disk.token)
+                        && current.as_ref().is_some_and(|t| *t != disk.token) =>
+                    {
+                        tracing::debug!("the credential files show a superseded token (the mounted Secret lags the write-back); keeping the current token");
+                        state.override_token = current;
+                    }
+                    Some(token) if *token == disk.token => state.override_token = None,
+                    Some(_) => {
+                        state.override_token = None;
+                        state.pending = None;
+                    }
+                    None => {}
+                }
+                state.on_disk = Some(disk.clone());
+            });
         }
-        let token = state.rotated.clone().unwrap_or(disk.token);
+        let token = state.override_token.clone().unwrap_or(disk.token);
         Ok((
             Credentials {
                 cluster_id: disk.cluster_id,
@@ -359,6 +446,10 @@ mod tests {
         assert!(!format!("{creds:?} {:?}", f.store).contains("hunter2"));
     }
 
+    fn token(store: &CredentialStore) -> String {
+        store.current().expect("current").token.expose().to_string()
+    }
+
     #[test]
     fn rotated_token_wins_until_the_files_change() {
         let f = fixture(Some("c-1"), Some("old"));
@@ -370,17 +461,78 @@ mod tests {
         assert_eq!(f.store.load().expect("load").token.expose(), "rotated");
         assert_eq!(f.store.generation(), 2, "unchanged files keep the override");
 
-        f.store.rollback_rotated_token();
-        assert_eq!(f.store.current().expect("current").token.expose(), "old");
+        assert_eq!(f.store.rollback_rotation(&Secret::new("other")), None);
+        assert_eq!(
+            f.store.rollback_rotation(&Secret::new("rotated")),
+            Some(Secret::new("old"))
+        );
+        assert_eq!(token(&f.store), "old");
         assert_eq!(f.store.generation(), 3);
 
-        f.store.set_rotated_token(Secret::new("rotated"));
+        f.store.set_rotated_token(Secret::new("rotated-2"));
         fs::write(f.dir.path().join("clusterToken"), "new-from-disk").expect("write");
         assert_eq!(
             f.store.load().expect("load").token.expose(),
-            "new-from-disk"
+            "new-from-disk",
+            "a token this store never had replaces the override"
         );
+        assert!(!f.store.rotation_pending());
         assert_eq!(f.store.generation(), 5);
+    }
+
+    #[test]
+    fn the_write_back_reaching_the_mount_changes_nothing() {
+        let f = fixture(Some("c-1"), Some("old"));
+        f.store.load().expect("load");
+        f.store.set_rotated_token(Secret::new("new"));
+        assert!(f.store.confirm_rotation(&Secret::new("new")));
+        let generation = f.store.generation();
+        fs::write(f.dir.path().join("clusterToken"), "new\n").expect("write");
+        assert_eq!(f.store.load().expect("load").token.expose(), "new");
+        assert_eq!(
+            f.store.generation(),
+            generation,
+            "no flap, no new generation"
+        );
+    }
+
+    #[test]
+    fn a_lagging_mount_never_brings_back_a_superseded_token() {
+        let f = fixture(Some("c-1"), Some("t1"));
+        f.store.load().expect("load");
+        f.store.set_rotated_token(Secret::new("t2"));
+        f.store.confirm_rotation(&Secret::new("t2"));
+        f.store.set_rotated_token(Secret::new("t3"));
+        f.store.confirm_rotation(&Secret::new("t3"));
+        // kubelet syncs the first write-back (t2) after the second rotation.
+        fs::write(f.dir.path().join("clusterToken"), "t2").expect("write");
+        assert_eq!(f.store.load().expect("load").token.expose(), "t3");
+        fs::write(f.dir.path().join("clusterToken"), "t3").expect("write");
+        assert_eq!(f.store.load().expect("load").token.expose(), "t3");
+        fs::write(f.dir.path().join("clusterToken"), "t1").expect("write");
+        assert_eq!(
+            f.store.load().expect("load").token.expose(),
+            "t3",
+            "t1 is stale too"
+        );
+    }
+
+    #[test]
+    fn a_refused_rotation_falls_back_even_after_the_mount_caught_up() {
+        let f = fixture(Some("c-1"), Some("old"));
+        f.store.load().expect("load");
+        f.store.set_rotated_token(Secret::new("new"));
+        fs::write(f.dir.path().join("clusterToken"), "new").expect("write");
+        assert_eq!(f.store.load().expect("load").token.expose(), "new");
+        assert_eq!(
+            f.store.rollback_rotation(&Secret::new("new")),
+            Some(Secret::new("old"))
+        );
+        assert_eq!(f.store.load().expect("load").token.expose(), "old");
+        // Once the old token is written back and mounted, the files agree.
+        fs::write(f.dir.path().join("clusterToken"), "old").expect("write");
+        assert_eq!(f.store.load().expect("load").token.expose(), "old");
+        assert!(!f.store.confirm_rotation(&Secret::new("new")));
     }
 
     #[test]

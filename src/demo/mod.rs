@@ -1,7 +1,10 @@
 //! `consonant-relayer demo`: the reference backend and a relayer on one
-//! machine, wired the way a cluster would be — the cluster registers over
-//! the backend's registration API, its credentials land in files the relayer
-//! reads, and the relayer dials out to the backend's gRPC port. Interactive
+//! machine, wired the way a cluster would be — the cluster registers through
+//! the real `register` code path (HTTP to the backend's registration API,
+//! credentials into the Secret `consonant-relayer-cluster` in the in-memory
+//! Kubernetes API), the demo mounts that Secret as files the relayer reads
+//! (as kubelet would), and the relayer dials out to the backend's gRPC port
+//! and writes rotated tokens back into the Secret. Interactive
 //! mode prints copy-paste `curl` lines and runs until Ctrl-C; `--script`
 //! runs a scenario, prints each step with its outcome and latency, and exits
 //! 0 only if every step passed.
@@ -21,9 +24,16 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::config::RelayerConfig;
+use crate::credentials::Secret;
 use crate::devbackend::{self, DevBackendHandle, DevBackendOptions};
+use crate::register::token::BootstrapToken;
+use crate::register::{Outcome, RegisterPlan};
 use crate::relayer::{self, RunningRelayer};
 use crate::sim::{SimCluster, SimHandle, SimOptions};
+
+/// Where `register` writes the cluster's credentials (the chart's defaults).
+pub const SECRET_NAMESPACE: &str = "consonant-system";
+pub const SECRET_NAME: &str = "consonant-relayer-cluster";
 
 /// The sample workload the demo applies and scales.
 pub const SAMPLE_DEPLOYMENT: &str = r#"apiVersion: apps/v1
@@ -95,6 +105,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// Reads the cluster Secret from the in-memory Kubernetes API and writes
+/// its keys into `dir` (each file replaced atomically); returns the id and
+/// token.
+async fn mount_secret(sim: &SimHandle, dir: &std::path::Path) -> anyhow::Result<(String, Secret)> {
+    use k8s_openapi::api::core::v1::Secret as KubeSecret;
+    let api: kube::Api<KubeSecret> = kube::Api::namespaced(sim.client()?, SECRET_NAMESPACE);
+    let secret = api
+        .get(SECRET_NAME)
+        .await
+        .with_context(|| format!("reading Secret {SECRET_NAMESPACE}/{SECRET_NAME}"))?;
+    let data = secret.data.unwrap_or_default();
+    let key = |name: &str| -> anyhow::Result<String> {
+        let bytes = data
+            .get(name)
+            .with_context(|| format!("Secret {SECRET_NAMESPACE}/{SECRET_NAME} has no {name}"))?;
+        Ok(String::from_utf8_lossy(&bytes.0).into_owned())
+    };
+    let (id, token) = (key("clusterId")?, key("clusterToken")?);
+    for (name, value) in [("clusterId", &id), ("clusterToken", &token)] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, value)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok((id, Secret::new(token)))
+}
+
 /// Binds `preferred` if free, else any free port on loopback.
 fn pick(preferred: &str) -> SocketAddr {
     let preferred: SocketAddr = preferred
@@ -112,57 +148,64 @@ fn pick(preferred: &str) -> SocketAddr {
 impl Demo {
     pub async fn start() -> anyhow::Result<Self> {
         let sim = SimCluster::start(SimOptions::default()).await?;
+        // A single-use bootstrap token, as the backend's operator would issue.
+        let bootstrap = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            rand::random::<[u8; 48]>(),
+        );
         let backend = devbackend::start(DevBackendOptions {
             grpc_listen: pick("127.0.0.1:50051"),
             http_listen: pick("127.0.0.1:3000"),
+            bootstrap_tokens: vec![Secret::new(bootstrap.clone())],
             ..Default::default()
         })
         .await?;
         let admin = backend.http_url();
 
-        // Register the way the chart's pre-install hook does: a bootstrap
-        // token for POST /api/v1/clusters buys the cluster's credentials.
-        let bootstrap = uuid::Uuid::new_v4().simple().to_string();
-        let client = reqwest::Client::new();
-        let response = client
-            .post(format!("{admin}/api/v1/clusters"))
-            .bearer_auth(&bootstrap)
-            .json(&serde_json::json!({
-                "name": "demo", "region": "local", "environment": "development",
-                "labels": {}, "kubernetes_version": "", "relayer_version": env!("CARGO_PKG_VERSION"),
-            }))
-            .send()
-            .await
-            .context("registering the demo cluster with the reference backend")?;
-        anyhow::ensure!(
-            response.status().as_u16() == 201,
-            "registration answered {}",
-            response.status()
-        );
-        let registered: serde_json::Value = response.json().await?;
-        let cluster_id = registered["cluster_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let token = registered["cluster_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-
-        let workdir =
-            std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&workdir)?;
-        std::fs::write(workdir.join("clusterId"), &cluster_id)?;
-        std::fs::write(workdir.join("clusterToken"), &token)?;
-        sim.write_kubeconfig(&workdir.join("kubeconfig"))?;
-
         let mut config = RelayerConfig::default();
         config.cluster.name = "demo".into();
+        config.cluster.region = "local".into();
         config.cluster.environment = "development".into();
         config.backend.url = admin.clone();
         config.backend.grpc_endpoint = backend.grpc_url();
-        config.credentials.cluster_id_file = workdir.join("clusterId");
-        config.credentials.cluster_token_file = workdir.join("clusterToken");
+        config.credentials.secret_name = SECRET_NAME.into();
+        config.credentials.secret_namespace = SECRET_NAMESPACE.into();
+
+        // Register exactly as the chart's pre-install hook does.
+        let plan = RegisterPlan {
+            config: config.clone(),
+            config_path: "(demo configuration)".into(),
+            token: BootstrapToken::from_value(&bootstrap, "the demo's bootstrap token")?,
+            secret_name: SECRET_NAME.into(),
+            namespace: SECRET_NAMESPACE.into(),
+            labels: [
+                ("app.kubernetes.io/name", "consonant-relayer"),
+                ("app.kubernetes.io/instance", "demo"),
+                ("app.kubernetes.io/component", "credentials"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            delete_bootstrap_secret: None,
+            timeout: Duration::from_secs(30),
+            force: false,
+        };
+        let cluster_id = match crate::register::register(&plan, sim.client()?)
+            .await
+            .context("registering the demo cluster")?
+        {
+            Outcome::Registered { cluster_id, .. }
+            | Outcome::AlreadyRegistered { cluster_id, .. } => cluster_id,
+        };
+
+        let workdir =
+            std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(workdir.join("credentials"))?;
+        mount_secret(&sim, &workdir.join("credentials")).await?;
+        sim.write_kubeconfig(&workdir.join("kubeconfig"))?;
+
+        config.credentials.cluster_id_file = workdir.join("credentials/clusterId");
+        config.credentials.cluster_token_file = workdir.join("credentials/clusterToken");
         config.health.listen = pick("127.0.0.1:8080").to_string();
         config.kubernetes.enabled = true;
         config.kubernetes.kubeconfig = workdir.join("kubeconfig").display().to_string();
@@ -193,6 +236,12 @@ impl Demo {
         demo.wait_connected(Duration::from_secs(10)).await?;
         demo.apply_sample().await?;
         Ok(demo)
+    }
+
+    /// Copies the cluster Secret into the credential files, as kubelet
+    /// syncs a mounted Secret.
+    pub async fn sync_mount(&self) -> anyhow::Result<(String, Secret)> {
+        mount_secret(&self.sim, &self.workdir.join("credentials")).await
     }
 
     /// Applies the sample Deployment through the relayer, like a backend would.
@@ -252,7 +301,11 @@ impl Demo {
             "  relayer OTLP/HTTP        {} (POST /v1/traces, /v1/metrics, /v1/logs)",
             self.otlp_http
         );
-        println!("  cluster id               {id}\n");
+        println!("  cluster id               {id}");
+        println!(
+            "  cluster Secret           {SECRET_NAMESPACE}/{SECRET_NAME} (written by `register`, mounted into {})\n",
+            self.workdir.join("credentials").display()
+        );
         println!("Try:\n");
         println!("  # a ping, end to end (backend → relayer → backend)");
         println!(
@@ -269,6 +322,11 @@ impl Demo {
         println!("  # drain the stream; the relayer reconnects after ~1 s");
         println!(
             "  curl -s -X POST '{}/api/v1/clusters/{id}/drain'\n",
+            self.admin
+        );
+        println!("  # rotate the cluster token: the relayer writes it to the Secret {SECRET_NAMESPACE}/{SECRET_NAME} and reconnects with it");
+        println!(
+            "  curl -s -X POST '{}/api/v1/clusters/{id}/rotate'\n",
             self.admin
         );
         println!("  # the relayer's actors, mailboxes and restarts");

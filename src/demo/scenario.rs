@@ -31,6 +31,11 @@ pub async fn run(demo: &Demo) -> bool {
             drain_and_reconnect,
         ),
         ("ping after the reconnect", ping),
+        (
+            "rotate the token: Secret updated, next session uses it",
+            rotate_credentials,
+        ),
+        ("ping with the rotated token", ping),
         ("/metrics counts the commands", metrics),
     ];
     for (name, step) in steps {
@@ -167,6 +172,46 @@ fn drain_and_reconnect<'a>(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err("no new session within 10 s".into())
+    })
+}
+
+/// `POST /rotate`: the relayer writes the new token into the cluster Secret
+/// and reconnects with it; the demo then syncs the Secret into the files
+/// (kubelet's part) and checks the Secret and the files hold a new token and
+/// a new session is up.
+fn rotate_credentials<'a>(
+    demo: &'a Demo,
+    client: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let (_, before) = demo.sync_mount().await.map_err(|e| format!("{e:#}"))?;
+        let session_before = demo.relayer.rc.link.read().session_id.clone();
+        let url = format!("{}/api/v1/clusters/{}/rotate", demo.admin, demo.cluster_id);
+        let response = client.post(&url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("POST {url}: HTTP {}", response.status()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let (_, now) = demo.sync_mount().await.map_err(|e| format!("{e:#}"))?;
+            let link = demo.relayer.rc.link.read().clone();
+            let current = demo.relayer.rc.credentials.current().map(|c| c.token);
+            if now != before
+                && current.as_ref() == Some(&now)
+                && link.connected
+                && link.session_id != session_before
+                && !demo.relayer.rc.credentials.rotation_pending()
+            {
+                return Ok(format!(
+                    "Secret {}/{} holds the new token; new session {}",
+                    super::SECRET_NAMESPACE,
+                    super::SECRET_NAME,
+                    link.session_id.unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the Secret was not updated, or no session on the new token, within 10 s".into())
     })
 }
 

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub mailbox_depth: Family<ActorLabel, Gauge>,
     pub mailbox_capacity: Family<ActorLabel, Gauge>,
     pub credential_reloads: Counter,
+    pub credentials_writebacks: Counter,
+    pub credentials_writeback_failures: Counter,
     pub telemetry_accepted_items: Gauge<u64, AtomicU64>,
     pub telemetry_refused_requests: Gauge<u64, AtomicU64>,
     pub telemetry_forwarded_batches: Gauge<u64, AtomicU64>,
@@ -234,6 +236,18 @@ impl Metrics {
             "Times the credentials were re-read after UNAUTHENTICATED or PERMISSION_DENIED",
             credential_reloads.clone(),
         );
+        let credentials_writebacks = Counter::default();
+        registry.register(
+            "credentials_writebacks",
+            "Rotated cluster tokens written to the cluster Secret",
+            credentials_writebacks.clone(),
+        );
+        let credentials_writeback_failures = Counter::default();
+        registry.register(
+            "credentials_writeback_failures",
+            "Rotated cluster tokens that could not be written to the cluster Secret (kept in memory only)",
+            credentials_writeback_failures.clone(),
+        );
 
         let telemetry_accepted_items = Gauge::<u64, AtomicU64>::default();
         registry.register(
@@ -281,6 +295,8 @@ impl Metrics {
             mailbox_depth,
             mailbox_capacity,
             credential_reloads,
+            credentials_writebacks,
+            credentials_writeback_failures,
             telemetry_accepted_items,
             telemetry_refused_requests,
             telemetry_forwarded_batches,

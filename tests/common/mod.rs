@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod register;
+
 use consonant_relayer::credentials::Secret;
 use consonant_relayer::devbackend::{self, DevBackendHandle, DevBackendOptions};
 use consonant_relayer::proto;
@@ -53,6 +55,9 @@ pub struct RelayerOptions {
     pub grpc_url: String,
     pub http_url: String,
     pub token: String,
+    pub cluster_id: String,
+    /// Extra TOML appended to the `[credentials]` section.
+    pub credentials_extra: String,
     /// Extra TOML appended to the `[connection]` section.
     pub connection: String,
     /// Extra TOML sections appended at the end.
@@ -75,6 +80,8 @@ impl RelayerOptions {
             grpc_url: backend.grpc_url(),
             http_url: backend.http_url(),
             token: TOKEN.to_string(),
+            cluster_id: CLUSTER_ID.to_string(),
+            credentials_extra: String::new(),
             connection: String::new(),
             extra: String::new(),
             backend_extra: String::new(),
@@ -118,7 +125,7 @@ impl Relayer {
         let dir = tempfile::tempdir().expect("temp dir");
         let creds = dir.path().join("creds");
         std::fs::create_dir_all(&creds).unwrap();
-        std::fs::write(creds.join("clusterId"), CLUSTER_ID).unwrap();
+        std::fs::write(creds.join("clusterId"), &options.cluster_id).unwrap();
         std::fs::write(creds.join("clusterToken"), &options.token).unwrap();
         let health = free_addr();
         let config = format!(
@@ -137,6 +144,7 @@ grpc_endpoint = "{grpc}"
 [credentials]
 cluster_id_file = "{id_file}"
 cluster_token_file = "{token_file}"
+{credentials_extra}
 
 [connection]
 {connection}
@@ -162,6 +170,7 @@ format = "text"
             grpc = options.grpc_url,
             id_file = creds.join("clusterId").display(),
             token_file = creds.join("clusterToken").display(),
+            credentials_extra = options.credentials_extra,
             connection = options.connection,
             health = health,
             level = options.level,
