@@ -349,17 +349,41 @@ fn start_load(target: SocketAddr, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
     refused
 }
 
-/// Spans per second arriving at `spans`, over `ROUNDS` windows after a warm-up.
-async fn measure(spans: &AtomicU64, window: Duration) -> Vec<f64> {
+/// CPU time (user + system) process `pid` has used, from `/proc`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Spans per second arriving at `spans`, over `ROUNDS` windows after a
+/// warm-up, and the CPU-seconds process `pid` spent per million spans.
+async fn measure(spans: &AtomicU64, window: Duration, pid: u32) -> (Vec<f64>, Vec<f64>) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut rates = Vec::new();
+    let mut cpu = Vec::new();
     for _ in 0..ROUNDS {
         let before = spans.load(Relaxed);
+        let cpu_before = cpu_seconds(pid);
         let started = Instant::now();
         tokio::time::sleep(window).await;
-        rates.push((spans.load(Relaxed) - before) as f64 / started.elapsed().as_secs_f64());
+        let moved = (spans.load(Relaxed) - before) as f64;
+        rates.push(moved / started.elapsed().as_secs_f64());
+        cpu.push((cpu_seconds(pid) - cpu_before) / moved * 1e6);
     }
-    rates
+    (rates, cpu)
 }
 
 fn relayer_sections(otlp: SocketAddr) -> String {
@@ -394,7 +418,8 @@ fn main() {
         let (forwarder_process, forwarder) = spawn_baseline(addr);
         let stop = Arc::new(AtomicBool::new(false));
         start_load(forwarder, stop.clone());
-        let mut baseline = measure(&baseline_backend.spans, window).await;
+        let (mut baseline, mut baseline_cpu) =
+            measure(&baseline_backend.spans, window, forwarder_process.0.id()).await;
         stop.store(true, Relaxed);
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(forwarder_process);
@@ -409,7 +434,8 @@ fn main() {
         wait_listening(otlp).await;
         let stop = Arc::new(AtomicBool::new(false));
         start_load(otlp, stop.clone());
-        let mut relayed = measure(&relay_backend.spans, window).await;
+        let (mut relayed, mut relayed_cpu) =
+            measure(&relay_backend.spans, window, relayer.0.id()).await;
         let loaded_rss = rss_kib(relayer.0.id());
         stop.store(true, Relaxed);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -444,8 +470,16 @@ fn main() {
         };
         let b = row("baseline: tonic TraceService → stream", &mut baseline);
         let r = row("relayer: OTLP/gRPC → relay stream", &mut relayed);
+        let cpu_row = |name: &str, values: &mut Vec<f64>| {
+            let (median, min, max) = spread(values);
+            println!("{name:<40} {median:>12.2} CPU-s per million spans (min {min:.2}, max {max:.2})");
+            median
+        };
+        let bc = cpu_row("baseline process CPU", &mut baseline_cpu);
+        let rc = cpu_row("relayer process CPU", &mut relayed_cpu);
         println!();
         println!("ratio relayer/baseline                   {:>12.2}   (target ≥ 0.70)", r / b);
+        println!("CPU per span, relayer/baseline           {:>12.2}", rc / bc);
         if let Some(rss) = loaded_rss {
             println!("relayer RSS under full load              {:>12.1} MiB", rss as f64 / 1024.0);
         }

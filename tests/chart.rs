@@ -7,6 +7,14 @@
 //!
 //! The tools come from `scripts/install-chart-tools` (pinned, checksummed,
 //! cached under `.tools/`), run once per test binary.
+//!
+//! Last, an install played through without a cluster: the rendered hook's
+//! `register` command (its exact arguments and ConfigMap) against the
+//! reference backend and the in-memory Kubernetes API, then the rendered
+//! relayer config with the Secret it wrote, until the backend sees the
+//! cluster connected.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1470,4 +1478,193 @@ fn the_chart_readme_lists_every_documented_value() {
             "README.md values table lacks {key}"
         );
     }
+}
+
+// ------------------------------------------------ install, played through
+
+/// Maps the pod's mount paths in rendered arguments and config to `dir`.
+fn remap(text: &str, dir: &Path) -> String {
+    text.replace("/etc/consonant/", &format!("{}/config/", dir.display()))
+        .replace(
+            "/var/run/secrets/consonant-bootstrap/",
+            &format!("{}/bootstrap/", dir.display()),
+        )
+        .replace(
+            "/var/run/secrets/consonant/",
+            &format!("{}/credentials/", dir.display()),
+        )
+}
+
+fn string_data(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    if let Some(value) = secret["stringData"][key].as_str() {
+        return value.to_string();
+    }
+    let b64 = secret["data"][key].as_str().expect("key in the Secret");
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
+    use common::register::{create_secret, get_secret, run_binary, secret_key};
+    use consonant_relayer::devbackend::{self, DevBackendOptions};
+    use consonant_relayer::sim::{SimCluster, SimOptions};
+    const NAMESPACE: &str = "consonant-system";
+    const BOOTSTRAP: &str = "R3jK8mN2pQ5sT9vW1xY4zA6bC7dE0fF3gH5iJ8kL1mN4oP7qR0sT3uV6wX9yZ2aB";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let backend = devbackend::start(DevBackendOptions {
+        bootstrap_tokens: vec![consonant_relayer::credentials::Secret::new(BOOTSTRAP)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    for sub in ["config", "bootstrap", "credentials"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+
+    // The seed's quick start, pointed at the local backend (plain HTTP, so
+    // tlsVerify must be false, as the schema demands).
+    let case = Case {
+        name: "install",
+        namespace: NAMESPACE,
+        args: set(&[
+            "cluster.name=production-us-east-1",
+            &format!("backend.url={}", backend.http_url()),
+            &format!("backend.grpcEndpoint={}", backend.grpc_url()),
+            "backend.tlsVerify=false",
+            &format!("auth.bearerToken={BOOTSTRAP}"),
+        ]),
+        network_policy_off: false,
+    };
+    let docs = documents(&render(&case, &[]));
+
+    // Hook phase: the bootstrap Secret exists, then the Job runs.
+    let bootstrap = find(&docs, "Secret", "consonant-relayer-bootstrap");
+    let token = string_data(bootstrap, "token");
+    assert_eq!(token, BOOTSTRAP);
+    create_secret(
+        &sim,
+        NAMESPACE,
+        "consonant-relayer-bootstrap",
+        &[("token", &token)],
+    )
+    .await;
+    std::fs::write(dir.path().join("bootstrap/token"), &token).unwrap();
+    let hook_config = find(&docs, "ConfigMap", "consonant-relayer-register");
+    std::fs::write(
+        dir.path().join("config/relayer.toml"),
+        remap(
+            hook_config["data"]["relayer.toml"].as_str().unwrap(),
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    let job = find(&docs, "Job", "consonant-relayer-register");
+    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = strings(&job_container["args"])
+        .iter()
+        .map(|arg| remap(arg, dir.path()))
+        .collect();
+    let kubeconfig_env = kubeconfig.display().to_string();
+    let env = [("KUBECONFIG", kubeconfig_env.as_str())];
+    let first = run_binary(&args, &env).await;
+    assert_eq!(
+        first.code,
+        0,
+        "register as the hook runs it:\n{}",
+        first.output()
+    );
+
+    let secret = get_secret(&sim, NAMESPACE, "consonant-relayer-cluster")
+        .await
+        .expect("the hook wrote the credentials Secret");
+    let cluster_id = secret_key(&secret, "clusterId");
+    assert!(cluster_id.starts_with("cls_"), "{cluster_id}");
+    let labels = &secret["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(labels["app.kubernetes.io/component"], "credentials");
+    assert!(
+        get_secret(&sim, NAMESPACE, "consonant-relayer-bootstrap")
+            .await
+            .is_none(),
+        "the spent bootstrap token does not stay in the cluster"
+    );
+
+    // helm upgrade runs the hook again; the token is spent by then.
+    create_secret(
+        &sim,
+        NAMESPACE,
+        "consonant-relayer-bootstrap",
+        &[("token", &token)],
+    )
+    .await;
+    let again = run_binary(&args, &env).await;
+    assert_eq!(again.code, 0, "{}", again.output());
+    assert!(
+        again.output().contains("already registered as cls_"),
+        "{}",
+        again.output()
+    );
+
+    // The relayer: its ConfigMap, the Secret mounted as files.
+    let relayer_config = find(&docs, "ConfigMap", RELEASE);
+    std::fs::write(
+        dir.path().join("config/relayer.toml"),
+        remap(
+            relayer_config["data"]["relayer.toml"].as_str().unwrap(),
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    for key in ["clusterId", "clusterToken"] {
+        std::fs::write(
+            dir.path().join("credentials").join(key),
+            secret_key(&secret, key),
+        )
+        .unwrap();
+    }
+    let deployment = find(&docs, "Deployment", RELEASE);
+    let relayer_args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let mut relayer = tokio::process::Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
+        .args(relayer_args.iter().map(|arg| remap(arg, dir.path())))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", "consonant-relayer-0")
+        // Loopback ports instead of the pod's 0.0.0.0:8080/4317/4318.
+        .env("CONSONANT_RELAYER__HEALTH__LISTEN", "127.0.0.1:0")
+        .env(
+            "CONSONANT_RELAYER__TELEMETRY__OTLP_GRPC_LISTEN",
+            "127.0.0.1:0",
+        )
+        .env(
+            "CONSONANT_RELAYER__TELEMETRY__OTLP_HTTP_LISTEN",
+            "127.0.0.1:0",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let connected = common::eventually(std::time::Duration::from_secs(20), || {
+        backend
+            .state()
+            .list_clusters()
+            .iter()
+            .any(|c| c.cluster_id == cluster_id && c.connected)
+    })
+    .await;
+    let _ = relayer.start_kill();
+    assert!(
+        connected,
+        "the relayer connected with the credentials the hook wrote"
+    );
 }
