@@ -97,27 +97,8 @@ impl relay_service_server::RelayService for Echo {
     }
 }
 
-/// Serves `service` on a free loopback port with Nagle off; returns the
-/// address and the server task.
-async fn serve<S>(service: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
-where
-    S: relay_service_server::RelayService,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(relay_service_server::RelayServiceServer::new(service))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
-    });
-    (addr, task)
-}
-
 async fn baseline_server() -> SocketAddr {
-    serve(Echo).await.0
+    serve_relay(Echo).await.0
 }
 
 /// Sends `in_flight` frames ahead of the answers; returns (count, elapsed, RTT samples).
@@ -303,7 +284,7 @@ impl relay_service_server::RelayService for LeanBackend {
 async fn lean_throughput(duration: Duration) -> Vec<f64> {
     use std::sync::atomic::Ordering::Relaxed;
     let results = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (addr, server) = serve(LeanBackend {
+    let (addr, server) = serve_relay(LeanBackend {
         results: results.clone(),
     })
     .await;

@@ -188,20 +188,6 @@ impl relay_service_server::RelayService for LeanBackend {
     }
 }
 
-async fn serve_backend(backend: LeanBackend) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(relay_service_server::RelayServiceServer::new(backend))
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
-    });
-    addr
-}
-
 // ------------------------------------------------------------- baseline
 
 /// Decode, re-encode as a `TelemetryBatch`, send down one relay stream.
@@ -302,23 +288,12 @@ async fn start_baseline(backend: SocketAddr) -> SocketAddr {
         .unwrap()
         .into_inner();
     tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let forwarder = Forwarder {
         frames: tx,
         seq: AtomicU64::new(0),
     };
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(
-                TraceServiceServer::new(forwarder).max_decoding_message_size(16 * 1024 * 1024),
-            )
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
-            .await;
-    });
-    addr
+    let traces = TraceServiceServer::new(forwarder).max_decoding_message_size(16 * 1024 * 1024);
+    serve(tonic::service::Routes::new(traces)).await.0
 }
 
 // ------------------------------------------------------------- load
@@ -414,7 +389,7 @@ fn main() {
 
         // Baseline.
         let baseline_backend = LeanBackend::default();
-        let addr = serve_backend(baseline_backend.clone()).await;
+        let addr = serve_relay(baseline_backend.clone()).await.0;
         let (forwarder_process, forwarder) = spawn_baseline(addr);
         let stop = Arc::new(AtomicBool::new(false));
         start_load(forwarder, stop.clone());
@@ -426,7 +401,7 @@ fn main() {
 
         // The relayer.
         let relay_backend = LeanBackend::default();
-        let addr = serve_backend(relay_backend.clone()).await;
+        let addr = serve_relay(relay_backend.clone()).await.0;
         let dir = tempfile::tempdir().unwrap();
         let otlp = free_addr();
         let url = format!("http://{addr}");
@@ -444,7 +419,7 @@ fn main() {
         // Overload: acks withheld for the whole window.
         let overload_backend = LeanBackend::default();
         overload_backend.withhold_acks.store(true, Relaxed);
-        let addr = serve_backend(overload_backend.clone()).await;
+        let addr = serve_relay(overload_backend.clone()).await.0;
         let dir = tempfile::tempdir().unwrap();
         let otlp = free_addr();
         let url = format!("http://{addr}");

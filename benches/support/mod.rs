@@ -133,3 +133,31 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a tokio runtime")
 }
+
+/// Serves tonic `routes` on a free loopback port with Nagle off (tonic's
+/// `serve_with_incoming` ignores `Server::tcp_nodelay`); returns the address
+/// and the server task.
+pub async fn serve(routes: tonic::service::Routes) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+            .await;
+    });
+    (addr, task)
+}
+
+/// [`serve`] for one relay-protocol backend.
+pub async fn serve_relay<S>(service: S) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    S: consonant_relayer::proto::relay_service_server::RelayService,
+{
+    serve(tonic::service::Routes::new(
+        consonant_relayer::proto::relay_service_server::RelayServiceServer::new(service),
+    ))
+    .await
+}

@@ -1,10 +1,10 @@
 //! OTLP/gRPC receivers: the collector `TraceService`, `MetricsService` and
 //! `LogsService` over a [`TelemetrySink`]. tonic decodes (gzip accepted, size
-//! capped); each request is counted, re-encoded (split when larger than a
-//! frame; items that fit no frame are answered with OTLP partial success)
-//! and offered to the sink. A
-//! refusal becomes `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo`
-//! detail, which OTLP exporters treat as retryable after the given delay.
+//! capped); each request goes through [`forward`](super::request::forward)
+//! (re-encoded, split when larger than a frame, items that fit no frame
+//! answered with OTLP partial success). A refusal becomes
+//! `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, which OTLP
+//! exporters treat as retryable after the given delay.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,26 +14,26 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::request::{forward, OtlpRequest};
 use super::sink::{Refusal, Signal, TelemetrySink};
-use super::split::{Rejected, SplitRequest};
 use super::{Receiver, ServeError};
 
 /// The three OTLP collector services over one sink; implements
@@ -58,22 +58,12 @@ impl<S> Clone for OtlpGrpc<S> {
 }
 
 impl<S: TelemetrySink> OtlpGrpc<S> {
-    /// Forwards `request`; `Ok` carries what had to be left out (items too
-    /// large for a frame), for the OTLP partial-success answer.
-    fn accept<R: SplitRequest>(&self, signal: Signal, request: R) -> Result<Rejected, Status> {
-        if request.item_count() == 0 {
-            // Nothing to forward; OTLP says an empty request succeeds.
-            return Ok(Rejected::default());
-        }
-        let limit = self.sink.max_piece_bytes();
-        let split = request.split(limit);
-        let rejected = Rejected::of(&split, signal, limit);
-        if !split.pieces.is_empty() {
-            self.sink
-                .offer(signal, split.pieces)
-                .map_err(|refusal| refused(signal, &refusal))?;
-        }
-        Ok(rejected)
+    /// Forwards `request` and answers it (with partial success when items
+    /// too large for a frame were left out).
+    fn answer<R: OtlpRequest>(&self, request: Request<R>) -> Result<Response<R::Response>, Status> {
+        let rejected = forward(&*self.sink, request.into_inner(), None)
+            .map_err(|refusal| refused(R::SIGNAL, &refusal))?;
+        Ok(Response::new(R::response(&rejected)))
     }
 }
 
@@ -92,15 +82,7 @@ impl<S: TelemetrySink> TraceService for OtlpGrpc<S> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let rejected = self.accept(Signal::Traces, request.into_inner())?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportTracePartialSuccess {
-                    rejected_spans: rejected.items as i64,
-                    error_message,
-                }),
-        }))
+        self.answer(request)
     }
 }
 
@@ -110,15 +92,7 @@ impl<S: TelemetrySink> MetricsService for OtlpGrpc<S> {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let rejected = self.accept(Signal::Metrics, request.into_inner())?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportMetricsPartialSuccess {
-                    rejected_data_points: rejected.items as i64,
-                    error_message,
-                }),
-        }))
+        self.answer(request)
     }
 }
 
@@ -128,15 +102,7 @@ impl<S: TelemetrySink> LogsService for OtlpGrpc<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let rejected = self.accept(Signal::Logs, request.into_inner())?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportLogsPartialSuccess {
-                    rejected_log_records: rejected.items as i64,
-                    error_message,
-                }),
-        }))
+        self.answer(request)
     }
 }
 

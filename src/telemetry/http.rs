@@ -25,78 +25,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::request::{forward, OtlpRequest};
 use super::sink::{Signal, TelemetrySink};
-use super::split::{Piece, Rejected, SplitRequest};
 use super::{Receiver, ServeError};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
-
-/// An OTLP export request type and what it answers with.
-trait OtlpRequest: SplitRequest + DeserializeOwned + 'static {
-    const SIGNAL: Signal;
-    type Response: Message + Default + Serialize;
-    /// The answer, with partial success when items were left out.
-    fn response(rejected: &Rejected) -> Self::Response;
-}
-
-impl OtlpRequest for ExportTraceServiceRequest {
-    const SIGNAL: Signal = Signal::Traces;
-    type Response = ExportTraceServiceResponse;
-    fn response(rejected: &Rejected) -> Self::Response {
-        ExportTraceServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportTracePartialSuccess {
-                    rejected_spans: rejected.items as i64,
-                    error_message,
-                }),
-        }
-    }
-}
-
-impl OtlpRequest for ExportMetricsServiceRequest {
-    const SIGNAL: Signal = Signal::Metrics;
-    type Response = ExportMetricsServiceResponse;
-    fn response(rejected: &Rejected) -> Self::Response {
-        ExportMetricsServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportMetricsPartialSuccess {
-                    rejected_data_points: rejected.items as i64,
-                    error_message,
-                }),
-        }
-    }
-}
-
-impl OtlpRequest for ExportLogsServiceRequest {
-    const SIGNAL: Signal = Signal::Logs;
-    type Response = ExportLogsServiceResponse;
-    fn response(rejected: &Rejected) -> Self::Response {
-        ExportLogsServiceResponse {
-            partial_success: rejected
-                .message()
-                .map(|error_message| ExportLogsPartialSuccess {
-                    rejected_log_records: rejected.items as i64,
-                    error_message,
-                }),
-        }
-    }
-}
 
 /// Body encodings of OTLP/HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,33 +244,15 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
     })?;
     let body = decompress(&headers, body, format, signal, state.max_bytes)?;
     let request: R = decode(format, &body)?;
-    let mut rejected = Rejected::default();
-    if request.item_count() > 0 {
-        let limit = state.sink.max_piece_bytes();
-        let pieces = if format == Format::Protobuf && body.len() <= limit {
-            // Already protobuf and small enough: keep the bytes as they came.
-            vec![Piece {
-                items: request.item_count(),
-                otlp: body,
-            }]
-        } else {
-            let split = request.split(limit);
-            rejected = Rejected::of(&split, signal, limit);
-            split.pieces
-        };
-        if !pieces.is_empty() {
-            state
-                .sink
-                .offer(signal, pieces)
-                .map_err(|refusal| Failure {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    code: tonic::Code::ResourceExhausted,
-                    message: format!("{signal} export refused: {}", refusal.reason),
-                    format,
-                    retry_after: Some(refusal.retry_after),
-                })?;
-        }
-    }
+    // Protobuf bodies are forwarded as they came when they fit a frame.
+    let raw = (format == Format::Protobuf).then_some(body);
+    let rejected = forward(&*state.sink, request, raw).map_err(|refusal| Failure {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: tonic::Code::ResourceExhausted,
+        message: format!("{signal} export refused: {}", refusal.reason),
+        format,
+        retry_after: Some(refusal.retry_after),
+    })?;
     let response = R::response(&rejected);
     let body = match format {
         Format::Protobuf => response.encode_to_vec(),
@@ -384,6 +305,7 @@ mod tests {
     use super::*;
     use crate::telemetry::count::tests::traces;
     use crate::telemetry::sink::testing::RecordingSink;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
     use std::io::Write;
     use tokio::sync::oneshot;
 

@@ -7,6 +7,7 @@ pub mod coalesce;
 pub mod count;
 pub mod grpc;
 pub mod http;
+pub mod request;
 pub mod sink;
 pub mod split;
 
@@ -14,6 +15,7 @@ pub use coalesce::{Coalescer, Now};
 pub use count::ItemCount;
 pub use grpc::{serve_grpc, services};
 pub use http::{router, serve_http};
+pub use request::{forward, OtlpRequest};
 pub use sink::{Refusal, Signal, TelemetrySink};
 pub use split::{Piece, Rejected, Split, SplitRequest};
 
