@@ -340,3 +340,45 @@ async fn frames_stay_within_the_limit_the_backend_announces() {
         relayer.output()
     );
 }
+
+#[tokio::test]
+async fn command_spans_export_over_tls_to_a_collector_with_a_private_ca() {
+    use common::register::{pki, serve_tls};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for protocol in ["grpc", "http/protobuf"] {
+        let backend = backend().await;
+        let collected = std::sync::Arc::new(Collected::default());
+        let router = if protocol == "grpc" {
+            consonant_relayer::telemetry::services(collected.clone(), 1 << 20).into_axum_router()
+        } else {
+            consonant_relayer::telemetry::router(collected.clone(), 1 << 20)
+        };
+        let pki = pki("collector test CA", &["localhost"]);
+        let (addr, server) = serve_tls(&pki, router).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("collector-ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let mut options = RelayerOptions::new(&backend);
+        options.extra = format!(
+            "\n[tracing]\notlp_endpoint = \"https://localhost:{}\"\notlp_protocol = \"{protocol}\"\nca_file = \"{}\"\n",
+            addr.port(),
+            ca.display()
+        );
+        let relayer = Relayer::start(options.env("OTEL_BSP_SCHEDULE_DELAY", "100"));
+        relayer.wait_connected().await;
+        run_command(&backend, ping("tls-traced", b"x")).await;
+        let exported = eventually(Duration::from_secs(15), || {
+            collected
+                .spans()
+                .iter()
+                .any(|(_, s)| attribute(s, "command_id").as_deref() == Some("tls-traced"))
+        })
+        .await;
+        assert!(
+            exported,
+            "{protocol} over TLS: span exported\n{}",
+            relayer.output()
+        );
+        server.abort();
+    }
+}

@@ -273,6 +273,9 @@ pub struct TracingConfig {
     /// Share of new traces sampled (0.0–1.0); a command's incoming
     /// `traceparent` sampled flag always wins.
     pub sample_ratio: f64,
+    /// PEM bundle trusted, besides the system roots, for an `https://`
+    /// endpoint (e.g. an in-cluster collector with a private CA).
+    pub ca_file: String,
 }
 
 impl Default for TracingConfig {
@@ -281,6 +284,7 @@ impl Default for TracingConfig {
             otlp_endpoint: String::new(),
             otlp_protocol: "grpc".to_string(),
             sample_ratio: 1.0,
+            ca_file: String::new(),
         }
     }
 }

@@ -192,6 +192,23 @@ fn pem_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
+/// The system's root certificates plus the PEM bundle at `ca_file` (the
+/// config key `ca_key`; "" = system roots only).
+pub fn trusted_roots(ca_key: &'static str, ca_file: &str) -> Result<RootCertStore, DialError> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if !ca_file.is_empty() {
+        for cert in pem_certs(ca_key, ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|err| DialError::Tls(format!("{ca_key} {ca_file}: {err}")))?;
+        }
+    }
+    Ok(roots)
+}
+
 /// rustls client configuration for `backend`.
 pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -199,19 +216,7 @@ pub fn client_tls_config(backend: &BackendConfig) -> Result<ClientConfig, DialEr
         .with_safe_default_protocol_versions()
         .map_err(|err| DialError::Tls(err.to_string()))?;
     let builder = if backend.tls_verify {
-        let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if !backend.ca_file.is_empty() {
-            for cert in pem_certs("backend.ca_file", &backend.ca_file)? {
-                roots.add(cert).map_err(|err| {
-                    DialError::Tls(format!("backend.ca_file {}: {err}", backend.ca_file))
-                })?;
-            }
-        }
-        builder.with_root_certificates(roots)
+        builder.with_root_certificates(trusted_roots("backend.ca_file", &backend.ca_file)?)
     } else {
         builder
             .dangerous()

@@ -13,12 +13,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
@@ -29,7 +31,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::config::RelayerConfig;
+use crate::config::{RelayerConfig, TracingConfig};
+use crate::connection::channel::trusted_roots;
 
 /// How long one export may take before it is abandoned.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +81,7 @@ impl SpanExport {
             .map_err(SpanExportError::Runtime)?;
         let exporter = {
             let _inside = runtime.enter();
-            build_exporter(&tracing.otlp_endpoint, &tracing.otlp_protocol)?
+            build_exporter(tracing)?
         };
         let exporter = OnRuntime {
             inner: exporter,
@@ -135,27 +138,57 @@ impl SpanExport {
 }
 
 fn build_exporter(
-    endpoint: &str,
-    protocol: &str,
+    tracing: &TracingConfig,
 ) -> Result<opentelemetry_otlp::SpanExporter, SpanExportError> {
-    let built = if protocol == "http/protobuf" {
+    let endpoint = tracing.otlp_endpoint.as_str();
+    let invalid = |reason: String| SpanExportError::Exporter {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let https = endpoint.starts_with("https://");
+    let built = if tracing.otlp_protocol == "http/protobuf" {
+        let mut client = reqwest::Client::builder();
+        if https {
+            let roots = trusted_roots("tracing.ca_file", &tracing.ca_file)
+                .map_err(|err| invalid(err.to_string()))?;
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| invalid(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            client = client.tls_backend_preconfigured(tls);
+        }
+        let client = client.build().map_err(|err| invalid(err.to_string()))?;
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(reqwest::Client::new())
+            .with_http_client(client)
             .with_endpoint(http_traces_url(endpoint))
             .with_timeout(EXPORT_TIMEOUT)
             .build()
     } else {
-        opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
+            .with_timeout(EXPORT_TIMEOUT);
+        if https {
+            // The exporter's default TLS config trusts no roots at all.
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if !tracing.ca_file.is_empty() {
+                let pem = std::fs::read(&tracing.ca_file).map_err(|err| {
+                    invalid(format!(
+                        "cannot read tracing.ca_file {}: {err}; fix the path or mount the file",
+                        tracing.ca_file
+                    ))
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            builder = builder.with_tls_config(tls);
+        }
+        builder.build()
     };
-    built.map_err(|err| SpanExportError::Exporter {
-        endpoint: endpoint.to_string(),
-        reason: err.to_string(),
-    })
+    built.map_err(|err| invalid(err.to_string()))
 }
 
 /// OTLP/HTTP wants the signal's path; a bare collector address gets
