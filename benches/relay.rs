@@ -224,22 +224,13 @@ impl relay_service_server::RelayService for LeanBackend {
         &self,
         request: tonic::Request<tonic::Streaming<RelayerFrame>>,
     ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
-        use consonant_relayer::proto::{Ack, Welcome};
+        use consonant_relayer::proto::Ack;
         use std::sync::atomic::Ordering::Relaxed;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(8192);
         let results = self.results.clone();
         tokio::spawn(async move {
-            let Ok(Some(_hello)) = inbound.message().await else {
-                return;
-            };
-            let welcome = BackendFrame {
-                body: Some(backend_frame::Body::Welcome(Welcome {
-                    session_id: "lean".into(),
-                    ..Default::default()
-                })),
-            };
-            if tx.send(Ok(welcome)).await.is_err() {
+            if !welcome(&mut inbound, &tx).await {
                 return;
             }
             let mut next = 0u64;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use consonant_relayer::proto::{
     backend_frame, relay_service_client::RelayServiceClient, relay_service_server, relayer_frame,
-    telemetry_batch, Ack, BackendFrame, Heartbeat, Hello, RelayerFrame, TelemetryBatch, Welcome,
+    telemetry_batch, Ack, BackendFrame, Heartbeat, Hello, RelayerFrame, TelemetryBatch,
 };
 use futures::Stream;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -135,16 +135,7 @@ impl relay_service_server::RelayService for LeanBackend {
         let (tx, rx) = mpsc::channel(1024);
         let backend = self.clone();
         tokio::spawn(async move {
-            let Ok(Some(_hello)) = inbound.message().await else {
-                return;
-            };
-            let welcome = BackendFrame {
-                body: Some(backend_frame::Body::Welcome(Welcome {
-                    session_id: "lean".into(),
-                    ..Default::default()
-                })),
-            };
-            if tx.send(Ok(welcome)).await.is_err() {
+            if !welcome(&mut inbound, &tx).await {
                 return;
             }
             // Heartbeats keep the relayer from declaring a silent backend

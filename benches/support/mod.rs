@@ -161,3 +161,22 @@ where
     ))
     .await
 }
+
+/// The lean backends' handshake: waits for `Hello`, answers `Welcome`.
+/// False when the stream ended first.
+pub async fn welcome<T>(
+    inbound: &mut tonic::Streaming<consonant_relayer::proto::RelayerFrame>,
+    tx: &tokio::sync::mpsc::Sender<Result<consonant_relayer::proto::BackendFrame, T>>,
+) -> bool {
+    use consonant_relayer::proto::{backend_frame, BackendFrame, Welcome};
+    let Ok(Some(_hello)) = inbound.message().await else {
+        return false;
+    };
+    let welcome = BackendFrame {
+        body: Some(backend_frame::Body::Welcome(Welcome {
+            session_id: "lean".into(),
+            ..Default::default()
+        })),
+    };
+    tx.send(Ok(welcome)).await.is_ok()
+}

@@ -89,12 +89,22 @@ pub fn forward<R: OtlpRequest, S: TelemetrySink + ?Sized>(
         return Ok(Rejected::default());
     }
     let limit = sink.max_piece_bytes();
+    let whole = |otlp| (vec![Piece { otlp, items }], Rejected::default());
     let (pieces, rejected) = match raw {
-        Some(otlp) if otlp.len() <= limit => (vec![Piece { otlp, items }], Rejected::default()),
+        Some(otlp) if otlp.len() <= limit => whole(otlp),
         _ => {
-            let split = request.split(limit);
-            let rejected = Rejected::of(&split, R::SIGNAL, limit);
-            (split.pieces, rejected)
+            // Sized once and encoded once on the common path; only a request
+            // larger than a frame is walked again to be split.
+            let len = request.encoded_len();
+            if len <= limit {
+                let mut otlp = Vec::with_capacity(len);
+                request.encode_raw(&mut otlp);
+                whole(Bytes::from(otlp))
+            } else {
+                let split = request.split(limit);
+                let rejected = Rejected::of(&split, R::SIGNAL, limit);
+                (split.pieces, rejected)
+            }
         }
     };
     if !pieces.is_empty() {
