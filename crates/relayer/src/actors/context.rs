@@ -1,0 +1,297 @@
+//! `RelayContext`: everything the actors share that must outlive any one of
+//! them — configuration, identity, the outbox (replay buffer and sequence
+//! counter), the dedup cache, credentials, metrics, the status board, the
+//! directory of current actor addresses, and the link status `/health`
+//! reports. Created once per process; every actor factory gets an `Arc`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use actix::Addr;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use super::command_router::CommandRouter;
+use super::connection_actor::ConnectionActor;
+use super::credential_writer::CredentialWriter;
+use super::health_actor::HealthActor;
+use super::workload_executor::WorkloadExecutor;
+use crate::commands::dedup::DedupCache;
+use crate::commands::policy::CommandPolicy;
+use crate::commands::rate::CommandRateLimiter;
+use crate::commands::validate::ValidationLimits;
+use crate::config::RelayerConfig;
+use crate::connection::channel::Dialer;
+use crate::connection::outbox_handle::OutboxHandle;
+use crate::credentials::CredentialStore;
+use crate::kube::actions::Executor;
+use crate::metrics::Metrics;
+use crate::observability::CommandTracing;
+use crate::supervisor::{MailboxGauge, StatusBoard};
+
+/// Who this process is, as `Hello` says it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// New UUID on every process start.
+    pub incarnation: String,
+    /// The pod name when known (`POD_NAME`), else the host name.
+    pub instance_id: String,
+    pub version: &'static str,
+}
+
+impl Identity {
+    pub fn for_this_process() -> Self {
+        let instance_id = std::env::var("POD_NAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "unknown".to_string());
+        Self {
+            incarnation: uuid::Uuid::new_v4().to_string(),
+            instance_id,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// The router's address and the gauge that counts its mailbox.
+type RouterSlot = Option<(Addr<CommandRouter>, MailboxGauge)>;
+
+/// The current address of each actor, replaced on every restart.
+#[derive(Debug, Default, Clone)]
+pub struct Directory {
+    router: Arc<RwLock<RouterSlot>>,
+    executor: Arc<RwLock<Option<Addr<WorkloadExecutor>>>>,
+    connection: Arc<RwLock<Option<Addr<ConnectionActor>>>>,
+    health: Arc<RwLock<Option<Addr<HealthActor>>>>,
+    credential_writer: Arc<RwLock<Option<Addr<CredentialWriter>>>>,
+}
+
+impl Directory {
+    /// The router's address and the gauge that counts its mailbox.
+    pub fn router(&self) -> Option<(Addr<CommandRouter>, MailboxGauge)> {
+        self.router.read().clone()
+    }
+    pub fn set_router(&self, addr: Addr<CommandRouter>, gauge: MailboxGauge) {
+        *self.router.write() = Some((addr, gauge));
+    }
+    pub fn executor(&self) -> Option<Addr<WorkloadExecutor>> {
+        self.executor.read().clone()
+    }
+    pub fn set_executor(&self, addr: Addr<WorkloadExecutor>) {
+        *self.executor.write() = Some(addr);
+    }
+    pub fn connection(&self) -> Option<Addr<ConnectionActor>> {
+        self.connection.read().clone()
+    }
+    pub fn set_connection(&self, addr: Addr<ConnectionActor>) {
+        *self.connection.write() = Some(addr);
+    }
+    pub fn health(&self) -> Option<Addr<HealthActor>> {
+        self.health.read().clone()
+    }
+    pub fn set_health(&self, addr: Addr<HealthActor>) {
+        *self.health.write() = Some(addr);
+    }
+    pub fn credential_writer(&self) -> Option<Addr<CredentialWriter>> {
+        self.credential_writer.read().clone()
+    }
+    pub fn set_credential_writer(&self, addr: Addr<CredentialWriter>) {
+        *self.credential_writer.write() = Some(addr);
+    }
+}
+
+/// The stream as `/health` reports it; written only by the ConnectionActor.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub state: String,
+    pub connected: bool,
+    pub cluster_id: Option<String>,
+    pub session_id: Option<String>,
+    pub last_error: Option<String>,
+    /// The backend refused us in a way retrying alone will not fix
+    /// (credentials, protocol version) or the breaker is open.
+    pub failing_hard: bool,
+    pub breaker: String,
+    pub consecutive_failures: u32,
+    pub endpoint: String,
+    pub tls: bool,
+}
+
+impl LinkStatus {
+    fn initial(endpoint: &str, tls: bool) -> Self {
+        Self {
+            state: "Idle".to_string(),
+            connected: false,
+            cluster_id: None,
+            session_id: None,
+            last_error: None,
+            failing_hard: false,
+            breaker: "closed".to_string(),
+            consecutive_failures: 0,
+            endpoint: endpoint.to_string(),
+            tls,
+        }
+    }
+}
+
+pub struct RelayContext {
+    pub config: Arc<RelayerConfig>,
+    pub identity: Identity,
+    pub dialer: Dialer,
+    pub outbox: OutboxHandle,
+    pub dedup: Arc<Mutex<DedupCache>>,
+    pub credentials: Arc<CredentialStore>,
+    pub metrics: Arc<Metrics>,
+    pub board: StatusBoard,
+    pub directory: Directory,
+    pub link: RwLock<LinkStatus>,
+    /// Set when `backend.tls_verify = false`: shown in every `/health`.
+    pub insecure_warning: Option<String>,
+    /// The Kubernetes executor once its client is built (kept across
+    /// WorkloadExecutor restarts), and why it is not, if it failed.
+    pub kube: RwLock<Option<Arc<Executor>>>,
+    pub kube_error: RwLock<Option<String>>,
+    /// Cancel tokens of the Kubernetes commands running now, by command id.
+    pub running: Mutex<HashMap<String, CancellationToken>>,
+    /// The command policy, the rate limiter (its tokens survive a router
+    /// restart, so a crash loop cannot reset the limit) and validation limits.
+    pub policy: CommandPolicy,
+    pub rate: CommandRateLimiter,
+    pub limits: ValidationLimits,
+    /// The OTLP receivers' sink (coalescer and counters), made by the first
+    /// TelemetryIngest and kept across its restarts.
+    pub telemetry: std::sync::OnceLock<Arc<super::telemetry_ingest::IngestSink>>,
+    /// This replica holds the leader Lease (`Hello.leader`); always true when
+    /// `kubernetes.leader_election` is off and Kubernetes is on.
+    pub leader: AtomicBool,
+    /// Whether each command gets its own exported span (`[tracing]`).
+    pub command_tracing: CommandTracing,
+    /// Largest frame either side takes: `connection.max_frame_bytes`, lowered
+    /// to `Welcome.max_frame_bytes` when the backend announces less.
+    pub frame_limit: AtomicUsize,
+}
+
+impl std::fmt::Debug for RelayContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayContext")
+            .field("identity", &self.identity)
+            .field("dialer", &self.dialer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayContext {
+    /// Fails when the `[commands]` policy or rate limit cannot be built; the
+    /// message names the key.
+    pub fn new(
+        config: RelayerConfig,
+        dialer: Dialer,
+        credentials: Arc<CredentialStore>,
+    ) -> Result<Self, String> {
+        let policy = CommandPolicy::from_config(&config.commands)?;
+        let rate = CommandRateLimiter::from_config(&config.commands)?;
+        let max_frame = config.connection.max_frame_bytes as usize;
+        let limits = ValidationLimits {
+            max_manifest_bytes: max_frame,
+            max_log_bytes: max_frame.saturating_sub(8 * 1024) as u32,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let outbox = OutboxHandle::new(
+            config.connection.replay_buffer_bytes as usize,
+            metrics.clone(),
+        );
+        let dedup = DedupCache::new(
+            config.commands.dedup_retention,
+            config.commands.dedup_max_entries as usize,
+        );
+        let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
+            format!(
+                "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
+                dialer.uri()
+            )
+        });
+        let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
+        let leader = config.kubernetes.enabled && !config.kubernetes.leader_election;
+        let config_tracing_endpoint = config.tracing.otlp_endpoint.clone();
+        Ok(Self {
+            config: Arc::new(config),
+            identity: Identity::for_this_process(),
+            dialer,
+            outbox,
+            dedup: Arc::new(Mutex::new(dedup)),
+            credentials,
+            metrics,
+            board: StatusBoard::new(),
+            directory: Directory::default(),
+            link: RwLock::new(link),
+            insecure_warning,
+            kube: RwLock::new(None),
+            kube_error: RwLock::new(None),
+            running: Mutex::new(HashMap::new()),
+            leader: AtomicBool::new(leader),
+            policy,
+            rate,
+            limits,
+            telemetry: std::sync::OnceLock::new(),
+            command_tracing: CommandTracing::new(!config_tracing_endpoint.is_empty()),
+            frame_limit: AtomicUsize::new(max_frame),
+        })
+    }
+
+    /// The frame size limit now in force (see [`RelayContext::frame_limit`]).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.frame_limit.load(Ordering::Relaxed)
+    }
+
+    /// Applies a `Welcome.max_frame_bytes` (0 = the protocol's 4 MiB): the
+    /// smaller of it and `connection.max_frame_bytes` wins. Returns the limit.
+    pub fn apply_backend_frame_limit(&self, announced: u32) -> usize {
+        let announced = if announced == 0 {
+            4 * 1024 * 1024
+        } else {
+            announced as usize
+        };
+        let limit = (self.config.connection.max_frame_bytes as usize).min(announced);
+        self.frame_limit.store(limit, Ordering::Relaxed);
+        limit
+    }
+
+    /// The heartbeat interval this relayer announces in `Hello`.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.config.connection.heartbeat_interval
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A `RelayContext` for actor tests: no backend, credentials in a temp dir.
+    use super::*;
+
+    pub(crate) fn context(mut config: RelayerConfig) -> (Arc<RelayContext>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("clusterId"), "cls_unit").unwrap();
+        std::fs::write(dir.path().join("clusterToken"), "unit-token-unit-token").unwrap();
+        config.credentials.cluster_id_file = dir.path().join("clusterId");
+        config.credentials.cluster_token_file = dir.path().join("clusterToken");
+        let dialer = Dialer::new(
+            "http://127.0.0.1:9",
+            false,
+            &config.backend,
+            &config.connection,
+        )
+        .unwrap();
+        let credentials = Arc::new(CredentialStore::new(&config.credentials));
+        (
+            Arc::new(RelayContext::new(config, dialer, credentials).expect("test config")),
+            dir,
+        )
+    }
+}

@@ -1,0 +1,1671 @@
+//! The Helm chart (`charts/consonant-relayer`) rendered by real helm: lint,
+//! the seed README's examples exactly as written plus the chart's own
+//! `ci/*.yaml` cases, Kubernetes schema validation (kubernetes-validate
+//! --strict, 1.32 and the newest version it knows), checkov, Pod Security
+//! "restricted", the rendered relayer config accepted by `check-config`,
+//! the key rendered fields, and clear failures for bad values.
+//!
+//! The tools come from `scripts/install-chart-tools` (pinned, checksummed,
+//! cached under `.tools/`), run once per test binary.
+//!
+//! Last, an install played through without a cluster: the rendered hook's
+//! `register` command (its exact arguments and ConfigMap) against the
+//! reference backend and the in-memory Kubernetes API, then the rendered
+//! relayer config with the Secret it wrote, until the backend sees the
+//! cluster connected.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+const CHART: &str = "charts/consonant-relayer";
+const RELEASE: &str = "consonant-relayer";
+
+// ---------------------------------------------------------------- tools
+
+struct Tools {
+    helm: PathBuf,
+    kubernetes_validate: PathBuf,
+    checkov: PathBuf,
+    python: PathBuf,
+}
+
+/// Installs (or finds in the cache) the pinned tools, once per process; the
+/// script itself serialises concurrent installs with a file lock.
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/install-chart-tools"))
+            .output()
+            .expect("run scripts/install-chart-tools");
+        assert!(
+            out.status.success(),
+            "scripts/install-chart-tools failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).expect("utf-8 paths");
+        let path = |key: &str| -> PathBuf {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("install-chart-tools printed no {key}=: {stdout}"))
+                .into()
+        };
+        Tools {
+            helm: path("HELM"),
+            kubernetes_validate: path("KUBERNETES_VALIDATE"),
+            checkov: path("CHECKOV"),
+            python: path("PYTHON"),
+        }
+    })
+}
+
+/// The workspace root (the chart, scripts and `.tools/` live there).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// ---------------------------------------------------------------- cases
+
+/// One way to install the chart: a release namespace and helm arguments.
+struct Case {
+    name: &'static str,
+    namespace: &'static str,
+    args: Vec<String>,
+    /// The values disable the NetworkPolicies on purpose (checkov's
+    /// CKV2_K8S_6 "pods without a NetworkPolicy" then necessarily fails).
+    network_policy_off: bool,
+}
+
+fn values_file(name: &str) -> Vec<String> {
+    vec![
+        "-f".into(),
+        repo()
+            .join(CHART)
+            .join("ci")
+            .join(name)
+            .display()
+            .to_string(),
+    ]
+}
+
+fn set(pairs: &[&str]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|p| ["--set".to_string(), p.to_string()])
+        .collect()
+}
+
+/// The seed README's quick-start `--set` line, exactly as written.
+fn quick_start() -> Case {
+    Case {
+        name: "seed quick start",
+        namespace: "consonant-system",
+        args: set(&[
+            "cluster.name=production-us-east-1",
+            "backend.url=https://backend.company.com",
+            "auth.bearerToken=R3jK8mN2pQ5sT9vW1xY4zA6bC7dE0fF3gH5iJ8kL1mN4oP7qR0sT3uV6wX9yZ2aB",
+        ]),
+        network_policy_off: false,
+    }
+}
+
+fn file_case(file: &'static str, namespace: &'static str, network_policy_off: bool) -> Case {
+    Case {
+        name: file,
+        namespace,
+        args: values_file(file),
+        network_policy_off,
+    }
+}
+
+/// Every case: the seed's three examples and the chart's own ci/ values.
+fn cases() -> Vec<Case> {
+    vec![
+        quick_start(),
+        file_case("seed-production-values.yaml", "consonant-system", false),
+        file_case("seed-dev-values.yaml", "consonant-dev", true),
+        file_case("existing-secret-values.yaml", "consonant-system", false),
+        file_case("namespaced-rbac-values.yaml", "consonant-system", false),
+        file_case("minimal-values.yaml", "edge", true),
+    ]
+}
+
+#[test]
+fn every_ci_values_file_is_a_case() {
+    let listed: BTreeSet<String> = cases()
+        .iter()
+        .filter(|c| c.name.ends_with(".yaml"))
+        .map(|c| c.name.to_string())
+        .collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo().join(CHART).join("ci"))
+        .expect("read ci/")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        listed, on_disk,
+        "every ci/*.yaml must be rendered by a case"
+    );
+}
+
+// ---------------------------------------------------------------- helm
+
+fn helm_template(namespace: &str, args: &[String], extra: &[&str]) -> Output {
+    run(Command::new(&tools().helm)
+        .args(["template", RELEASE])
+        .arg(repo().join(CHART))
+        .args(["--namespace", namespace])
+        .args(args)
+        .args(extra))
+}
+
+/// Renders a case (hooks and the test pod included); panics with helm's
+/// error when rendering fails.
+fn render(case: &Case, extra: &[&str]) -> String {
+    let out = helm_template(case.namespace, &case.args, extra);
+    assert!(
+        out.status.success(),
+        "helm template ({}) failed:\n{}",
+        case.name,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("helm output is YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn all<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// The pod spec of a workload or a Pod.
+fn pod_spec(doc: &Value) -> Option<&Value> {
+    match doc["kind"].as_str()? {
+        "Pod" => Some(&doc["spec"]),
+        "Deployment" | "DaemonSet" | "StatefulSet" | "Job" | "ReplicaSet" => {
+            Some(&doc["spec"]["template"]["spec"])
+        }
+        "CronJob" => Some(&doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+fn container<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn chart_metadata_matches_the_crate() {
+    let chart: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(chart["apiVersion"], "v2");
+    assert_eq!(chart["name"], "consonant-relayer");
+    assert_eq!(chart["kubeVersion"], ">=1.32.0-0");
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn helm_lint_passes_for_every_case() {
+    for case in cases() {
+        let out = run(Command::new(&tools().helm)
+            .args(["lint", "--strict"])
+            .arg(repo().join(CHART))
+            .args(["--namespace", case.namespace])
+            .args(&case.args));
+        assert!(
+            out.status.success(),
+            "helm lint ({}):\n{}{}",
+            case.name,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+fn write_renders(dir: &Path, cases: &[Case]) -> Vec<PathBuf> {
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let path = dir.join(format!("case{i}.yaml"));
+            std::fs::write(&path, render(case, &[])).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn manifests_pass_kubernetes_validate_strict_on_1_32_and_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_renders(dir.path(), &cases());
+    let newest = run(Command::new(&tools().python).args([
+        "-c",
+        "from kubernetes_validate import utils; print(utils.latest_version())",
+    ]));
+    assert!(newest.status.success(), "{}", text(&newest.stderr));
+    let newest = text(&newest.stdout).trim().to_string();
+    assert!(!newest.is_empty());
+    for version in ["1.32.0", newest.as_str()] {
+        let out = run(Command::new(&tools().kubernetes_validate)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&files));
+        let report = text(&out.stdout) + &text(&out.stderr);
+        assert!(out.status.success(), "kubernetes {version}:\n{report}");
+        // The only kind without a bundled schema is the ServiceMonitor CRD,
+        // checked by `service_monitor_scrapes_metrics` instead.
+        for line in report.lines().filter(|l| l.starts_with("WARN")) {
+            assert!(line.contains("kind ServiceMonitor"), "unexpected: {line}");
+        }
+        let ok = report.lines().filter(|l| l.starts_with("INFO")).count();
+        assert!(
+            ok > 50,
+            "kubernetes-validate checked only {ok} documents:\n{report}"
+        );
+    }
+}
+
+/// The skips the chart documents in `.checkov.yaml` (reasons there).
+fn checkov_skips() -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(rename = "skip-check")]
+        skip_check: Vec<String>,
+    }
+    let path = repo().join(CHART).join(".checkov.yaml");
+    let config: Config = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    config.skip_check
+}
+
+/// A temp dir checkov scans: it skips directories whose name starts with a
+/// dot, as tempfile's default names do.
+fn checkov_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("chart-").tempdir().unwrap()
+}
+
+fn checkov(dir: &Path, skips: &[String]) {
+    let out = run(Command::new(&tools().checkov)
+        .args(["--directory"])
+        .arg(dir)
+        .args(["--framework", "kubernetes", "--compact", "--quiet"])
+        // Offline: no download of Prisma Cloud mappings or guidelines.
+        .args(["--skip-download", "--output", "cli"])
+        .args(["--skip-check", &skips.join(",")])
+        .env("BC_SKIP_MAPPING", "TRUE"));
+    let report = text(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("Failed checks: 0"),
+        "checkov found failures:\n{report}\n{}",
+        text(&out.stderr)
+    );
+    assert!(report.contains("Passed checks:"), "{report}");
+}
+
+#[test]
+fn checkov_finds_nothing_beyond_the_documented_skips() {
+    let (on, off): (Vec<Case>, Vec<Case>) =
+        cases().into_iter().partition(|c| !c.network_policy_off);
+    let skips = checkov_skips();
+    let dir = checkov_dir();
+    write_renders(dir.path(), &on);
+    checkov(dir.path(), &skips);
+
+    // Cases that turn the NetworkPolicies off fail CKV2_K8S_6 by design;
+    // every other check still applies.
+    let dir = checkov_dir();
+    write_renders(dir.path(), &off);
+    let mut skips = skips;
+    skips.push("CKV2_K8S_6".into());
+    checkov(dir.path(), &skips);
+}
+
+#[test]
+fn every_resource_is_unique_and_labelled() {
+    for case in cases() {
+        let docs = documents(&render(&case, &[]));
+        let mut seen = BTreeSet::new();
+        for doc in &docs {
+            let id = format!(
+                "{}/{}/{}",
+                doc["kind"].as_str().unwrap(),
+                doc["metadata"]["namespace"].as_str().unwrap_or("-"),
+                doc["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(
+                seen.insert(id.clone()),
+                "{}: {id} rendered twice",
+                case.name
+            );
+            let labels = labels(doc);
+            assert_eq!(
+                labels["app.kubernetes.io/name"], "consonant-relayer",
+                "{id}"
+            );
+            assert_eq!(labels["app.kubernetes.io/instance"], RELEASE, "{id}");
+            assert!(
+                labels["app.kubernetes.io/component"].is_string(),
+                "{id}: no component"
+            );
+            let name_len = doc["metadata"]["name"].as_str().unwrap().len();
+            assert!(name_len <= 63, "{id}: name longer than 63");
+        }
+    }
+}
+
+#[test]
+fn every_pod_meets_pod_security_restricted() {
+    for case in cases() {
+        let docs = documents(&render(&case, &[]));
+        let pods: Vec<(&Value, &Value)> = docs
+            .iter()
+            .filter_map(|d| pod_spec(d).map(|s| (d, s)))
+            .collect();
+        assert!(pods.len() >= 2, "{}: too few pod specs", case.name);
+        for (doc, spec) in pods {
+            let what = format!(
+                "{} {} ({})",
+                doc["kind"], doc["metadata"]["name"], case.name
+            );
+            check_restricted(&what, spec);
+        }
+    }
+}
+
+/// The Pod Security Standards "restricted" profile (and "baseline", which it
+/// includes), field by field.
+fn check_restricted(what: &str, spec: &Value) {
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(spec[field], true, "{what}: {field}");
+    }
+    let pod_sc = &spec["securityContext"];
+    assert_eq!(pod_sc["runAsNonRoot"], true, "{what}: pod runAsNonRoot");
+    assert_eq!(
+        pod_sc["seccompProfile"]["type"], "RuntimeDefault",
+        "{what}: pod seccomp"
+    );
+    if let Some(uid) = pod_sc["runAsUser"].as_i64() {
+        assert_ne!(uid, 0, "{what}: pod runs as root");
+    }
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let kinds: Vec<&String> = volume
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        for kind in kinds {
+            assert!(
+                [
+                    "configMap",
+                    "secret",
+                    "emptyDir",
+                    "projected",
+                    "downwardAPI",
+                    "persistentVolumeClaim",
+                    "ephemeral",
+                    "csi"
+                ]
+                .contains(&kind.as_str()),
+                "{what}: volume type {kind} is not allowed by restricted"
+            );
+        }
+    }
+    let containers = spec["containers"]
+        .as_array()
+        .into_iter()
+        .chain(spec["initContainers"].as_array())
+        .flatten();
+    for c in containers {
+        let name = &c["name"];
+        let sc = &c["securityContext"];
+        assert_eq!(
+            sc["allowPrivilegeEscalation"], false,
+            "{what}/{name}: allowPrivilegeEscalation"
+        );
+        assert_ne!(sc["privileged"], true, "{what}/{name}: privileged");
+        assert_eq!(
+            strings(&sc["capabilities"]["drop"]),
+            ["ALL"],
+            "{what}/{name}: drop ALL"
+        );
+        for added in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+            assert_eq!(added, "NET_BIND_SERVICE", "{what}/{name}: adds {added}");
+        }
+        assert_ne!(
+            sc["runAsNonRoot"], false,
+            "{what}/{name}: runAsNonRoot false"
+        );
+        if let Some(uid) = sc["runAsUser"].as_i64() {
+            assert_ne!(uid, 0, "{what}/{name}: runs as root");
+        }
+        let seccomp = &sc["seccompProfile"]["type"];
+        assert!(
+            seccomp.is_null() || seccomp == "RuntimeDefault" || seccomp == "Localhost",
+            "{what}/{name}: seccomp {seccomp}"
+        );
+        assert_eq!(
+            sc["readOnlyRootFilesystem"], true,
+            "{what}/{name}: read-only root"
+        );
+        for port in c["ports"].as_array().into_iter().flatten() {
+            assert!(
+                port["hostPort"].is_null(),
+                "{what}/{name}: hostPort {}",
+                port["hostPort"]
+            );
+        }
+        assert!(
+            !c["resources"]["limits"]["memory"].is_null(),
+            "{what}/{name}: no memory limit"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- config
+
+/// The relayer's TOML from the relayer ConfigMap, checked to be the same as
+/// the registration hook's copy.
+fn relayer_toml(docs: &[Value], registration: bool) -> String {
+    let toml = find(docs, "ConfigMap", "consonant-relayer")["data"]["relayer.toml"]
+        .as_str()
+        .expect("relayer.toml")
+        .to_string();
+    if registration {
+        let hook = &find(docs, "ConfigMap", "consonant-relayer-register")["data"]["relayer.toml"];
+        assert_eq!(
+            hook,
+            &Value::String(toml.clone()),
+            "the hook renders the same TOML"
+        );
+    }
+    toml
+}
+
+fn check_config(toml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relayer.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consonant-relayer"));
+    command.args(["check-config", "--config"]).arg(&path);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CONSONANT_RELAYER__") {
+            command.env_remove(key);
+        }
+    }
+    run(&mut command)
+}
+
+#[test]
+fn the_rendered_config_passes_check_config_for_every_case() {
+    for case in cases() {
+        let docs = documents(&render(&case, &[]));
+        let registration = !case.name.starts_with("minimal");
+        let toml = relayer_toml(&docs, registration);
+        let out = check_config(&toml);
+        assert!(
+            out.status.success(),
+            "{}: check-config rejected the chart's config:\n{}\n{toml}",
+            case.name,
+            text(&out.stderr)
+        );
+        let effective = text(&out.stdout);
+        let secret = if registration {
+            "consonant-relayer-cluster"
+        } else {
+            "relayer-credentials-from-eso"
+        };
+        for line in [
+            format!("secret_name = \"{secret}\""),
+            format!("secret_namespace = \"{}\"", case.namespace),
+            "cluster_id_file = \"/var/run/secrets/consonant/clusterId\"".into(),
+            "listen = \"0.0.0.0:8080\"".into(),
+            "otlp_grpc_listen = \"0.0.0.0:4317\"".into(),
+        ] {
+            assert!(
+                effective.contains(&line),
+                "{}: no {line} in\n{effective}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn values_reach_the_config() {
+    let docs = documents(&render(
+        &file_case("seed-dev-values.yaml", "consonant-dev", true),
+        &[],
+    ));
+    let toml = relayer_toml(&docs, true);
+    for line in [
+        "name = \"dev-local\"",
+        "environment = \"development\"",
+        "url = \"http://localhost:3000\"",
+        "tls_verify = false",
+        "level = \"debug\"",
+    ] {
+        assert!(toml.contains(line), "no {line} in\n{toml}");
+    }
+
+    let docs = documents(&render(
+        &file_case("existing-secret-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let toml = relayer_toml(&docs, true);
+    for line in [
+        "labels = { \"team\" = \"platform\", \"tier\" = \"1\" }",
+        "grpc_endpoint = \"grpcs://grpc.internal.example:9443\"",
+        "ca_file = \"/etc/consonant/ca/ca.crt\"",
+        "client_cert_file = \"/var/run/secrets/consonant-client-tls/tls.crt\"",
+        "level = \"info,consonant_relayer=debug\"",
+        "format = \"text\"",
+    ] {
+        assert!(toml.contains(line), "no {line} in\n{toml}");
+    }
+
+    let docs = documents(&render(
+        &file_case("namespaced-rbac-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let toml = relayer_toml(&docs, true);
+    assert!(
+        toml.contains("allowed_namespaces = [\"team-a\",\"team-b\"]"),
+        "{toml}"
+    );
+    assert!(toml.contains("lease_duration = \"30s\""), "{toml}");
+    assert!(toml.contains("max_request_bytes = \"8MiB\""), "{toml}");
+    assert!(toml.contains("sample_ratio = 0.250000"), "{toml}");
+    assert!(
+        toml.contains(
+            "otlp_endpoint = \"http://consonant-relayer-otel.consonant-system.svc:4317\""
+        ),
+        "{toml}"
+    );
+    // The relayer may then send its spans to the collector.
+    let policy = find(&docs, "NetworkPolicy", "consonant-relayer");
+    let last = policy["spec"]["egress"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "otel-collector"
+    );
+}
+
+// ---------------------------------------------------------------- fields
+
+fn labels(doc: &Value) -> &Value {
+    &doc["metadata"]["labels"]
+}
+
+#[test]
+fn relayer_deployment_matches_the_seed() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let deploy = find(&docs, "Deployment", "consonant-relayer");
+    assert_eq!(deploy["metadata"]["namespace"], "consonant-system");
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(pod_labels["app.kubernetes.io/name"], "consonant-relayer");
+    assert_eq!(pod_labels["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(pod_labels["app.kubernetes.io/component"], "relayer");
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "relayer"
+    );
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let checksum = &deploy["spec"]["template"]["metadata"]["annotations"]["checksum/config"];
+    assert_eq!(
+        checksum.as_str().map(str::len),
+        Some(64),
+        "config checksum: {checksum}"
+    );
+
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "consonant-relayer");
+    let c = container(spec, "relayer");
+    assert_eq!(
+        c["image"],
+        format!(
+            "ghcr.io/consonant/consonant-relayer:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(
+        strings(&c["args"]),
+        ["run", "--config", "/etc/consonant/relayer.toml"]
+    );
+    let ports: Vec<(String, i64)> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("health".into(), 8080),
+            ("otlp-grpc".into(), 4317),
+            ("otlp-http".into(), 4318)
+        ]
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env: Vec<String> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().into())
+        .collect();
+    assert!(
+        env.contains(&"POD_NAME".into()) && env.contains(&"POD_NAMESPACE".into()),
+        "{env:?}"
+    );
+
+    let mounts: Vec<(String, String)> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["mountPath"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("config", "/etc/consonant"),
+        ("credentials", "/var/run/secrets/consonant"),
+        ("tmp", "/tmp"),
+    ] {
+        assert!(
+            mounts.contains(&(expected.0.into(), expected.1.into())),
+            "{mounts:?}"
+        );
+    }
+    let volumes = spec["volumes"].as_array().unwrap();
+    let credentials = volumes.iter().find(|v| v["name"] == "credentials").unwrap();
+    assert_eq!(
+        credentials["secret"]["secretName"],
+        "consonant-relayer-cluster"
+    );
+    let config = volumes.iter().find(|v| v["name"] == "config").unwrap();
+    assert_eq!(config["configMap"]["items"][0]["path"], "relayer.toml");
+    assert!(volumes
+        .iter()
+        .any(|v| v["name"] == "tmp" && v["emptyDir"].is_object()));
+
+    // The seed's default anti-affinity, scoped to the relayer pods.
+    let term =
+        &spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["weight"], 100);
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "consonant-relayer"
+    );
+
+    let service = find(&docs, "Service", "consonant-relayer");
+    let ports: Vec<i64> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [8080, 4317, 4318]);
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/component"],
+        "relayer"
+    );
+    assert_eq!(
+        labels(find(&docs, "ServiceAccount", "consonant-relayer"))["app.kubernetes.io/component"],
+        "relayer"
+    );
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", "consonant-relayer")["spec"]["minAvailable"],
+        1
+    );
+}
+
+#[test]
+fn seed_production_values_take_effect() {
+    let docs = documents(&render(
+        &file_case("seed-production-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let deploy = find(&docs, "Deployment", "consonant-relayer");
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        container(spec, "relayer")["resources"]["limits"]["cpu"],
+        "2000m"
+    );
+    let term =
+        &spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        serde_json::json!({"app.kubernetes.io/name": "consonant-relayer"}),
+        "the seed's affinity is used as written"
+    );
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", "consonant-relayer")["spec"]["minAvailable"],
+        2
+    );
+    find(&docs, "DaemonSet", "consonant-relayer-otel");
+    find(&docs, "NetworkPolicy", "consonant-relayer");
+}
+
+#[test]
+fn seed_dev_values_turn_off_what_they_say() {
+    let docs = documents(&render(
+        &file_case("seed-dev-values.yaml", "consonant-dev", true),
+        &[],
+    ));
+    assert!(all(&docs, "NetworkPolicy").is_empty());
+    assert!(all(&docs, "PodDisruptionBudget").is_empty());
+    assert_eq!(
+        find(&docs, "Deployment", "consonant-relayer")["spec"]["replicas"],
+        1
+    );
+}
+
+fn annotations(doc: &Value) -> &Value {
+    &doc["metadata"]["annotations"]
+}
+
+#[test]
+fn registration_hook_follows_the_register_interface() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let hooks: Vec<&Value> = docs
+        .iter()
+        .filter(|d| annotations(d)["helm.sh/hook"] == "pre-install,pre-upgrade")
+        .collect();
+    let mut kinds: Vec<String> = hooks
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap/consonant-relayer-register",
+            "Job/consonant-relayer-register",
+            "NetworkPolicy/consonant-relayer-register",
+            "Role/consonant-relayer-register",
+            "RoleBinding/consonant-relayer-register",
+            "Secret/consonant-relayer-bootstrap",
+            "ServiceAccount/consonant-relayer-register",
+        ]
+    );
+    let weight = |d: &Value| -> i64 {
+        annotations(d)["helm.sh/hook-weight"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let job = find(&docs, "Job", "consonant-relayer-register");
+    for hook in &hooks {
+        assert_eq!(
+            annotations(hook)["helm.sh/hook-delete-policy"],
+            "before-hook-creation,hook-succeeded",
+            "{}",
+            hook["kind"]
+        );
+        if hook["kind"] != "Job" {
+            assert!(
+                weight(hook) < weight(job),
+                "{} must exist before the Job",
+                hook["kind"]
+            );
+        }
+    }
+    assert!(
+        weight(find(&docs, "Role", "consonant-relayer-register"))
+            < weight(find(&docs, "Secret", "consonant-relayer-bootstrap"))
+    );
+
+    let secret = find(&docs, "Secret", "consonant-relayer-bootstrap");
+    assert!(secret["data"]["token"].is_string());
+
+    let spec = &job["spec"];
+    assert!(spec["backoffLimit"].as_i64().unwrap() >= 1);
+    let deadline = spec["activeDeadlineSeconds"].as_i64().unwrap();
+    assert!(
+        deadline < 300,
+        "below helm's default 5m timeout: {deadline}"
+    );
+    assert!(
+        spec["ttlSecondsAfterFinished"].is_null(),
+        "Argo CD waits forever on ttl 0"
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["serviceAccountName"], "consonant-relayer-register");
+    let c = container(pod, "register");
+    let args = strings(&c["args"]);
+    let expected = [
+        "register",
+        "--config",
+        "/etc/consonant/relayer.toml",
+        "--bootstrap-token-file",
+        "/var/run/secrets/consonant-bootstrap/token",
+        "--secret-name",
+        "consonant-relayer-cluster",
+        "--namespace",
+        "consonant-system",
+        "--secret-label",
+        "app.kubernetes.io/component=credentials",
+        "--secret-label",
+        "app.kubernetes.io/instance=consonant-relayer",
+        "--secret-label",
+        "app.kubernetes.io/name=consonant-relayer",
+        "--secret-label",
+        "app.kubernetes.io/part-of=consonant",
+        "--delete-bootstrap-secret",
+        "consonant-relayer-bootstrap",
+        "--timeout",
+        "120s",
+    ];
+    assert_eq!(args, expected);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let bootstrap = volumes.iter().find(|v| v["name"] == "bootstrap").unwrap();
+    assert_eq!(
+        bootstrap["secret"]["secretName"],
+        "consonant-relayer-bootstrap"
+    );
+    assert_eq!(bootstrap["secret"]["optional"], false);
+    let config = volumes.iter().find(|v| v["name"] == "config").unwrap();
+    assert_eq!(config["configMap"]["name"], "consonant-relayer-register");
+
+    let role = find(&docs, "Role", "consonant-relayer-register");
+    let rules = role["rules"].as_array().unwrap();
+    let rule = |names: &[&str], verbs: &[&str]| {
+        rules.iter().any(|r| {
+            r["resources"] == serde_json::json!(["secrets"])
+                && r["resourceNames"]
+                    .as_array()
+                    .map(|n| strings(&Value::Array(n.clone())))
+                    .unwrap_or_default()
+                    == names
+                && strings(&r["verbs"]) == verbs
+        })
+    };
+    assert!(
+        rule(&["consonant-relayer-cluster"], &["get", "patch"]),
+        "{rules:?}"
+    );
+    assert!(rule(&[], &["create"]), "{rules:?}");
+    assert!(
+        rule(&["consonant-relayer-bootstrap"], &["get", "delete"]),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn existing_secret_replaces_the_bootstrap_secret() {
+    let docs = documents(&render(
+        &file_case("existing-secret-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    assert!(
+        docs.iter().all(|d| d["kind"] != "Secret"),
+        "the chart creates no Secret"
+    );
+    let job = find(&docs, "Job", "consonant-relayer-register");
+    let pod = &job["spec"]["template"]["spec"];
+    let args = strings(&container(pod, "register")["args"]);
+    assert!(
+        args.contains(&"/var/run/secrets/consonant-bootstrap/bearer".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.contains(&"--delete-bootstrap-secret".to_string()),
+        "never deletes the user's Secret"
+    );
+    assert!(args.contains(&"--force".to_string()));
+    let bootstrap = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "bootstrap")
+        .unwrap();
+    assert_eq!(bootstrap["secret"]["secretName"], "consonant-bootstrap");
+    assert_eq!(bootstrap["secret"]["optional"], true);
+    let role = find(&docs, "Role", "consonant-relayer-register");
+    assert!(
+        !role.to_string().contains("consonant-bootstrap"),
+        "no rights on the user's Secret"
+    );
+
+    // Private CA mounted where backend.ca_file points, for relayer and hook.
+    for (kind, name) in [
+        ("Deployment", "consonant-relayer"),
+        ("Job", "consonant-relayer-register"),
+    ] {
+        let spec = &find(&docs, kind, name)["spec"]["template"]["spec"];
+        let config = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "config")
+            .unwrap();
+        assert!(
+            config["configMap"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["key"] == "ca.crt" && i["path"] == "ca/ca.crt"),
+            "{kind}: {config}"
+        );
+        assert!(spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "relayer-client-tls"));
+    }
+    for name in ["consonant-relayer", "consonant-relayer-register"] {
+        let ca = find(&docs, "ConfigMap", name)["data"]["ca.crt"]
+            .as_str()
+            .unwrap();
+        assert!(
+            ca.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{name}: {ca}"
+        );
+    }
+    let deploy = find(&docs, "Deployment", "consonant-relayer");
+    let c = container(&deploy["spec"]["template"]["spec"], "relayer");
+    assert_eq!(
+        c["image"],
+        "ghcr.io/consonant/consonant-relayer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(labels(deploy)["cost-center"], "platform");
+}
+
+#[test]
+fn relayer_rbac_mirrors_the_command_policy() {
+    // Cluster scope (default): every action's verbs, cluster-wide.
+    let docs = documents(&render(&quick_start(), &[]));
+    let own = find(&docs, "Role", "consonant-relayer");
+    let text = own["rules"].to_string();
+    assert!(
+        text.contains("\"resourceNames\":[\"consonant-relayer-cluster\"]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consonant-relayer-cluster-leader"),
+        "the leader Lease: {text}"
+    );
+    let workloads = find(
+        &docs,
+        "ClusterRole",
+        "consonant-system-consonant-relayer-workloads",
+    );
+    let rules = workloads["rules"].as_array().unwrap();
+    let apps = rules
+        .iter()
+        .find(|r| strings(&r["resources"]).contains(&"deployments".into()))
+        .unwrap();
+    assert_eq!(
+        strings(&apps["verbs"]),
+        ["get", "list", "watch", "create", "patch", "delete"]
+    );
+    assert!(rules
+        .iter()
+        .any(|r| strings(&r["resources"]) == ["pods/log"]));
+    assert!(rules
+        .iter()
+        .any(|r| strings(&r["resources"]).contains(&"deployments/scale".into())));
+    assert!(
+        !workloads.to_string().contains("secrets"),
+        "Secrets are denied by policy"
+    );
+    assert!(!workloads.to_string().contains('*'), "no wildcards");
+    find(
+        &docs,
+        "ClusterRoleBinding",
+        "consonant-system-consonant-relayer-workloads",
+    );
+    let read = find(
+        &docs,
+        "ClusterRole",
+        "consonant-system-consonant-relayer-read",
+    );
+    assert!(
+        read.to_string().contains("nodes"),
+        "cluster_info counts nodes"
+    );
+
+    // Namespaced: a Role per allowed namespace, only the allowed actions.
+    let docs = documents(&render(
+        &file_case("namespaced-rbac-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    assert!(
+        docs.iter().all(|d| !(d["kind"] == "ClusterRole"
+            && d["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .contains("relayer-workloads"))),
+        "no cluster-wide workload rights"
+    );
+    assert!(docs.iter().all(|d| !d["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("relayer-read")));
+    for ns in ["team-a", "team-b"] {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        assert_eq!(role["metadata"]["name"], "consonant-relayer-workloads");
+        assert!(
+            !role.to_string().contains("\"delete\""),
+            "delete is not an allowed action"
+        );
+        assert!(
+            role.to_string().contains("\"patch\""),
+            "apply and restart patch"
+        );
+        docs.iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no RoleBinding in {ns}"));
+    }
+
+    // Kubernetes access off: only the own Secret.
+    let docs = documents(&render(
+        &file_case("minimal-values.yaml", "edge", true),
+        &[],
+    ));
+    assert!(all(&docs, "ClusterRole").is_empty());
+    let own = find(&docs, "Role", "consonant-relayer");
+    assert_eq!(own["rules"].as_array().unwrap().len(), 1);
+    assert!(own.to_string().contains("relayer-credentials-from-eso"));
+}
+
+#[test]
+fn otel_collector_daemonset_and_deployment() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let ds = find(&docs, "DaemonSet", "consonant-relayer-otel");
+    assert_eq!(labels(ds)["app.kubernetes.io/component"], "otel-collector");
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = container(spec, "otel-collector");
+    assert!(c["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("otel/opentelemetry-collector-contrib:0."));
+    assert!(
+        !c.to_string().contains("hostPort"),
+        "no hostPort by default"
+    );
+    let svc = find(&docs, "Service", "consonant-relayer-otel");
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
+    let ports: Vec<i64> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [4317, 4318]);
+    let config: Value = serde_yaml_ng::from_str(
+        find(&docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    for pipeline in ["traces", "metrics", "logs"] {
+        let p = &config["service"]["pipelines"][pipeline];
+        assert_eq!(
+            strings(&p["processors"]),
+            ["memory_limiter", "k8sattributes", "batch"]
+        );
+        assert_eq!(strings(&p["exporters"]), ["otlp"]);
+    }
+    assert_eq!(
+        config["exporters"]["otlp"]["endpoint"],
+        "consonant-relayer.consonant-system.svc:4317"
+    );
+    let role = find(
+        &docs,
+        "ClusterRole",
+        "consonant-system-consonant-relayer-otel",
+    );
+    assert!(role.to_string().contains("replicasets"));
+
+    let docs = documents(&render(
+        &file_case("namespaced-rbac-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let deploy = find(&docs, "Deployment", "consonant-relayer-otel");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert!(all(&docs, "DaemonSet").is_empty());
+    assert!(
+        find(&docs, "Service", "consonant-relayer-otel")["spec"]["internalTrafficPolicy"].is_null()
+    );
+
+    let with_host_port = render(&quick_start(), &["--set", "otelCollector.hostPort=true"]);
+    assert!(with_host_port.contains("hostPort: 4317"));
+}
+
+fn egress_ports(policy: &Value) -> Vec<Vec<i64>> {
+    policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_i64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn network_policies_limit_the_relayer() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let policy = find(&docs, "NetworkPolicy", "consonant-relayer");
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress[0]["ports"][0]["port"], 8080);
+    assert_eq!(
+        ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "otel-collector"
+    );
+    // DNS, the API server, the backend (https 443 + default gRPC port 50051).
+    assert_eq!(
+        egress_ports(policy),
+        [vec![53, 53], vec![443, 6443], vec![443, 50051]]
+    );
+    let backend = &policy["spec"]["egress"][2]["to"][0]["ipBlock"];
+    assert_eq!(backend["cidr"], "0.0.0.0/0");
+    for private in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
+        assert!(strings(&backend["except"]).contains(&private.to_string()));
+    }
+    let hook = find(&docs, "NetworkPolicy", "consonant-relayer-register");
+    assert_eq!(egress_ports(hook), egress_ports(policy));
+
+    // Ports from the URLs; a private backend is not excepted.
+    let docs = documents(&render(
+        &file_case("existing-secret-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let policy = find(&docs, "NetworkPolicy", "consonant-relayer");
+    assert_eq!(
+        egress_ports(policy),
+        [vec![53, 53], vec![443], vec![8443, 9443]]
+    );
+    assert!(policy["spec"]["egress"][2]["to"].is_null());
+    assert_eq!(
+        policy["spec"]["egress"][1]["to"][0]["ipBlock"]["cidr"],
+        "10.96.0.1/32"
+    );
+}
+
+#[test]
+fn service_monitor_scrapes_metrics() {
+    let docs = documents(&render(
+        &file_case("existing-secret-values.yaml", "consonant-system", false),
+        &[],
+    ));
+    let monitor = find(&docs, "ServiceMonitor", "consonant-relayer");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(labels(monitor)["release"], "kube-prometheus-stack");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "health");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "relayer"
+    );
+    assert!(
+        !render(&quick_start(), &[]).contains("ServiceMonitor"),
+        "off by default"
+    );
+}
+
+#[test]
+fn helm_test_pod_checks_health() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let pod = find(&docs, "Pod", "consonant-relayer-test");
+    assert_eq!(annotations(pod)["helm.sh/hook"], "test");
+    let args = strings(&container(&pod["spec"], "health")["args"]);
+    assert_eq!(
+        args.last().unwrap(),
+        "http://consonant-relayer.consonant-system.svc:8080/health"
+    );
+}
+
+#[test]
+fn notes_warn_about_insecure_settings() {
+    let notes = |case: &Case| -> String {
+        // helm template prints no NOTES: a client-side dry run of install does.
+        let out = run(Command::new(&tools().helm)
+            .args(["install", RELEASE])
+            .arg(repo().join(CHART))
+            .args(["--namespace", case.namespace, "--dry-run=client"])
+            .args(&case.args));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let dev = notes(&file_case("seed-dev-values.yaml", "consonant-dev", true));
+    assert!(dev.contains("backend.tlsVerify is false"), "{dev}");
+    assert!(dev.contains("networkPolicy.enabled is false"), "{dev}");
+    assert!(dev.contains("auth.bearerToken"), "{dev}");
+    assert!(
+        dev.contains("kubectl logs -n consonant-dev -l app.kubernetes.io/component=relayer"),
+        "{dev}"
+    );
+    let secure = notes(&file_case(
+        "existing-secret-values.yaml",
+        "consonant-system",
+        false,
+    ));
+    assert!(!secure.contains("WARNING"), "{secure}");
+}
+
+// ---------------------------------------------------------------- failures
+
+/// helm must refuse these values, naming the field and the fix.
+fn refuses(args: &[&str], expected: &[&str]) {
+    let mut all = vec![
+        "cluster.name=prod-1",
+        "backend.url=https://backend.company.com",
+        "auth.bearerToken=t",
+    ];
+    all.extend_from_slice(args);
+    // Later --set wins, so `args` override the valid base.
+    let out = helm_template("consonant-system", &set(&all), &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "accepted {args:?}");
+    for part in expected {
+        assert!(
+            stderr.contains(part),
+            "{args:?}: {part:?} missing from\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_values_fail_with_a_clear_message() {
+    refuses(
+        &["auth.bearerToken="],
+        &[
+            "neither auth.bearerToken nor auth.existingSecret is set",
+            "auth.existingSecret=",
+        ],
+    );
+    refuses(
+        &["auth.existingSecret=mine"],
+        &["both auth.bearerToken and auth.existingSecret are set"],
+    );
+    refuses(&["cluster.name="], &["cluster.name is required"]);
+    refuses(
+        &["cluster.name=Prod_1"],
+        &["/cluster/name", "Prod_1", "does not match pattern"],
+    );
+    refuses(
+        &["backend.url=http://backend.company.com"],
+        &["/backend/url", "http://backend.company.com"],
+    );
+    refuses(
+        &["backend.grpcEndpoint=http://grpc.company.com:50051"],
+        &["/backend/grpcEndpoint"],
+    );
+    refuses(&["relayer.replicaz=3"], &["replicaz", "not allowed"]);
+    refuses(&["otelCollector.type=sidecar"], &["/otelCollector/type"]);
+    refuses(
+        &["commands.allowedActions={ping,exec}"],
+        &["/commands/allowedActions"],
+    );
+    // The template's own checks hold without the schema too.
+    let out = helm_template(
+        "consonant-system",
+        &set(&[
+            "cluster.name=Prod_1",
+            "backend.url=http://b.company.com",
+            "auth.bearerToken=t",
+        ]),
+        &["--skip-schema-validation"],
+    );
+    assert!(
+        text(&out.stderr).contains("cluster.name \"Prod_1\" is not a DNS-1123 label"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = helm_template(
+        "consonant-system",
+        &set(&[
+            "cluster.name=prod",
+            "backend.url=http://b.company.com",
+            "auth.bearerToken=t",
+        ]),
+        &["--skip-schema-validation"],
+    );
+    assert!(
+        text(&out.stderr).contains("backend.url \"http://b.company.com\" is not https://"),
+        "{}",
+        text(&out.stderr)
+    );
+    // kubeVersion: ">=1.32.0-0".
+    let out = helm_template(
+        "consonant-system",
+        &set(&[
+            "cluster.name=prod",
+            "backend.url=https://b.company.com",
+            "auth.bearerToken=t",
+        ]),
+        &["--kube-version", "1.31.0"],
+    );
+    assert!(
+        text(&out.stderr).contains("chart requires kubeVersion: >=1.32.0-0"),
+        "{}",
+        text(&out.stderr)
+    );
+    // tlsVerify false allows plaintext (development).
+    let out = helm_template(
+        "consonant-dev",
+        &set(&[
+            "cluster.name=dev",
+            "backend.url=http://b:3000",
+            "backend.tlsVerify=false",
+            "auth.bearerToken=t",
+        ]),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------- docs
+
+/// Keys documented in values.yaml (a `# --` comment above them), in order.
+fn documented_values() -> Vec<String> {
+    let values = std::fs::read_to_string(repo().join(CHART).join("values.yaml")).unwrap();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut documented = false;
+    let mut keys = Vec::new();
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("# --") {
+            documented = true;
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_string()));
+        if std::mem::take(&mut documented) {
+            keys.push(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_chart_readme_lists_every_documented_value() {
+    let readme = std::fs::read_to_string(repo().join(CHART).join("README.md")).unwrap();
+    let keys = documented_values();
+    assert!(keys.len() > 80, "found only {} documented keys", keys.len());
+    for key in keys {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "README.md values table lacks {key}"
+        );
+    }
+}
+
+// ------------------------------------------------ install, played through
+
+/// Maps the pod's mount paths in rendered arguments and config to `dir`.
+fn remap(text: &str, dir: &Path) -> String {
+    text.replace("/etc/consonant/", &format!("{}/config/", dir.display()))
+        .replace(
+            "/var/run/secrets/consonant-bootstrap/",
+            &format!("{}/bootstrap/", dir.display()),
+        )
+        .replace(
+            "/var/run/secrets/consonant/",
+            &format!("{}/credentials/", dir.display()),
+        )
+}
+
+fn string_data(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    if let Some(value) = secret["stringData"][key].as_str() {
+        return value.to_string();
+    }
+    let b64 = secret["data"][key].as_str().expect("key in the Secret");
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
+    use common::register::{create_secret, get_secret, run_binary, secret_key};
+    use consonant_dev_backend::{self as devbackend, DevBackendOptions};
+    use consonant_kube_sim::{SimCluster, SimOptions};
+    const NAMESPACE: &str = "consonant-system";
+    const BOOTSTRAP: &str = "R3jK8mN2pQ5sT9vW1xY4zA6bC7dE0fF3gH5iJ8kL1mN4oP7qR0sT3uV6wX9yZ2aB";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let backend = devbackend::start(DevBackendOptions {
+        bootstrap_tokens: vec![consonant_relayer::credentials::Secret::new(BOOTSTRAP)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    for sub in ["config", "bootstrap", "credentials"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+
+    // The seed's quick start, pointed at the local backend (plain HTTP, so
+    // tlsVerify must be false, as the schema demands).
+    let case = Case {
+        name: "install",
+        namespace: NAMESPACE,
+        args: set(&[
+            "cluster.name=production-us-east-1",
+            &format!("backend.url={}", backend.http_url()),
+            &format!("backend.grpcEndpoint={}", backend.grpc_url()),
+            "backend.tlsVerify=false",
+            &format!("auth.bearerToken={BOOTSTRAP}"),
+        ]),
+        network_policy_off: false,
+    };
+    let docs = documents(&render(&case, &[]));
+
+    // Hook phase: the bootstrap Secret exists, then the Job runs.
+    let bootstrap = find(&docs, "Secret", "consonant-relayer-bootstrap");
+    let token = string_data(bootstrap, "token");
+    assert_eq!(token, BOOTSTRAP);
+    create_secret(
+        &sim,
+        NAMESPACE,
+        "consonant-relayer-bootstrap",
+        &[("token", &token)],
+    )
+    .await;
+    std::fs::write(dir.path().join("bootstrap/token"), &token).unwrap();
+    let hook_config = find(&docs, "ConfigMap", "consonant-relayer-register");
+    std::fs::write(
+        dir.path().join("config/relayer.toml"),
+        remap(
+            hook_config["data"]["relayer.toml"].as_str().unwrap(),
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    let job = find(&docs, "Job", "consonant-relayer-register");
+    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = strings(&job_container["args"])
+        .iter()
+        .map(|arg| remap(arg, dir.path()))
+        .collect();
+    let kubeconfig_env = kubeconfig.display().to_string();
+    let env = [("KUBECONFIG", kubeconfig_env.as_str())];
+    let first = run_binary(&args, &env).await;
+    assert_eq!(
+        first.code,
+        0,
+        "register as the hook runs it:\n{}",
+        first.output()
+    );
+
+    let secret = get_secret(&sim, NAMESPACE, "consonant-relayer-cluster")
+        .await
+        .expect("the hook wrote the credentials Secret");
+    let cluster_id = secret_key(&secret, "clusterId");
+    assert!(cluster_id.starts_with("cls_"), "{cluster_id}");
+    let labels = &secret["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(labels["app.kubernetes.io/component"], "credentials");
+    assert!(
+        get_secret(&sim, NAMESPACE, "consonant-relayer-bootstrap")
+            .await
+            .is_none(),
+        "the spent bootstrap token does not stay in the cluster"
+    );
+
+    // helm upgrade runs the hook again; the token is spent by then.
+    create_secret(
+        &sim,
+        NAMESPACE,
+        "consonant-relayer-bootstrap",
+        &[("token", &token)],
+    )
+    .await;
+    let again = run_binary(&args, &env).await;
+    assert_eq!(again.code, 0, "{}", again.output());
+    assert!(
+        again.output().contains("already registered as cls_"),
+        "{}",
+        again.output()
+    );
+
+    // The relayer: its ConfigMap, the Secret mounted as files.
+    let relayer_config = find(&docs, "ConfigMap", RELEASE);
+    std::fs::write(
+        dir.path().join("config/relayer.toml"),
+        remap(
+            relayer_config["data"]["relayer.toml"].as_str().unwrap(),
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    for key in ["clusterId", "clusterToken"] {
+        std::fs::write(
+            dir.path().join("credentials").join(key),
+            secret_key(&secret, key),
+        )
+        .unwrap();
+    }
+    let deployment = find(&docs, "Deployment", RELEASE);
+    let relayer_args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let mut relayer = tokio::process::Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
+        .args(relayer_args.iter().map(|arg| remap(arg, dir.path())))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", "consonant-relayer-0")
+        // Loopback ports instead of the pod's 0.0.0.0:8080/4317/4318.
+        .env("CONSONANT_RELAYER__HEALTH__LISTEN", "127.0.0.1:0")
+        .env(
+            "CONSONANT_RELAYER__TELEMETRY__OTLP_GRPC_LISTEN",
+            "127.0.0.1:0",
+        )
+        .env(
+            "CONSONANT_RELAYER__TELEMETRY__OTLP_HTTP_LISTEN",
+            "127.0.0.1:0",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let connected = common::eventually(std::time::Duration::from_secs(20), || {
+        backend
+            .state()
+            .list_clusters()
+            .iter()
+            .any(|c| c.cluster_id == cluster_id && c.connected)
+    })
+    .await;
+    let _ = relayer.start_kill();
+    assert!(
+        connected,
+        "the relayer connected with the credentials the hook wrote"
+    );
+}
