@@ -6,11 +6,14 @@
 #![deny(rust_2018_idioms)]
 
 pub mod actors;
+pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod error_chain;
 pub mod http;
 pub mod kube;
 pub mod logging;
@@ -20,6 +23,7 @@ pub mod register;
 pub mod relayer;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 /// The wire protocol (`consonant-proto`), re-exported so `crate::proto` names it.

@@ -41,7 +41,7 @@ pub struct RunningRelayer {
     pub rc: Arc<RelayContext>,
     pub root: Addr<Supervisor>,
     pub http_addr: SocketAddr,
-    http: actix_web::dev::ServerHandle,
+    http: crate::http::HttpServer,
     _watch: Option<WatchHandle>,
 }
 
@@ -74,10 +74,9 @@ impl RunningRelayer {
             tracing::warn!("{warning}");
         }
         let root = Supervisor::start_root(relayer_tree(&rc), rc.board.clone(), on_escalate);
-        let (server, http_addr) = crate::http::serve(&listen, rc.directory.clone(), debug_actors)
+        let http = crate::http::serve(&listen, rc.directory.clone(), debug_actors)
             .map_err(|source| StartError::Listen { listen, source })?;
-        let http = server.handle();
-        actix_rt::spawn(server);
+        let http_addr = http.addr;
         tracing::info!(
             version = rc.identity.version,
             incarnation = %rc.identity.incarnation,

@@ -317,7 +317,7 @@ async fn a_deadline_that_passes_while_running_times_out() {
     let env = env().await;
     env.sim.latency(Duration::from_millis(1500));
     let mut slow = cmd(command::Action::ClusterInfo(Default::default()));
-    slow.deadline_unix_ms = consonant_relayer::commands::outcome::now_unix_ms() + 300;
+    slow.deadline_unix_ms = consonant_relayer::clock::now_unix_ms() + 300;
     let result = run(&env, slow).await;
     assert_eq!(result.status, Status::TimedOut as i32, "{result:?}");
     assert_eq!(result.error.unwrap().code, Code::DeadlineExceeded as i32);

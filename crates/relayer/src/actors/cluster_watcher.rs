@@ -17,8 +17,8 @@ use actix::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::connection_actor::LeadershipChanged;
 use super::context::RelayContext;
+use super::messages::LeadershipChanged;
 use crate::proto::relayer_frame::Body;
 use crate::supervisor::{ChildContext, Stop};
 use crate::watch::{lease_name, LeaderElection};

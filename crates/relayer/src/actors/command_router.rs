@@ -13,47 +13,22 @@ use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
-use actix::{Actor, ActorContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Context, Handler};
 use serde_json::json;
 
 use super::context::RelayContext;
-use super::workload_executor::Execute;
+use super::messages::{Cancel, CommandFinished, Execute};
+use crate::clock::now_unix_ms;
 use crate::commands::dedup::Seen;
-use crate::commands::outcome::{
-    action_name, now_unix_ms, rejected, status_name, succeeded, CommandError,
-};
+use crate::commands::outcome::{action_name, rejected, status_name, succeeded, CommandError};
 use crate::commands::validate::{validate, ValidatedCommand};
+use crate::connection::messages::{CancelCommands, IncomingCommands};
 use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
 use crate::observability::command_span::record_result;
 use crate::proto::{
     command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
-    CommandResult,
 };
 use crate::supervisor::{ChildContext, Stop};
-
-/// Commands read from the stream, in arrival order. `draining`: they arrived
-/// after `Drain`, so they are answered UNAVAILABLE (retryable) without running.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct IncomingCommands {
-    pub commands: Vec<Command>,
-    pub draining: bool,
-}
-
-/// `CancelCommand` ids read from the stream.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CancelCommands(pub Vec<String>);
-
-/// The WorkloadExecutor's answer for one command. `ran`: it was tried (so the
-/// result is cached for dedup); `false` for a refusal before running.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CommandFinished {
-    pub result: CommandResult,
-    pub action: &'static str,
-    pub ran: bool,
-}
 
 pub struct CommandRouter {
     rc: Arc<RelayContext>,
@@ -165,7 +140,7 @@ impl CommandRouter {
                     self.rc.metrics.commands_in_flight.inc();
                     out.accepted.push(accepted(&command));
                     // The executor's mailbox is bounded by max_in_flight, which admit() enforces.
-                    executor.do_send(Execute {
+                    executor.execute.do_send(Execute {
                         command,
                         action,
                         request,
@@ -286,9 +261,7 @@ impl Handler<CancelCommands> for CommandRouter {
         for command_id in msg.0 {
             match self.rc.dedup.lock().peek(&command_id) {
                 Seen::InFlight => match self.rc.directory.executor() {
-                    Some(executor) => {
-                        executor.do_send(super::workload_executor::Cancel { command_id })
-                    }
+                    Some(executor) => executor.cancel.do_send(Cancel { command_id }),
                     None => {
                         tracing::debug!(%command_id, "cancel for a command whose executor is restarting")
                     }
@@ -338,8 +311,9 @@ mod tests {
     use crate::actors::context::testing;
     use crate::actors::workload_executor::WorkloadExecutor;
     use crate::config::RelayerConfig;
+    use crate::metrics::MailboxGauge;
     use crate::proto::{error::Code, GetClusterInfo, Ping};
-    use crate::supervisor::{spawn_actor, ExitReporter, MailboxGauge, StatusBoard};
+    use crate::supervisor::{spawn_actor, ExitReporter, StatusBoard};
 
     fn child(name: &str) -> ChildContext {
         ChildContext {
@@ -385,14 +359,18 @@ mod tests {
             16,
             ExitReporter::default(),
         );
-        rc.directory.set_executor(executor);
+        rc.directory
+            .set_executor(crate::actors::directory::ExecutorInbox::of(executor));
         let (router, _) = spawn_actor(
             CommandRouter::new(rc.clone(), child("CommandRouter")),
             16,
             ExitReporter::default(),
         );
         rc.directory
-            .set_router(router.clone(), MailboxGauge::new(16));
+            .set_router(crate::actors::directory::RouterInbox::of(
+                router.clone(),
+                MailboxGauge::new(16),
+            ));
         let epoch = rc.outbox.begin_session();
         rc.outbox.on_welcome(epoch, 0);
         (rc, router, epoch, dir)

@@ -11,17 +11,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::context::RelayContext;
-use super::credential_writer::{WriteBackToken, WriteReason};
+use super::messages::{LeadershipChanged, WriteBackToken, WriteReason};
 use super::workload_executor::SUPPORTED_ACTIONS;
-use crate::connection::backoff::{with_extra_jitter, Backoff};
+use crate::backoff::{with_extra_jitter, Backoff};
 use crate::connection::breaker::{BreakerState, CircuitBreaker, Permit};
+use crate::connection::messages::SessionEvent;
 use crate::connection::session::{
     self, CommandSink, SessionEnd, SessionOutcome, SessionParams, EARLY_END,
 };
@@ -65,34 +64,6 @@ impl ConnState {
     pub fn name(&self) -> &'static str {
         Self::ALL[*self as usize]
     }
-}
-
-/// What a running session tells its ConnectionActor.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum SessionEvent {
-    Handshaking,
-    Welcomed {
-        session_id: String,
-        acked_seq: u64,
-        heartbeat_interval: Duration,
-        /// `Welcome.max_frame_bytes` (0 = the protocol's 4 MiB).
-        max_frame_bytes: u32,
-    },
-    Draining {
-        reason: String,
-    },
-    RotateCredentials {
-        token: Secret,
-    },
-}
-
-/// This replica won or lost the leader Lease: the backend learns it from
-/// `Hello.leader`, so a live stream is re-opened to announce it.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct LeadershipChanged {
-    pub leader: bool,
 }
 
 struct RunningSession {
@@ -242,17 +213,19 @@ impl ConnectionActor {
             leader: self.rc.leader.load(std::sync::atomic::Ordering::Relaxed),
             telemetry_stats: Some(TelemetryStats {
                 batches_dropped: outbox.telemetry_batches_dropped
-                    + self.rc.telemetry.get().map_or(0, |sink| {
-                        sink.counters
-                            .dropped_batches
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    }),
+                    + self
+                        .rc
+                        .telemetry
+                        .counters
+                        .dropped_batches
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 items_dropped: outbox.telemetry_items_dropped
-                    + self.rc.telemetry.get().map_or(0, |sink| {
-                        sink.counters
-                            .dropped_items
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    }),
+                    + self
+                        .rc
+                        .telemetry
+                        .counters
+                        .dropped_items
+                        .load(std::sync::atomic::Ordering::Relaxed),
             }),
             heartbeat_interval_ms: self
                 .rc
@@ -294,7 +267,7 @@ impl ConnectionActor {
             }
         };
         self.cluster_id = Some(credentials.cluster_id.clone());
-        let Some((router, gauge)) = self.rc.directory.router() else {
+        let Some(router) = self.rc.directory.router() else {
             self.last_error = Some("the command router is not running".into());
             self.after_failure(None, ctx);
             return;
@@ -316,9 +289,9 @@ impl ConnectionActor {
             max_frame_bytes: cfg.max_frame_bytes as usize,
             outbox: self.rc.outbox.clone(),
             sink: CommandSink {
-                commands: router.clone().recipient(),
-                cancels: router.recipient(),
-                gauge,
+                commands: router.commands,
+                cancels: router.cancels,
+                gauge: router.gauge,
             },
             events: ctx.address().recipient(),
             metrics: self.rc.metrics.clone(),
@@ -513,7 +486,7 @@ impl Handler<SessionEvent> for ConnectionActor {
                 heartbeat_interval,
                 max_frame_bytes,
             } => {
-                let frame_limit = self.rc.apply_backend_frame_limit(max_frame_bytes);
+                let frame_limit = self.rc.frame_limit.apply_announced(max_frame_bytes);
                 tracing::info!(%session_id, acked_seq, heartbeat_interval_ms = heartbeat_interval.as_millis() as u64, frame_limit, "stream established");
                 if let Some(session) = &self.session {
                     if self.rc.credentials.confirm_rotation(&session.token) {

@@ -5,33 +5,30 @@
 //! reports. Created once per process; every actor factory gets an `Arc`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use actix::Addr;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use super::command_router::CommandRouter;
-use super::connection_actor::ConnectionActor;
-use super::credential_writer::CredentialWriter;
-use super::health_actor::HealthActor;
-use super::workload_executor::WorkloadExecutor;
+use super::directory::Directory;
 use crate::commands::dedup::DedupCache;
 use crate::commands::policy::CommandPolicy;
 use crate::commands::rate::CommandRateLimiter;
 use crate::commands::validate::ValidationLimits;
 use crate::config::RelayerConfig;
 use crate::connection::channel::Dialer;
+use crate::connection::frame_limit::FrameLimit;
 use crate::connection::outbox_handle::OutboxHandle;
 use crate::credentials::CredentialStore;
 use crate::kube::actions::Executor;
 use crate::metrics::Metrics;
 use crate::observability::CommandTracing;
-use crate::supervisor::{MailboxGauge, StatusBoard};
+use crate::supervisor::StatusBoard;
+use crate::telemetry::IngestSink;
 
 /// Who this process is, as `Hello` says it.
 #[derive(Debug, Clone, Serialize)]
@@ -58,53 +55,6 @@ impl Identity {
             instance_id,
             version: env!("CARGO_PKG_VERSION"),
         }
-    }
-}
-
-/// The router's address and the gauge that counts its mailbox.
-type RouterSlot = Option<(Addr<CommandRouter>, MailboxGauge)>;
-
-/// The current address of each actor, replaced on every restart.
-#[derive(Debug, Default, Clone)]
-pub struct Directory {
-    router: Arc<RwLock<RouterSlot>>,
-    executor: Arc<RwLock<Option<Addr<WorkloadExecutor>>>>,
-    connection: Arc<RwLock<Option<Addr<ConnectionActor>>>>,
-    health: Arc<RwLock<Option<Addr<HealthActor>>>>,
-    credential_writer: Arc<RwLock<Option<Addr<CredentialWriter>>>>,
-}
-
-impl Directory {
-    /// The router's address and the gauge that counts its mailbox.
-    pub fn router(&self) -> Option<(Addr<CommandRouter>, MailboxGauge)> {
-        self.router.read().clone()
-    }
-    pub fn set_router(&self, addr: Addr<CommandRouter>, gauge: MailboxGauge) {
-        *self.router.write() = Some((addr, gauge));
-    }
-    pub fn executor(&self) -> Option<Addr<WorkloadExecutor>> {
-        self.executor.read().clone()
-    }
-    pub fn set_executor(&self, addr: Addr<WorkloadExecutor>) {
-        *self.executor.write() = Some(addr);
-    }
-    pub fn connection(&self) -> Option<Addr<ConnectionActor>> {
-        self.connection.read().clone()
-    }
-    pub fn set_connection(&self, addr: Addr<ConnectionActor>) {
-        *self.connection.write() = Some(addr);
-    }
-    pub fn health(&self) -> Option<Addr<HealthActor>> {
-        self.health.read().clone()
-    }
-    pub fn set_health(&self, addr: Addr<HealthActor>) {
-        *self.health.write() = Some(addr);
-    }
-    pub fn credential_writer(&self) -> Option<Addr<CredentialWriter>> {
-        self.credential_writer.read().clone()
-    }
-    pub fn set_credential_writer(&self, addr: Addr<CredentialWriter>) {
-        *self.credential_writer.write() = Some(addr);
     }
 }
 
@@ -168,7 +118,7 @@ pub struct RelayContext {
     pub limits: ValidationLimits,
     /// The OTLP receivers' sink (coalescer and counters), made by the first
     /// TelemetryIngest and kept across its restarts.
-    pub telemetry: std::sync::OnceLock<Arc<super::telemetry_ingest::IngestSink>>,
+    pub telemetry: Arc<IngestSink>,
     /// This replica holds the leader Lease (`Hello.leader`); always true when
     /// `kubernetes.leader_election` is off and Kubernetes is on.
     pub leader: AtomicBool,
@@ -176,7 +126,7 @@ pub struct RelayContext {
     pub command_tracing: CommandTracing,
     /// Largest frame either side takes: `connection.max_frame_bytes`, lowered
     /// to `Welcome.max_frame_bytes` when the backend announces less.
-    pub frame_limit: AtomicUsize,
+    pub frame_limit: FrameLimit,
 }
 
 impl std::fmt::Debug for RelayContext {
@@ -221,6 +171,12 @@ impl RelayContext {
         let link = LinkStatus::initial(dialer.uri(), dialer.is_tls());
         let leader = config.kubernetes.enabled && !config.kubernetes.leader_election;
         let config_tracing_endpoint = config.tracing.otlp_endpoint.clone();
+        let frame_limit = FrameLimit::new(max_frame);
+        let telemetry = Arc::new(IngestSink::new(
+            &config.telemetry,
+            outbox.clone(),
+            frame_limit.clone(),
+        ));
         Ok(Self {
             config: Arc::new(config),
             identity: Identity::for_this_process(),
@@ -240,28 +196,15 @@ impl RelayContext {
             policy,
             rate,
             limits,
-            telemetry: std::sync::OnceLock::new(),
+            telemetry,
             command_tracing: CommandTracing::new(!config_tracing_endpoint.is_empty()),
-            frame_limit: AtomicUsize::new(max_frame),
+            frame_limit,
         })
     }
 
     /// The frame size limit now in force (see [`RelayContext::frame_limit`]).
     pub fn max_frame_bytes(&self) -> usize {
-        self.frame_limit.load(Ordering::Relaxed)
-    }
-
-    /// Applies a `Welcome.max_frame_bytes` (0 = the protocol's 4 MiB): the
-    /// smaller of it and `connection.max_frame_bytes` wins. Returns the limit.
-    pub fn apply_backend_frame_limit(&self, announced: u32) -> usize {
-        let announced = if announced == 0 {
-            4 * 1024 * 1024
-        } else {
-            announced as usize
-        };
-        let limit = (self.config.connection.max_frame_bytes as usize).min(announced);
-        self.frame_limit.store(limit, Ordering::Relaxed);
-        limit
+        self.frame_limit.get()
     }
 
     /// The heartbeat interval this relayer announces in `Hello`.

@@ -10,52 +10,14 @@
 
 use std::sync::Arc;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AtomicResponse, Context, Handler, Message, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, AtomicResponse, Context, Handler, WrapFuture};
 use serde_json::json;
 
 use super::context::RelayContext;
+use super::messages::WriteBackToken;
 use crate::credentials::writeback::{self, SecretTarget, WriteBackError};
 use crate::credentials::Secret;
 use crate::supervisor::{ChildContext, Stop};
-
-/// Why a token is written: shown in logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteReason {
-    /// The backend sent `RotateCredentials`.
-    Rotation,
-    /// The backend refused the rotated token; the previous one goes back.
-    Rollback,
-}
-
-impl WriteReason {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Rotation => "rotation",
-            Self::Rollback => "rollback",
-        }
-    }
-}
-
-/// Write `token` into the Secret's `clusterToken`. Answers `Ok(true)` when
-/// written, `Ok(false)` when write-back is off (`credentials.secret_name`
-/// empty), `Err` with the reason otherwise.
-#[derive(Message)]
-#[rtype(result = "Result<bool, String>")]
-pub struct WriteBackToken {
-    pub token: Secret,
-    pub reason: WriteReason,
-}
-
-impl std::fmt::Debug for WriteBackToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteBackToken")
-            .field("token", &"***")
-            .field("reason", &self.reason)
-            .finish()
-    }
-}
 
 pub struct CredentialWriter {
     rc: Arc<RelayContext>,

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use actix::{Actor, ActorContext, Context, Handler, Message, MessageResult};
+use actix::{Actor, ActorContext, Context, Handler, MessageResult};
 use serde_json::{json, Value};
 
 use super::context::RelayContext;
+use super::messages::{Alive, GetActors, GetHealth, GetReadiness, RenderMetrics};
 use crate::metrics::ActorLabel;
 use crate::supervisor::{ChildContext, Stop};
 
@@ -19,27 +20,6 @@ pub const CORE_ACTORS: [&str; 4] = [
     "CommandRouter",
     "ConnectionActor",
 ];
-
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Alive;
-
-#[derive(Debug, Message)]
-#[rtype(result = "Value")]
-pub struct GetHealth;
-
-/// `Ok(())` when ready, else why not.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct GetReadiness;
-
-#[derive(Debug, Message)]
-#[rtype(result = "Value")]
-pub struct GetActors;
-
-#[derive(Debug, Message)]
-#[rtype(result = "String")]
-pub struct RenderMetrics;
 
 pub struct HealthActor {
     rc: Arc<RelayContext>,
@@ -156,9 +136,9 @@ impl HealthActor {
             outbox.telemetry_batches_dropped,
             outbox.telemetry_items_dropped,
         );
-        if let Some(sink) = self.rc.telemetry.get() {
+        {
             use std::sync::atomic::Ordering::Relaxed;
-            let c = &sink.counters;
+            let c = &self.rc.telemetry.counters;
             dropped_batches += c.dropped_batches.load(Relaxed);
             dropped_items += c.dropped_items.load(Relaxed);
             metrics
@@ -172,7 +152,7 @@ impl HealthActor {
                 .set(c.forwarded_batches.load(Relaxed));
             metrics
                 .telemetry_buffer_bytes
-                .set(sink.buffered_bytes() as i64);
+                .set(self.rc.telemetry.buffered_bytes() as i64);
         }
         metrics.telemetry_batches_dropped.set(dropped_batches);
         metrics.telemetry_items_dropped.set(dropped_items);

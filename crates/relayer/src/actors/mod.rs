@@ -6,9 +6,12 @@ pub mod command_router;
 pub mod connection_actor;
 pub mod context;
 pub mod credential_writer;
+pub mod directory;
 pub mod health_actor;
+pub mod messages;
 pub mod telemetry_ingest;
 pub mod tree;
 pub mod workload_executor;
 
-pub use context::{Directory, Identity, LinkStatus, RelayContext};
+pub use context::{Identity, LinkStatus, RelayContext};
+pub use directory::Directory;

@@ -23,6 +23,7 @@ use super::command_router::CommandRouter;
 use super::connection_actor::ConnectionActor;
 use super::context::RelayContext;
 use super::credential_writer::CredentialWriter;
+use super::directory::{ExecutorInbox, HealthInbox, RouterInbox};
 use super::health_actor::HealthActor;
 use super::telemetry_ingest::TelemetryIngest;
 use super::workload_executor::WorkloadExecutor;
@@ -51,7 +52,7 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                     Restart::Permanent,
                     executor_mailbox,
                     move |child, _| WorkloadExecutor::new(make.clone(), child),
-                    move |addr, _| publish.directory.set_executor(addr),
+                    move |addr, _| publish.directory.set_executor(ExecutorInbox::of(addr)),
                 )
             },
             {
@@ -61,7 +62,7 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                     Restart::Permanent,
                     ROUTER_MAILBOX,
                     move |child, _| CommandRouter::new(make.clone(), child),
-                    move |addr, gauge| publish.directory.set_router(addr, gauge),
+                    move |addr, gauge| publish.directory.set_router(RouterInbox::of(addr, gauge)),
                 )
             },
             {
@@ -71,7 +72,7 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                     Restart::Permanent,
                     CONNECTION_MAILBOX,
                     move |child, _| ConnectionActor::new(make.clone(), child),
-                    move |addr, _| publish.directory.set_connection(addr),
+                    move |addr, _| publish.directory.set_connection(addr.recipient()),
                 )
             },
         ],
@@ -86,7 +87,7 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                 Restart::Permanent,
                 HEALTH_MAILBOX,
                 move |child, _| HealthActor::new(make.clone(), child),
-                move |addr, _| publish.directory.set_health(addr),
+                move |addr, _| publish.directory.set_health(HealthInbox::of(addr)),
             ),
             relay.into_child(rc.board.clone()),
             {
@@ -116,7 +117,7 @@ pub fn relayer_tree(rc: &Arc<RelayContext>) -> SupervisorSpec {
                     Restart::Permanent,
                     WRITER_MAILBOX,
                     move |child, _| CredentialWriter::new(make.clone(), child),
-                    move |addr, _| publish.directory.set_credential_writer(addr),
+                    move |addr, _| publish.directory.set_credential_writer(addr.recipient()),
                 )
             },
         ],

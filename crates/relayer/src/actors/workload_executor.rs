@@ -12,19 +12,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::command_router::CommandFinished;
 use super::context::RelayContext;
-use crate::commands::outcome::{
-    ended, now_unix_ms, rejected, status_name, succeeded, CommandError,
-};
+use super::messages::{Cancel, CommandFinished, Execute};
+use crate::clock::now_unix_ms;
+use crate::commands::outcome::{ended, rejected, status_name, succeeded, CommandError};
 use crate::config::ALL_ACTIONS;
-use crate::kube::actions::{Executor, KubeRequest};
+use crate::kube::actions::Executor;
 use crate::observability::command_span::record_result;
-use crate::proto::{command_result::Status, relayer_frame::Body, Command};
+use crate::proto::{command_result::Status, relayer_frame::Body};
 use crate::supervisor::{ChildContext, Stop};
 use tracing::Instrument;
 
@@ -37,25 +36,6 @@ pub const SUPPORTED_ACTIONS: &[&str] = ALL_ACTIONS.split_at(1).1;
 const FRAME_OVERHEAD: usize = 4 * 1024;
 /// How long to wait before retrying a failed client setup.
 const CLIENT_RETRY: Duration = Duration::from_secs(5);
-
-/// Run one admitted command.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Execute {
-    pub command: Command,
-    pub action: &'static str,
-    pub request: KubeRequest,
-    /// The command's span (`Span::none()` when span export is off); the
-    /// Kubernetes request runs inside it.
-    pub span: tracing::Span,
-}
-
-/// Cancel a running command.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Cancel {
-    pub command_id: String,
-}
 
 pub struct WorkloadExecutor {
     rc: Arc<RelayContext>,
@@ -118,7 +98,7 @@ impl WorkloadExecutor {
 /// result straight to the outbox so it is never lost).
 fn deliver(rc: &RelayContext, finished: CommandFinished) {
     match rc.directory.router() {
-        Some((router, _)) => router.do_send(finished),
+        Some(router) => router.finished.do_send(finished),
         None => {
             rc.metrics.commands_in_flight.dec();
             rc.outbox.push_result(Body::Result(finished.result));

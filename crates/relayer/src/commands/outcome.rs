@@ -1,7 +1,7 @@
 //! Command outcomes: the one place where relayer errors become the
 //! protocol's `Status` and `Error.Code`, plus the result builders.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::clock::now_unix_ms;
 
 use bytes::Bytes;
 
@@ -72,13 +72,6 @@ impl CommandError {
             retryable: true,
         }
     }
-}
-
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// A command refused before it ran (never cached for dedup).

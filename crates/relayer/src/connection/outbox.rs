@@ -21,6 +21,9 @@ use std::collections::VecDeque;
 
 use prost::Message;
 
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::FrameCounters;
 use crate::proto::{relayer_frame::Body, RelayerFrame};
 
 /// Outbound priority classes, highest first.
@@ -39,6 +42,16 @@ impl FrameClass {
             Body::Result(_) => FrameClass::Result,
             Body::Event(_) => FrameClass::Event,
             Body::Telemetry(_) => FrameClass::Telemetry,
+        }
+    }
+
+    /// This class's counter among the outbound frame counters.
+    pub fn counter<'a>(&self, counters: &'a FrameCounters) -> &'a Counter {
+        match self {
+            FrameClass::Control => &counters.control,
+            FrameClass::Result => &counters.result,
+            FrameClass::Event => &counters.event,
+            FrameClass::Telemetry => &counters.telemetry,
         }
     }
 

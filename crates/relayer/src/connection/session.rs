@@ -19,18 +19,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 
 use super::channel::Dialer;
+use super::messages::{CancelCommands, IncomingCommands, SessionEvent};
 use super::outbox::FrameClass;
 use super::outbox_handle::OutboxHandle;
-use crate::actors::command_router::{CancelCommands, IncomingCommands};
-use crate::actors::connection_actor::SessionEvent;
-use crate::commands::outcome::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::credentials::Secret;
+use crate::metrics::MailboxGauge;
 use crate::metrics::Metrics;
 use crate::proto::{
     backend_frame, relay_service_client::RelayServiceClient, relayer_frame::Body, BackendFrame,
     Heartbeat, Hello, RelayerFrame,
 };
-use crate::supervisor::MailboxGauge;
 
 /// A stream that ends within this long after `Welcome` counts as a failure.
 pub const EARLY_END: Duration = Duration::from_secs(10);
@@ -538,7 +537,7 @@ fn outbound_frames(
         }
         loop {
             if let Some((frame, class)) = w.ready.pop_front() {
-                w.metrics.frames_out.of(class).inc();
+                class.counter(&w.metrics.frames_out).inc();
                 return Some((frame, w));
             }
             if w.cancel.is_cancelled() || !w.outbox.take_ready(w.epoch, &mut w.ready, WRITE_BATCH) {

@@ -18,8 +18,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::namespace;
+use crate::backoff::Backoff;
 use crate::config::CredentialsConfig;
-use crate::connection::backoff::Backoff;
 use consonant_secret::Secret;
 
 pub const FIELD_MANAGER: &str = "consonant-relayer";
@@ -128,7 +128,7 @@ fn classify(err: &kube::Error) -> (bool, String, &'static str) {
         }
         other => (
             true,
-            crate::connection::channel::error_chain(other),
+            crate::error_chain::error_chain(other),
             "check that the Kubernetes API is reachable from the relayer",
         ),
     }

@@ -1,17 +1,28 @@
-//! The relayer's HTTP endpoints on `health.listen` (actix-web): `/health`,
-//! `/livez`, `/readyz`, `/metrics`, `/debug/actors`. Handlers ask the
-//! current HealthActor through the directory, with a short timeout, so a
-//! stuck actor system shows as a failing `/livez` rather than a hung probe.
+//! The relayer's HTTP endpoints on `health.listen`: `/health`, `/livez`,
+//! `/readyz`, `/metrics`, `/debug/actors`. Served by axum, the same stack as
+//! the OTLP/HTTP receiver (one HTTP server stack in the binary; axum because
+//! tonic already brings it and hyper). Handlers ask the current HealthActor
+//! through the directory, with a short timeout, so a stuck actor system
+//! shows as a failing `/livez` rather than a hung probe.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::actors::health_actor::{Alive, GetActors, GetHealth, GetReadiness, RenderMetrics};
+use crate::actors::directory::HealthInbox;
+use crate::actors::messages::{Alive, GetActors, GetHealth, GetReadiness, RenderMetrics};
 use crate::actors::Directory;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a graceful stop waits for requests in progress.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct Routes {
@@ -19,96 +30,137 @@ struct Routes {
     debug_actors: bool,
 }
 
-fn unavailable(why: &str) -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": why }))
+fn unavailable(why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": why })),
+    )
+        .into_response()
 }
 
-macro_rules! ask {
-    ($routes:expr, $msg:expr) => {{
-        match $routes.directory.health() {
-            None => Err("the HealthActor is not running"),
-            Some(health) => match tokio::time::timeout(ASK_TIMEOUT, health.send($msg)).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(_)) => Err("the HealthActor is restarting"),
-                Err(_) => Err("the actor system did not answer within 2 s"),
-            },
-        }
-    }};
-}
-
-async fn health(routes: web::Data<Routes>) -> HttpResponse {
-    match ask!(routes, GetHealth) {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(why) => HttpResponse::Ok().json(serde_json::json!({
-            "status": "unhealthy",
-            "grpc": {"connected": false, "clusterId": null, "state": "Unknown", "lastError": why},
-            "version": env!("CARGO_PKG_VERSION"),
-        })),
+/// Asks the current HealthActor one question, within `ASK_TIMEOUT`.
+async fn ask<M, F>(routes: &Routes, message: M, pick: F) -> Result<M::Result, &'static str>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    F: FnOnce(&HealthInbox) -> &actix::Recipient<M>,
+{
+    let Some(inbox) = routes.directory.health() else {
+        return Err("the HealthActor is not running");
+    };
+    match tokio::time::timeout(ASK_TIMEOUT, pick(&inbox).send(message)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err("the HealthActor is restarting"),
+        Err(_) => Err("the actor system did not answer within 2 s"),
     }
 }
 
-async fn livez(routes: web::Data<Routes>) -> HttpResponse {
-    match ask!(routes, Alive) {
-        Ok(()) => HttpResponse::Ok().body("ok"),
+async fn health(State(routes): State<Routes>) -> Response {
+    match ask(&routes, GetHealth, |inbox| &inbox.health).await {
+        Ok(body) => Json(body).into_response(),
+        Err(why) => Json(json!({
+            "status": "unhealthy",
+            "grpc": {"connected": false, "clusterId": null, "state": "Unknown", "lastError": why},
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+        .into_response(),
+    }
+}
+
+async fn livez(State(routes): State<Routes>) -> Response {
+    match ask(&routes, Alive, |inbox| &inbox.alive).await {
+        Ok(()) => "ok".into_response(),
         Err(why) => unavailable(why),
     }
 }
 
-async fn readyz(routes: web::Data<Routes>) -> HttpResponse {
-    match ask!(routes, GetReadiness) {
-        Ok(Ok(())) => HttpResponse::Ok().body("ready"),
+async fn readyz(State(routes): State<Routes>) -> Response {
+    match ask(&routes, GetReadiness, |inbox| &inbox.readiness).await {
+        Ok(Ok(())) => "ready".into_response(),
         Ok(Err(why)) => unavailable(&why),
         Err(why) => unavailable(why),
     }
 }
 
-async fn metrics(routes: web::Data<Routes>) -> HttpResponse {
-    match ask!(routes, RenderMetrics) {
-        Ok(text) => HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text),
+async fn metrics(State(routes): State<Routes>) -> Response {
+    match ask(&routes, RenderMetrics, |inbox| &inbox.metrics).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
         Err(why) => unavailable(why),
     }
 }
 
-async fn debug_actors_route(routes: web::Data<Routes>) -> HttpResponse {
+async fn actors(State(routes): State<Routes>) -> Response {
     if !routes.debug_actors {
-        return HttpResponse::NotFound()
-            .json(serde_json::json!({"error": "health.debug_actors is false"}));
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "health.debug_actors is false"})),
+        )
+            .into_response();
     }
-    match ask!(routes, GetActors) {
-        Ok(body) => HttpResponse::Ok().json(body),
+    match ask(&routes, GetActors, |inbox| &inbox.actors).await {
+        Ok(body) => Json(body).into_response(),
         Err(why) => unavailable(why),
     }
 }
 
-/// Binds `listen` and returns the server (to spawn) and the bound address.
+/// The running HTTP server.
+#[derive(Debug)]
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Stops accepting; with `graceful`, waits up to 2 s for requests in
+    /// progress.
+    pub async fn stop(self, graceful: bool) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if graceful && tokio::time::timeout(STOP_GRACE, &mut task).await.is_ok() {
+            return;
+        }
+        task.abort();
+    }
+}
+
+/// Binds `listen` (so a bad address fails the start at once) and serves the
+/// endpoints on the tokio runtime.
 pub fn serve(
     listen: &str,
     directory: Directory,
     debug_actors: bool,
-) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
-    let routes = web::Data::new(Routes {
-        directory,
-        debug_actors,
+) -> std::io::Result<HttpServer> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/actors", get(actors))
+        .with_state(Routes {
+            directory,
+            debug_actors,
+        });
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "the health endpoint server failed");
+        }
     });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(routes.clone())
-            .route("/health", web::get().to(health))
-            .route("/livez", web::get().to(livez))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
-            .route("/debug/actors", web::get().to(debug_actors_route))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .bind(listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| std::io::Error::other("no address bound"))?;
-    Ok((server.run(), addr))
+    Ok(HttpServer { addr, stop, task })
 }

@@ -9,7 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::connection::outbox::FrameClass;
+mod mailbox;
+pub use mailbox::{MailboxGauge, MailboxSlot};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FrameLabels {
@@ -40,17 +41,6 @@ pub struct FrameCounters {
     pub result: Counter,
     pub event: Counter,
     pub telemetry: Counter,
-}
-
-impl FrameCounters {
-    pub fn of(&self, class: FrameClass) -> &Counter {
-        match class {
-            FrameClass::Control => &self.control,
-            FrameClass::Result => &self.result,
-            FrameClass::Event => &self.event,
-            FrameClass::Telemetry => &self.telemetry,
-        }
-    }
 }
 
 /// Inbound frame counters by type, resolved once.

@@ -12,10 +12,10 @@ use reqwest::StatusCode;
 use super::body::{Registration, RegistrationRequest};
 use super::error::{backend_message, RegisterError};
 use super::tls;
+use crate::backoff::Backoff;
 use crate::config::BackendConfig;
-use crate::connection::backoff::Backoff;
-use crate::connection::channel::{client_tls_config, error_chain};
 use crate::credentials::Secret;
+use crate::{error_chain::error_chain, tls::client_tls_config};
 
 /// Backoff between attempts: full jitter from 500 ms, doubling, capped.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);

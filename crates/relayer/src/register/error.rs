@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::tls::TlsFailure;
 use super::token::TokenError;
 use crate::config::ConfigError;
-use crate::connection::channel::DialError;
+use crate::tls::TlsError;
 
 /// Exit codes of `consonant-relayer register`. 0 also covers "already
 /// registered"; 1 is left to unexpected errors at the binary's edge.
@@ -32,7 +32,7 @@ pub enum RegisterError {
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("{0}")]
-    TlsSetup(#[from] DialError),
+    TlsSetup(#[from] TlsError),
 
     #[error("the backend refused the bootstrap token (401: {message}): it is wrong or was never issued by this backend; put the token the backend issued into the bootstrap Secret (chart: auth.existingSecret / auth.existingSecretKey) and run again")]
     TokenRefused { message: String },

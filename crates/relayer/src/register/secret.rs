@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::body::Registration;
 use super::error::RegisterError;
-use crate::connection::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// The field manager of every write the relayer makes to the Secret.
 pub const FIELD_MANAGER: &str = "consonant-relayer";
@@ -178,7 +178,7 @@ fn short(err: &kube::Error) -> String {
         kube::Error::Api(status) => {
             format!("{} {}: {}", status.code, status.reason, status.message)
         }
-        other => crate::connection::channel::error_chain(other),
+        other => crate::error_chain::error_chain(other),
     }
 }
 

@@ -74,7 +74,7 @@ pub fn classify(
         .or_else(|| {
             // A plain-HTTP server on an https:// url answers bytes that are
             // no TLS record; some stacks surface it only as text.
-            let text = crate::connection::channel::error_chain(err);
+            let text = crate::error_chain::error_chain(err);
             (text.contains("InvalidContentType") || text.contains("corrupt message"))
                 .then_some((TlsFailureKind::Protocol, text))
         })?;

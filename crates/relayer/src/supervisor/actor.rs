@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
-use super::board::{MailboxGauge, StatusBoard, SupervisorView};
+use super::board::{StatusBoard, SupervisorView};
 use super::child::{spawn_actor, ChildContext, ChildSpec, ExitReporter, RunningChild, Stop};
 use super::policy::{
     restart_set, should_restart, Exit, Intensity, IntensityTracker, Restart, Strategy,
 };
-use crate::connection::backoff::Backoff;
+use crate::backoff::Backoff;
+use crate::metrics::MailboxGauge;
 
 /// Called at the root when it gives up; gets the reason.
 pub type Escalation = Rc<dyn Fn(&str)>;

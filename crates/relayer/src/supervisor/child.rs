@@ -9,8 +9,9 @@ use std::sync::Arc;
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use parking_lot::Mutex;
 
-use super::board::{MailboxGauge, StatusBoard};
+use super::board::StatusBoard;
 use super::policy::{Exit, Restart};
+use crate::metrics::MailboxGauge;
 
 /// Asks a supervised actor to stop (graceful: it finishes what it must first).
 #[derive(Debug, Clone, Copy, Message)]

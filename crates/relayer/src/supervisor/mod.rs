@@ -9,6 +9,6 @@ pub mod child;
 pub mod policy;
 
 pub use actor::{Escalate, Escalation, Supervisor, SupervisorSpec};
-pub use board::{MailboxGauge, MailboxSlot, StatusBoard};
+pub use board::StatusBoard;
 pub use child::{spawn_actor, ChildContext, ChildSpec, ExitReporter, Stop};
 pub use policy::{Exit, Intensity, Restart, Strategy};

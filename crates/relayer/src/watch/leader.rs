@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::connection::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// The shortest lease duration accepted: the grace period (a third) must be
 /// at least one whole second.

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::detect::{EventDetector, Watched, WatchedKind, AGENT_API_VERSION, AGENT_KIND};
-use crate::commands::outcome::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::proto::ClusterEvent;
 
 /// One item of the merged watch streams.
