@@ -19,11 +19,11 @@ use serde_json::json;
 use super::context::RelayContext;
 use super::messages::{Cancel, CommandFinished, Execute};
 use crate::clock::now_unix_ms;
+use crate::commands::admission::{admit, Admission, Gate};
 use crate::commands::dedup::Seen;
 use crate::commands::outcome::{action_name, rejected, status_name, succeeded, CommandError};
-use crate::commands::validate::{validate, ValidatedCommand};
 use crate::connection::messages::{CancelCommands, IncomingCommands};
-use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
+use crate::kube::actions::KubeRequest;
 use crate::observability::command_span::record_result;
 use crate::proto::{
     command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
@@ -76,50 +76,57 @@ impl CommandRouter {
         }));
     }
 
-    /// Decides one command. Answers go to `accepted`/`results`, written to
-    /// the outbox once per batch.
+    /// Carries out the admission decision for one command. Answers go to
+    /// `out`, written to the outbox once per batch.
     fn route(&mut self, mut command: Command, draining: bool, out: &mut Answers) {
         let action = action_name(&command).unwrap_or("none");
-        if command.command_id.is_empty() {
-            let error = CommandError::InvalidArgument(
-                "command_id is empty: every command needs a UUID command_id (the idempotency key)"
-                    .into(),
-            );
-            out.reject(&self.rc, &command, action, &error);
-            return;
-        }
-        let seen = self
-            .rc
-            .dedup
-            .lock()
-            .check_and_begin(&command.command_id, Instant::now());
-        match seen {
-            Seen::InFlight => {
+        let rc = self.rc.clone();
+        let gate = Gate {
+            policy: &rc.policy,
+            limits: &rc.limits,
+            draining,
+            kubernetes_enabled: rc.config.kubernetes.enabled,
+            in_flight: rc.metrics.commands_in_flight.get(),
+            max_in_flight: rc.config.commands.max_in_flight,
+            replay_has_room: rc.outbox.has_room_for_result(),
+            now_unix_ms: now_unix_ms(),
+        };
+        let decision = admit(
+            &command,
+            &gate,
+            |id| rc.dedup.lock().check_and_begin(id, Instant::now()),
+            || rc.rate.try_acquire(),
+        );
+        let validated = match decision {
+            Admission::Unidentified(error) => {
+                out.reject(&rc, &command, action, &error);
+                return;
+            }
+            Admission::DuplicateInFlight => {
                 tracing::debug!(command_id = %command.command_id, "duplicate of an in-flight command: accepted again");
                 out.accepted.push(accepted(&command));
                 return;
             }
-            Seen::Finished(result) => {
+            Admission::DuplicateFinished(result) => {
                 tracing::debug!(command_id = %command.command_id, "duplicate of a finished command: cached result sent again");
                 out.results.push(Body::Result(result));
                 return;
             }
-            Seen::New => {}
-        }
-        // From here the command gets one span, and its answers carry the
-        // span's trace context (see `observability`).
-        let span = self.rc.command_tracing.start(&mut command, action);
-        let validated = match self.admit(&command, draining) {
-            Ok(validated) => validated,
-            Err(error) => {
-                self.rc.dedup.lock().forget(&command.command_id);
-                out.reject(&self.rc, &command, action, &error);
+            Admission::Refused(error) => {
+                // The span's context goes into the answer (see `observability`).
+                let span = rc.command_tracing.start(&mut command, action);
+                rc.dedup.lock().forget(&command.command_id);
+                out.reject(&rc, &command, action, &error);
                 if let Some(Body::Result(result)) = out.results.last() {
                     record_result(&span, result);
                 }
                 return;
             }
+            Admission::Admitted(validated) => validated,
         };
+        // From here the command gets one span, and its answers carry the
+        // span's trace context (see `observability`).
+        let span = rc.command_tracing.start(&mut command, action);
         match KubeRequest::from_validated(validated) {
             None => {
                 let payload_len = match command.action.as_ref() {
@@ -161,48 +168,6 @@ impl CommandRouter {
                 }
             },
         }
-    }
-
-    /// The checks after dedup, in the protocol's order: validation,
-    /// deadline, policy, Kubernetes availability, rate limit, capacity. A
-    /// command refused by an earlier check uses no rate-limit token.
-    fn admit(&self, command: &Command, draining: bool) -> Result<ValidatedCommand, CommandError> {
-        if draining {
-            return Err(CommandError::busy(
-                "the relayer is draining this stream; re-send the command on the next session",
-            ));
-        }
-        let validated = validate(command, &self.rc.limits)?;
-        let action = validated.action_name();
-        if command.deadline_unix_ms != 0 && command.deadline_unix_ms <= now_unix_ms() {
-            return Err(CommandError::DeadlineExceeded(format!(
-                "deadline_unix_ms {} had already passed when the command arrived",
-                command.deadline_unix_ms
-            )));
-        }
-        self.rc
-            .policy
-            .check(action, &validated, DEFAULT_NAMESPACE)?;
-        let kubernetes = !matches!(validated, ValidatedCommand::Ping { .. });
-        if kubernetes && !self.rc.config.kubernetes.enabled {
-            return Err(CommandError::Unavailable {
-                message: format!("action {action} needs the Kubernetes API, and kubernetes.enabled is false on this relayer"),
-                retryable: false,
-            });
-        }
-        self.rc.rate.try_acquire()?;
-        let in_flight = self.rc.metrics.commands_in_flight.get();
-        if kubernetes && in_flight >= i64::from(self.rc.config.commands.max_in_flight) {
-            return Err(CommandError::busy(format!(
-                "{in_flight} commands already running (commands.max_in_flight); retry later"
-            )));
-        }
-        if !self.rc.outbox.has_room_for_result() {
-            return Err(CommandError::busy(
-                "the replay buffer is full of unacknowledged frames; retry once the backend acknowledges them",
-            ));
-        }
-        Ok(validated)
     }
 }
 

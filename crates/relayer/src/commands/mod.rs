@@ -1,7 +1,8 @@
-//! Command handling logic without I/O: dedup, validation and the result
-//! builders the CommandRouter and WorkloadExecutor share, the command policy
-//! and the command rate limit.
+//! Command handling logic without I/O: admission (the protocol's check
+//! order), dedup, validation and the result builders the CommandRouter and
+//! WorkloadExecutor share, the command policy and the command rate limit.
 
+pub mod admission;
 pub mod dedup;
 pub mod outcome;
 pub mod policy;

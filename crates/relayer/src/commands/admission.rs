@@ -1,0 +1,439 @@
+//! Command admission: protocol.md's whole check order for one incoming
+//! command, as one decision — data in, [`Admission`] out. The CommandRouter
+//! only carries the decision out (answers, dedup bookkeeping, the span, the
+//! hand-off to the executor).
+//!
+//! The order, first refusal wins:
+//!
+//! 1. `command_id` present, else REJECTED INVALID_ARGUMENT (empty id);
+//! 2. **dedup**: in flight → accepted again; finished → the cached result;
+//! 3. draining → REJECTED UNAVAILABLE, retryable;
+//! 4. **validation** → REJECTED INVALID_ARGUMENT;
+//! 5. deadline already passed → REJECTED DEADLINE_EXCEEDED;
+//! 6. **policy** (`[commands]`) → REJECTED FORBIDDEN naming the key;
+//! 7. a Kubernetes action while `kubernetes.enabled = false` → REJECTED
+//!    UNAVAILABLE, not retryable;
+//! 8. **rate limit** → REJECTED RATE_LIMITED, retryable;
+//! 9. **capacity**: `commands.max_in_flight` Kubernetes commands running, or
+//!    the replay buffer past its command limit → REJECTED UNAVAILABLE,
+//!    retryable.
+//!
+//! Dedup and the rate limiter hold state, so they come in as two calls made
+//! at exactly their place in the order: a command refused by an earlier
+//! check is never marked in flight and uses no rate-limit token.
+
+use super::dedup::Seen;
+use super::outcome::CommandError;
+use super::policy::CommandPolicy;
+use super::validate::{validate, ValidatedCommand, ValidationLimits};
+use crate::proto::{Command, CommandResult};
+
+/// The namespace of a namespaced target that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// What admission reads of the relayer's state at the moment a command is
+/// decided.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    pub policy: &'a CommandPolicy,
+    pub limits: &'a ValidationLimits,
+    /// The command arrived after `Drain` on its stream.
+    pub draining: bool,
+    /// `kubernetes.enabled`.
+    pub kubernetes_enabled: bool,
+    /// Kubernetes commands running now, and `commands.max_in_flight`.
+    pub in_flight: i64,
+    pub max_in_flight: u32,
+    /// The replay buffer can take another command's result.
+    pub replay_has_room: bool,
+    pub now_unix_ms: i64,
+}
+
+/// The fate of one command.
+#[derive(Debug)]
+pub enum Admission {
+    /// No `command_id`: REJECTED INVALID_ARGUMENT, answered with an empty
+    /// id; there is nothing to dedup or trace.
+    Unidentified(CommandError),
+    /// The same id is still running: `CommandAccepted` again, nothing runs.
+    DuplicateInFlight,
+    /// The same id finished: its cached result again, nothing runs.
+    DuplicateFinished(CommandResult),
+    /// Refused after dedup marked it in flight: REJECTED with this error,
+    /// and the id is forgotten (it never ran, so the backend may retry it).
+    Refused(CommandError),
+    /// Run it: inline for Ping, on the WorkloadExecutor otherwise.
+    Admitted(ValidatedCommand),
+}
+
+/// Decides one command. `dedup` is asked once the id is known to be
+/// present (and marks a new id in flight); `take_rate_token` only once every
+/// earlier check passed.
+pub fn admit(
+    command: &Command,
+    gate: &Gate<'_>,
+    dedup: impl FnOnce(&str) -> Seen,
+    take_rate_token: impl FnOnce() -> Result<(), CommandError>,
+) -> Admission {
+    if command.command_id.is_empty() {
+        return Admission::Unidentified(CommandError::InvalidArgument(
+            "command_id is empty: every command needs a UUID command_id (the idempotency key)"
+                .into(),
+        ));
+    }
+    match dedup(&command.command_id) {
+        Seen::InFlight => return Admission::DuplicateInFlight,
+        Seen::Finished(result) => return Admission::DuplicateFinished(result),
+        Seen::New => {}
+    }
+    match checks(command, gate, take_rate_token) {
+        Ok(validated) => Admission::Admitted(validated),
+        Err(error) => Admission::Refused(error),
+    }
+}
+
+/// Steps 3 to 9 of the order.
+fn checks(
+    command: &Command,
+    gate: &Gate<'_>,
+    take_rate_token: impl FnOnce() -> Result<(), CommandError>,
+) -> Result<ValidatedCommand, CommandError> {
+    if gate.draining {
+        return Err(CommandError::busy(
+            "the relayer is draining this stream; re-send the command on the next session",
+        ));
+    }
+    let validated = validate(command, gate.limits)?;
+    let action = validated.action_name();
+    if command.deadline_unix_ms != 0 && command.deadline_unix_ms <= gate.now_unix_ms {
+        return Err(CommandError::DeadlineExceeded(format!(
+            "deadline_unix_ms {} had already passed when the command arrived",
+            command.deadline_unix_ms
+        )));
+    }
+    gate.policy.check(action, &validated, DEFAULT_NAMESPACE)?;
+    let kubernetes = !matches!(validated, ValidatedCommand::Ping { .. });
+    if kubernetes && !gate.kubernetes_enabled {
+        return Err(CommandError::Unavailable {
+            message: format!(
+                "action {action} needs the Kubernetes API, and kubernetes.enabled is false on this relayer"
+            ),
+            retryable: false,
+        });
+    }
+    take_rate_token()?;
+    if kubernetes && gate.in_flight >= i64::from(gate.max_in_flight) {
+        return Err(CommandError::busy(format!(
+            "{} commands already running (commands.max_in_flight); retry later",
+            gate.in_flight
+        )));
+    }
+    if !gate.replay_has_room {
+        return Err(CommandError::busy(
+            "the replay buffer is full of unacknowledged frames; retry once the backend acknowledges them",
+        ));
+    }
+    Ok(validated)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::config::CommandsConfig;
+    use crate::proto::command::Action;
+    use crate::proto::{error::Code, GetClusterInfo, Ping, ScaleWorkload};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// One row: the command, the state it meets, and what must come out.
+    struct Row {
+        name: &'static str,
+        command: Command,
+        seen: Seen,
+        draining: bool,
+        kubernetes_enabled: bool,
+        in_flight: i64,
+        replay_has_room: bool,
+        rate_ok: bool,
+        allowed_actions: &'static [&'static str],
+        expect: Expect,
+        /// Whether the rate limiter must have been asked.
+        rate_asked: bool,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Unidentified,
+        DuplicateInFlight,
+        DuplicateFinished,
+        Refused {
+            code: Code,
+            retryable: bool,
+            mentions: &'static str,
+        },
+        Admitted(&'static str),
+    }
+
+    fn command(id: &str, action: Action) -> Command {
+        Command {
+            command_id: id.into(),
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+
+    fn ping(id: &str) -> Command {
+        command(id, Action::Ping(Ping::default()))
+    }
+
+    fn info(id: &str) -> Command {
+        command(id, Action::ClusterInfo(GetClusterInfo {}))
+    }
+
+    fn row(name: &'static str, command: Command, expect: Expect) -> Row {
+        let rate_asked = matches!(expect, Expect::Admitted(_));
+        Row {
+            name,
+            command,
+            seen: Seen::New,
+            draining: false,
+            kubernetes_enabled: true,
+            in_flight: 0,
+            replay_has_room: true,
+            rate_ok: true,
+            allowed_actions: &[],
+            expect,
+            rate_asked,
+        }
+    }
+
+    fn refused(code: Code, retryable: bool, mentions: &'static str) -> Expect {
+        Expect::Refused {
+            code,
+            retryable,
+            mentions,
+        }
+    }
+
+    fn check(row: Row) {
+        let mut config = CommandsConfig::default();
+        if !row.allowed_actions.is_empty() {
+            config.allowed_actions = row.allowed_actions.iter().map(|a| a.to_string()).collect();
+        }
+        config.max_in_flight = 2;
+        let policy = CommandPolicy::from_config(&config).expect("policy");
+        let limits = ValidationLimits {
+            max_manifest_bytes: 1 << 20,
+            max_log_bytes: 1 << 20,
+        };
+        let gate = Gate {
+            policy: &policy,
+            limits: &limits,
+            draining: row.draining,
+            kubernetes_enabled: row.kubernetes_enabled,
+            in_flight: row.in_flight,
+            max_in_flight: config.max_in_flight,
+            replay_has_room: row.replay_has_room,
+            now_unix_ms: NOW,
+        };
+        let dedup_asked = Cell::new(false);
+        let rate_asked = Cell::new(false);
+        let seen = row.seen;
+        let decision = admit(
+            &row.command,
+            &gate,
+            |_| {
+                dedup_asked.set(true);
+                seen
+            },
+            || {
+                rate_asked.set(true);
+                if row.rate_ok {
+                    Ok(())
+                } else {
+                    Err(CommandError::RateLimited(
+                        "over commands.rate_per_second".into(),
+                    ))
+                }
+            },
+        );
+        let got = match decision {
+            Admission::Unidentified(error) => {
+                assert_eq!(error.code(), Code::InvalidArgument, "{}", row.name);
+                Expect::Unidentified
+            }
+            Admission::DuplicateInFlight => Expect::DuplicateInFlight,
+            Admission::DuplicateFinished(_) => Expect::DuplicateFinished,
+            Admission::Refused(error) => {
+                let mentions = match &row.expect {
+                    Expect::Refused { mentions, .. } => *mentions,
+                    _ => "",
+                };
+                assert!(
+                    error.to_string().contains(mentions),
+                    "{}: {error} should mention {mentions:?}",
+                    row.name
+                );
+                Expect::Refused {
+                    code: error.code(),
+                    retryable: error.retryable(),
+                    mentions,
+                }
+            }
+            Admission::Admitted(validated) => Expect::Admitted(validated.action_name()),
+        };
+        assert_eq!(got, row.expect, "{}", row.name);
+        assert_eq!(
+            dedup_asked.get(),
+            !row.command.command_id.is_empty(),
+            "{}: dedup asked",
+            row.name
+        );
+        assert_eq!(rate_asked.get(), row.rate_asked, "{}: rate token", row.name);
+    }
+
+    #[test]
+    fn the_check_order_of_protocol_md() {
+        let finished = CommandResult {
+            command_id: "c1".into(),
+            ..Default::default()
+        };
+        let rows = vec![
+            row("1 empty id", ping(""), Expect::Unidentified),
+            Row {
+                seen: Seen::InFlight,
+                ..row(
+                    "2 duplicate in flight",
+                    info("c1"),
+                    Expect::DuplicateInFlight,
+                )
+            },
+            Row {
+                seen: Seen::Finished(finished),
+                // A finished duplicate is answered even while draining.
+                draining: true,
+                ..row(
+                    "2 duplicate finished",
+                    info("c1"),
+                    Expect::DuplicateFinished,
+                )
+            },
+            Row {
+                draining: true,
+                ..row(
+                    "3 draining",
+                    ping("c1"),
+                    refused(Code::Unavailable, true, "draining"),
+                )
+            },
+            row(
+                "4 invalid: scale without a target",
+                command("c1", Action::Scale(ScaleWorkload::default())),
+                refused(Code::InvalidArgument, false, "target"),
+            ),
+            Row {
+                // Validation comes before the deadline.
+                command: Command {
+                    deadline_unix_ms: 1,
+                    ..command("c1", Action::Scale(ScaleWorkload::default()))
+                },
+                ..row(
+                    "4 invalid beats a passed deadline",
+                    ping("c1"),
+                    refused(Code::InvalidArgument, false, "target"),
+                )
+            },
+            Row {
+                command: Command {
+                    deadline_unix_ms: NOW - 1,
+                    ..info("c1")
+                },
+                ..row(
+                    "5 deadline passed",
+                    ping("c1"),
+                    refused(Code::DeadlineExceeded, false, "deadline_unix_ms"),
+                )
+            },
+            Row {
+                command: Command {
+                    deadline_unix_ms: NOW + 60_000,
+                    ..info("c1")
+                },
+                ..row(
+                    "5 deadline ahead",
+                    ping("c1"),
+                    Expect::Admitted("cluster_info"),
+                )
+            },
+            Row {
+                allowed_actions: &["ping"],
+                // The policy comes before the Kubernetes switch.
+                kubernetes_enabled: false,
+                ..row(
+                    "6 policy: action not allowed",
+                    info("c1"),
+                    refused(Code::Forbidden, false, "allowed_actions"),
+                )
+            },
+            Row {
+                kubernetes_enabled: false,
+                ..row(
+                    "7 Kubernetes off",
+                    info("c1"),
+                    refused(Code::Unavailable, false, "kubernetes.enabled"),
+                )
+            },
+            Row {
+                kubernetes_enabled: false,
+                ..row(
+                    "7 Kubernetes off: ping still runs",
+                    ping("c1"),
+                    Expect::Admitted("ping"),
+                )
+            },
+            Row {
+                rate_ok: false,
+                rate_asked: true,
+                // The rate limit comes before capacity.
+                in_flight: 2,
+                ..row(
+                    "8 rate limited",
+                    info("c1"),
+                    refused(Code::RateLimited, true, "rate_per_second"),
+                )
+            },
+            Row {
+                in_flight: 2,
+                rate_asked: true,
+                ..row(
+                    "9 max_in_flight reached",
+                    info("c1"),
+                    refused(Code::Unavailable, true, "max_in_flight"),
+                )
+            },
+            Row {
+                in_flight: 2,
+                ..row(
+                    "9 max_in_flight counts Kubernetes commands only",
+                    ping("c1"),
+                    Expect::Admitted("ping"),
+                )
+            },
+            Row {
+                replay_has_room: false,
+                rate_asked: true,
+                ..row(
+                    "9 replay buffer full",
+                    ping("c1"),
+                    refused(Code::Unavailable, true, "replay buffer"),
+                )
+            },
+            row("admitted", info("c1"), Expect::Admitted("cluster_info")),
+        ];
+        for row in rows {
+            check(row);
+        }
+    }
+}
