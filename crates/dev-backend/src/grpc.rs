@@ -1,7 +1,7 @@
 //! The gRPC side: `RelayService/Connect`. Authenticates from metadata, reads
 //! `Hello`, answers `Welcome` at once, then runs one task per session that
 //! reads frames in batches, acks them cumulatively after each batch and
-//! sends heartbeats. All bookkeeping is in `hub.rs`/`state.rs`.
+//! sends heartbeats. All bookkeeping is in `hub`.
 
 use std::pin::Pin;
 use std::sync::Arc;

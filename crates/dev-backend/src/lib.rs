@@ -4,10 +4,12 @@
 //! project's tests and benchmarks (in process, via [`start`]) and as a
 //! counterpart for teams writing a backend.
 //!
-//! Modules: `state` (bookkeeping as plain structs, no I/O), `hub` (the
-//! shared state and its in-process API), `grpc` (`RelayService/Connect`),
-//! `admin` (the admin HTTP API; its module docs list the extra test/debug
-//! endpoints that are not part of the contract), `otlp` (counting OTLP items).
+//! Modules: `hub` (the shared state and its in-process API, split by job
+//! into submodules: registry, registration, credentials, sessions, connect,
+//! inbound frames, commands, dedup, frame log, events, telemetry, faults,
+//! stats), `grpc` (`RelayService/Connect`), `admin` (the admin HTTP API; its
+//! module docs list the extra test/debug endpoints that are not part of the
+//! contract), `otlp` (counting OTLP items).
 //!
 //! Test/debug endpoints, NOT part of the contract in `dev-backend.md`:
 //! `GET /api/v1/clusters/{id}/frames` (reliable frames in arrival order plus
@@ -25,7 +27,6 @@ mod admin;
 mod grpc;
 mod hub;
 mod otlp;
-mod state;
 
 #[cfg(test)]
 mod tests;
@@ -39,11 +40,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use hub::{
-    ClusterError, ClusterView, CommandView, DevBackendState, Faults, FaultsUpdate, FramesView,
-    RegisterError, RejectCode, SessionView, StatsView,
+    ClusterError, ClusterView, CommandState, CommandView, DevBackendState, Faults, FaultsUpdate,
+    FrameKind, FrameRecord, FramesView, RegisterError, RejectCode, SessionView, StatsView,
+    TelemetryCounters,
 };
 pub use otlp::{count as count_otlp, OtlpCounts, OtlpError};
-pub use state::{CommandState, FrameKind, FrameRecord, TelemetryCounters};
 
 use consonant_proto::relay_service_server::RelayServiceServer;
 use consonant_secret::Secret;

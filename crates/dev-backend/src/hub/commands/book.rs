@@ -1,183 +1,20 @@
-//! The reference backend's bookkeeping as plain structs without I/O: frame
-//! dedup and cumulative acks per incarnation (`SeqTracker`, `Dedup`), the
-//! debug log of reliable frames (`FrameLog`), the command queue with
-//! at-least-once re-send (`CommandBook`), telemetry counters, and the
-//! registration rules (`BootstrapTokens`, `Credentials`, cluster names).
+//! The command book of one cluster, as plain data without I/O: the queue in
+//! submission order, at-least-once re-send of what was not acknowledged, the
+//! wait after a retryable rejection, results and their waiters, and the
+//! bound on completed commands kept.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rand::distr::{Alphanumeric, SampleString};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use consonant_proto::{self as proto, command::Action, command_result::Status as ResultStatus};
-use consonant_secret::Secret;
 
 /// How long a command answered REJECTED + retryable waits before it is sent
 /// again on the same session (it is also re-sent on the next session).
-pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-// ---------------------------------------------------------------- dedup
-
-/// Reliable frames of one incarnation seen so far: everything `<= contiguous`
-/// plus the out-of-order seqs above it.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct SeqTracker {
-    contiguous: u64,
-    ahead: BTreeSet<u64>,
-}
-
-impl SeqTracker {
-    /// Records `seq`; false when it was seen before (a duplicate).
-    pub(crate) fn observe(&mut self, seq: u64) -> bool {
-        if seq <= self.contiguous {
-            return false;
-        }
-        if seq == self.contiguous + 1 {
-            self.contiguous = seq;
-            while self.ahead.first() == Some(&(self.contiguous + 1)) {
-                self.ahead.pop_first();
-                self.contiguous += 1;
-            }
-            true
-        } else {
-            self.ahead.insert(seq)
-        }
-    }
-
-    /// Raises the floor to `acked` (frames a previous backend already held).
-    pub(crate) fn advance_to(&mut self, acked: u64) {
-        if acked > self.contiguous {
-            self.contiguous = acked;
-            self.ahead.retain(|seq| *seq > acked);
-            while self.ahead.first() == Some(&(self.contiguous + 1)) {
-                self.ahead.pop_first();
-                self.contiguous += 1;
-            }
-        }
-    }
-
-    /// The highest seq with every seq below it received: the cumulative ack.
-    pub(crate) fn contiguous(&self) -> u64 {
-        self.contiguous
-    }
-}
-
-/// Dedup of reliable frames on `(incarnation, seq)`.
-#[derive(Debug, Default)]
-pub(crate) struct Dedup {
-    by_incarnation: HashMap<Arc<str>, SeqTracker>,
-    duplicates: u64,
-}
-
-impl Dedup {
-    /// Called on `Hello`: returns `Welcome.acked_seq` for that incarnation.
-    /// `last_acked_seq` from the relayer raises the floor, so a backend that
-    /// lost its memory does not wait forever for frames it acked before.
-    pub(crate) fn resume(&mut self, incarnation: &Arc<str>, last_acked_seq: u64) -> u64 {
-        let tracker = self.by_incarnation.entry(incarnation.clone()).or_default();
-        tracker.advance_to(last_acked_seq);
-        tracker.contiguous()
-    }
-
-    /// Records a reliable frame; false (and counted) when it is a duplicate.
-    pub(crate) fn observe(&mut self, incarnation: &Arc<str>, seq: u64) -> bool {
-        let fresh = match self.by_incarnation.get_mut(incarnation) {
-            Some(tracker) => tracker.observe(seq),
-            None => {
-                let mut tracker = SeqTracker::default();
-                tracker.observe(seq);
-                self.by_incarnation.insert(incarnation.clone(), tracker);
-                true
-            }
-        };
-        if !fresh {
-            self.duplicates += 1;
-        }
-        fresh
-    }
-
-    /// The cumulative ack for `incarnation` (0 when nothing was received).
-    pub(crate) fn acked(&self, incarnation: &str) -> u64 {
-        self.by_incarnation
-            .get(incarnation)
-            .map_or(0, SeqTracker::contiguous)
-    }
-
-    pub(crate) fn duplicates(&self) -> u64 {
-        self.duplicates
-    }
-}
-
-// ---------------------------------------------------------------- frame log
-
-/// What a reliable frame carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    Result,
-    Event,
-    Telemetry,
-}
-
-/// One reliable frame as received (debug endpoint `/frames`).
-#[derive(Debug, Clone, Serialize)]
-pub struct FrameRecord {
-    #[serde(serialize_with = "arc_str")]
-    pub incarnation: Arc<str>,
-    pub seq: u64,
-    pub kind: FrameKind,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "opt_arc_str"
-    )]
-    pub command_id: Option<Arc<str>>,
-}
-
-fn arc_str<S: serde::Serializer>(value: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(value)
-}
-
-fn opt_arc_str<S: serde::Serializer>(
-    value: &Option<Arc<str>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(value) => serializer.serialize_str(value),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// The last `capacity` reliable frames in arrival order (duplicates excluded).
-#[derive(Debug)]
-pub(crate) struct FrameLog {
-    frames: VecDeque<FrameRecord>,
-    capacity: usize,
-}
-
-impl FrameLog {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            frames: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    pub(crate) fn push(&mut self, record: FrameRecord) {
-        if self.frames.len() == self.capacity {
-            self.frames.pop_front();
-        }
-        self.frames.push_back(record);
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &FrameRecord> {
-        self.frames.iter()
-    }
-}
-
-// ---------------------------------------------------------------- commands
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,16 +33,16 @@ pub enum CommandState {
 /// One command and what the relayer said about it.
 #[derive(Debug)]
 pub(crate) struct CommandRecord {
-    pub id: Arc<str>,
-    pub command: proto::Command,
-    pub state: CommandState,
-    pub submitted_at: SystemTime,
+    pub(crate) id: Arc<str>,
+    command: proto::Command,
+    pub(crate) state: CommandState,
+    pub(crate) submitted_at: SystemTime,
     /// How many times it was written to a session.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The incarnation that accepted it.
-    pub accepted_by: Option<Arc<str>>,
+    accepted_by: Option<Arc<str>>,
     /// The final result, or the last retryable rejection while `Queued`.
-    pub result: Option<proto::CommandResult>,
+    pub(crate) result: Option<proto::CommandResult>,
     retry_at: Option<Instant>,
     order: u64,
     waiters: Vec<oneshot::Sender<proto::CommandResult>>,
@@ -218,7 +55,7 @@ impl CommandRecord {
 }
 
 /// The proto3 JSON name of a command's action.
-pub(crate) fn action_name(action: Option<&Action>) -> &'static str {
+fn action_name(action: Option<&Action>) -> &'static str {
     match action {
         Some(Action::Ping(_)) => "ping",
         Some(Action::Apply(_)) => "apply",
@@ -474,221 +311,9 @@ impl CommandBook {
     }
 }
 
-// ---------------------------------------------------------------- telemetry
-
-/// Telemetry counted from decoded OTLP (`GET .../telemetry`, keys exact).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TelemetryCounters {
-    pub batches: u64,
-    pub spans: u64,
-    pub metric_points: u64,
-    pub log_records: u64,
-    pub bytes: u64,
-    /// Sum over incarnations of `Hello.telemetry_stats.items_dropped`.
-    pub dropped_reported: u64,
-}
-
-// ---------------------------------------------------------------- registration
-
-/// Checks a cluster name against DNS-1123 (subdomain: lowercase letters,
-/// digits, '-' and '.', labels starting and ending alphanumeric, <= 253).
-pub(crate) fn validate_cluster_name(name: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "cluster name {name:?} is not a DNS-1123 name: {why}"
-        ))
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.len() > 253 {
-        return bad("it is longer than 253 characters");
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return bad("each dot-separated part must be 1 to 63 characters");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return bad("use only lowercase letters, digits, '-' and '.'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return bad("it must start and end with a letter or digit");
-        }
-    }
-    Ok(())
-}
-
-/// A fresh cluster id, `cls_` and 20 random lowercase alphanumerics.
-pub(crate) fn new_cluster_id() -> String {
-    format!(
-        "cls_{}",
-        Alphanumeric
-            .sample_string(&mut rand::rng(), 20)
-            .to_ascii_lowercase()
-    )
-}
-
-/// A fresh cluster token: 48 random alphanumerics.
-pub(crate) fn new_token() -> Secret {
-    Secret::new(Alphanumeric.sample_string(&mut rand::rng(), 48))
-}
-
-/// Compares tokens without stopping at the first differing byte.
-pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-/// Why a bootstrap token was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BootstrapRefusal {
-    /// Missing or not one of the configured tokens (401).
-    Wrong,
-    /// A configured token that registered a cluster already (403).
-    Used,
-}
-
-/// The registration bootstrap tokens: single-use when configured; with
-/// none configured any non-empty bearer is accepted.
-#[derive(Debug, Default)]
-pub(crate) struct BootstrapTokens {
-    tokens: Vec<(Secret, bool)>,
-}
-
-impl BootstrapTokens {
-    pub(crate) fn new(tokens: impl IntoIterator<Item = Secret>) -> Self {
-        Self {
-            tokens: tokens
-                .into_iter()
-                .filter(|t| !t.is_empty())
-                .map(|t| (t, false))
-                .collect(),
-        }
-    }
-
-    /// Checks a presented token; `Ok(Some(i))` names the token to `consume`
-    /// once the registration succeeds.
-    pub(crate) fn check(&self, presented: Option<&str>) -> Result<Option<usize>, BootstrapRefusal> {
-        let presented = presented
-            .filter(|t| !t.is_empty())
-            .ok_or(BootstrapRefusal::Wrong)?;
-        if self.tokens.is_empty() {
-            return Ok(None);
-        }
-        let index = self
-            .tokens
-            .iter()
-            .position(|(token, _)| tokens_equal(token.expose(), presented))
-            .ok_or(BootstrapRefusal::Wrong)?;
-        if self.tokens[index].1 {
-            return Err(BootstrapRefusal::Used);
-        }
-        Ok(Some(index))
-    }
-
-    pub(crate) fn consume(&mut self, index: Option<usize>) {
-        if let Some(entry) = index.and_then(|i| self.tokens.get_mut(i)) {
-            entry.1 = true;
-        }
-    }
-}
-
-/// A cluster's token, and during a rotation the new one. The old token
-/// stays valid until the new one is used once; then only the new one is.
-#[derive(Debug)]
-pub(crate) struct Credentials {
-    current: Secret,
-    rotated_to: Option<Secret>,
-}
-
-impl Credentials {
-    pub(crate) fn new(token: Secret) -> Self {
-        Self {
-            current: token,
-            rotated_to: None,
-        }
-    }
-
-    /// True when `presented` is valid; using the rotated token completes
-    /// the rotation.
-    pub(crate) fn check(&mut self, presented: &str) -> bool {
-        if let Some(next) = &self.rotated_to {
-            if tokens_equal(next.expose(), presented) {
-                self.current = self.rotated_to.take().unwrap_or_default();
-                return true;
-            }
-        }
-        tokens_equal(self.current.expose(), presented)
-    }
-
-    /// Starts a rotation and returns the new token.
-    pub(crate) fn rotate(&mut self) -> Secret {
-        let token = new_token();
-        self.rotated_to = Some(token.clone());
-        token
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check_seqs(seqs: &[u64], expected_fresh: &[bool], expected_contiguous: u64) {
-        let mut tracker = SeqTracker::default();
-        let fresh: Vec<bool> = seqs.iter().map(|s| tracker.observe(*s)).collect();
-        assert_eq!(fresh, expected_fresh, "seqs {seqs:?}");
-        assert_eq!(tracker.contiguous(), expected_contiguous, "seqs {seqs:?}");
-    }
-
-    #[test]
-    fn contiguous_ack_with_gaps_and_duplicates() {
-        check_seqs(&[1, 2, 3], &[true, true, true], 3);
-        check_seqs(&[1, 3, 4], &[true, true, true], 1);
-        check_seqs(&[1, 3, 4, 2], &[true, true, true, true], 4);
-        check_seqs(&[2, 2, 1, 1], &[true, false, true, false], 2);
-        check_seqs(&[5], &[true], 0);
-        check_seqs(&[1, 2, 2, 1, 3], &[true, true, false, false, true], 3);
-    }
-
-    #[test]
-    fn advance_to_drains_frames_above_the_floor() {
-        let mut tracker = SeqTracker::default();
-        tracker.observe(6);
-        tracker.observe(8);
-        tracker.advance_to(5);
-        assert_eq!(tracker.contiguous(), 6);
-        tracker.advance_to(3);
-        assert_eq!(tracker.contiguous(), 6);
-        assert!(!tracker.observe(4));
-        assert!(tracker.observe(7));
-        assert_eq!(tracker.contiguous(), 8);
-    }
-
-    #[test]
-    fn dedup_is_per_incarnation_and_counts_duplicates() {
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("inc-a"), Arc::from("inc-b"));
-        let mut dedup = Dedup::default();
-        assert_eq!(dedup.resume(&a, 0), 0);
-        assert!(dedup.observe(&a, 1));
-        assert!(dedup.observe(&b, 1));
-        assert!(!dedup.observe(&a, 1));
-        assert!(dedup.observe(&a, 2));
-        assert_eq!(dedup.duplicates(), 1);
-        assert_eq!(dedup.acked("inc-a"), 2);
-        assert_eq!(dedup.acked("inc-b"), 1);
-        assert_eq!(dedup.acked("inc-c"), 0);
-        // A relayer whose frames up to 10 were acked by an earlier backend.
-        let c: Arc<str> = Arc::from("inc-c");
-        assert_eq!(dedup.resume(&c, 10), 10);
-        assert!(!dedup.observe(&c, 9));
-        assert!(dedup.observe(&c, 11));
-    }
 
     fn ping(id: &str) -> proto::Command {
         proto::Command {
@@ -799,40 +424,5 @@ mod tests {
         }
         assert!(book.get("a").is_none());
         assert!(book.get("b").is_some() && book.get("c").is_some());
-    }
-
-    #[test]
-    fn cluster_names_follow_dns_1123() {
-        for good in ["production-us-east-1", "a", "prod.eu-1", "0abc"] {
-            assert!(validate_cluster_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "Prod", "-a", "a-", "a_b", "a..b", &"x".repeat(64)] {
-            assert!(validate_cluster_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn bootstrap_tokens_are_single_use() {
-        let mut tokens = BootstrapTokens::new([Secret::new("boot-1"), Secret::new("boot-2")]);
-        assert_eq!(tokens.check(None), Err(BootstrapRefusal::Wrong));
-        assert_eq!(tokens.check(Some("nope")), Err(BootstrapRefusal::Wrong));
-        let index = tokens.check(Some("boot-2")).unwrap();
-        tokens.consume(index);
-        assert_eq!(tokens.check(Some("boot-2")), Err(BootstrapRefusal::Used));
-        assert!(tokens.check(Some("boot-1")).is_ok());
-        let open = BootstrapTokens::new([]);
-        assert_eq!(open.check(Some("anything")), Ok(None));
-        assert_eq!(open.check(Some("")), Err(BootstrapRefusal::Wrong));
-    }
-
-    #[test]
-    fn rotation_keeps_the_old_token_until_the_new_one_is_used() {
-        let mut creds = Credentials::new(Secret::new("old"));
-        let new = creds.rotate();
-        assert!(creds.check("old"));
-        assert!(creds.check(new.expose()));
-        assert!(!creds.check("old"));
-        assert!(creds.check(new.expose()));
-        assert!(new_cluster_id().starts_with("cls_") && new_token().expose().len() >= 32);
     }
 }

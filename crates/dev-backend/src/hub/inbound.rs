@@ -1,0 +1,112 @@
+//! What each frame from the relayer after `Hello` does to its cluster:
+//! reliable frames (results, events, telemetry) are deduplicated and logged,
+//! then every frame goes to the part of the cluster it is about, and the
+//! session loop learns whether an ack is due.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::commands::ResultOutcome;
+use super::connect::SessionStart;
+use super::frame_log::{FrameKind, FrameRecord};
+use super::DevBackendState;
+use crate::otlp::OtlpCounts;
+use consonant_proto::{self as proto, relayer_frame::Body as In};
+
+/// What one received frame asks the session loop to do.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FrameEffect {
+    /// A reliable frame arrived: an ack is due.
+    pub(crate) ack_due: bool,
+    /// It was a duplicate: repeat the ack even if it did not move.
+    pub(crate) duplicate: bool,
+}
+
+impl DevBackendState {
+    /// Handles one frame after `Hello`. `counts` is the decoded OTLP of a
+    /// telemetry frame (decoded before, outside the lock).
+    pub(crate) fn on_frame(
+        &self,
+        session: &SessionStart,
+        frame: proto::RelayerFrame,
+        counts: Option<OtlpCounts>,
+    ) -> FrameEffect {
+        self.stats.frames_received.fetch_add(1, Relaxed);
+        let Some(body) = frame.body else {
+            return FrameEffect::default();
+        };
+        let mut inner = session.cluster.inner.lock();
+        let reliable = matches!(body, In::Result(_) | In::Event(_) | In::Telemetry(_));
+        if reliable && frame.seq > 0 && !inner.dedup.observe(&session.incarnation, frame.seq) {
+            self.stats.duplicate_frames.fetch_add(1, Relaxed);
+            return FrameEffect {
+                ack_due: true,
+                duplicate: true,
+            };
+        }
+        let record = |kind, command_id| {
+            if frame.seq > 0 {
+                Some(FrameRecord {
+                    incarnation: session.incarnation.clone(),
+                    seq: frame.seq,
+                    kind,
+                    command_id,
+                })
+            } else {
+                None
+            }
+        };
+        match body {
+            In::Hello(_) => {
+                tracing::warn!(cluster_id = %session.cluster.id, session_id = %session.session_id, "second Hello on a session ignored");
+            }
+            In::Heartbeat(_) => inner.sessions.heard_from(&session.session_id),
+            In::Accepted(accepted) => {
+                if inner
+                    .commands
+                    .on_accepted(&accepted.command_id, &session.incarnation)
+                {
+                    drop(inner);
+                    tracing::debug!(cluster_id = %session.cluster.id, command_id = %accepted.command_id, "command accepted");
+                }
+            }
+            In::Result(result) => {
+                self.stats.results_received.fetch_add(1, Relaxed);
+                let command_id = inner.commands.get(&result.command_id).map(|r| r.id.clone());
+                let command_id =
+                    command_id.unwrap_or_else(|| Arc::from(result.command_id.as_str()));
+                if let Some(log) = record(FrameKind::Result, Some(command_id.clone())) {
+                    inner.frames.push(log);
+                }
+                let outcome = inner.commands.on_result(result, Instant::now());
+                drop(inner);
+                match outcome {
+                    ResultOutcome::Completed { action, status } => {
+                        tracing::info!(cluster_id = %session.cluster.id, %command_id, action, status = status.as_str_name(), "command");
+                    }
+                    ResultOutcome::WillRetry { action } => {
+                        tracing::info!(cluster_id = %session.cluster.id, %command_id, action, status = "REJECTED (retryable, will re-send)", "command");
+                    }
+                    ResultOutcome::AlreadyCompleted => {}
+                }
+            }
+            In::Event(event) => {
+                if let Some(log) = record(FrameKind::Event, None) {
+                    inner.frames.push(log);
+                }
+                inner.events.push(event);
+            }
+            In::Telemetry(batch) => {
+                if let Some(log) = record(FrameKind::Telemetry, None) {
+                    inner.frames.push(log);
+                }
+                inner.telemetry.record_batch(batch.otlp.len(), counts);
+            }
+        }
+        FrameEffect {
+            ack_due: reliable,
+            duplicate: false,
+        }
+    }
+}
