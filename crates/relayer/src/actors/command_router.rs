@@ -23,7 +23,7 @@ use crate::commands::outcome::{
     action_name, now_unix_ms, rejected, status_name, succeeded, CommandError,
 };
 use crate::commands::validate::{validate, ValidatedCommand};
-use crate::kube::actions::{KubeRequest, DEFAULT_NAMESPACE};
+use crate::kube::actions::DEFAULT_NAMESPACE;
 use crate::observability::command_span::record_result;
 use crate::proto::{
     command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
@@ -145,8 +145,8 @@ impl CommandRouter {
                 return;
             }
         };
-        match KubeRequest::from_validated(validated) {
-            None => {
+        match validated {
+            ValidatedCommand::Ping { .. } => {
                 let payload_len = match command.action.as_ref() {
                     Some(Action::Ping(ping)) => ping.payload.len(),
                     _ => 0,
@@ -160,7 +160,7 @@ impl CommandRouter {
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
-            Some(request) => match self.rc.directory.executor() {
+            ValidatedCommand::Kube(request) => match self.rc.directory.executor() {
                 Some(executor) => {
                     self.rc.metrics.commands_in_flight.inc();
                     out.accepted.push(accepted(&command));

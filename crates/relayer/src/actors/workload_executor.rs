@@ -21,8 +21,9 @@ use super::context::RelayContext;
 use crate::commands::outcome::{
     ended, now_unix_ms, rejected, status_name, succeeded, CommandError,
 };
+use crate::commands::validate::KubeRequest;
 use crate::config::ALL_ACTIONS;
-use crate::kube::actions::{Executor, KubeRequest};
+use crate::kube::actions::Executor;
 use crate::observability::command_span::record_result;
 use crate::proto::{command_result::Status, relayer_frame::Body, Command};
 use crate::supervisor::{ChildContext, Stop};
@@ -44,6 +45,7 @@ const CLIENT_RETRY: Duration = Duration::from_secs(5);
 pub struct Execute {
     pub command: Command,
     pub action: &'static str,
+    /// The validated Kubernetes part of `command`, run as it is.
     pub request: KubeRequest,
     /// The command's span (`Span::none()` when span export is off); the
     /// Kubernetes request runs inside it.
