@@ -32,7 +32,7 @@ fn first_stage_copies(dockerfile: &str) -> Vec<(String, String)> {
         .take_while(|line| !line.starts_with("# 2."))
         .filter_map(|line| line.strip_prefix("COPY "))
         .filter(|args| !args.contains("stub-sources.sh"))
-        .map(|args| {
+        .flat_map(|args| {
             let parts: Vec<&str> = args.split_whitespace().collect();
             let (dest, sources) = parts.split_last().unwrap();
             sources
@@ -40,7 +40,6 @@ fn first_stage_copies(dockerfile: &str) -> Vec<(String, String)> {
                 .map(|source| (source.to_string(), dest.to_string()))
                 .collect::<Vec<_>>()
         })
-        .flatten()
         .collect()
 }
 

@@ -331,10 +331,10 @@ async fn restart_with_the_same_command_id_changes_the_template_once() {
     let deployment: Deployment = serde_yaml_ng::from_str(WEB).unwrap();
     api.create(&Default::default(), &deployment).await.unwrap();
     let executor = consonant_relayer::kube::actions::Executor::new(client, true);
-    let web = consonant_relayer::kube::actions::Target {
-        api_version: "apps/v1".into(),
+    let web = consonant_relayer::commands::validate::Target {
+        api_version: consonant_relayer::commands::validate::parse_api_version("apps/v1").unwrap(),
         kind: "Deployment".into(),
-        namespace: "default".into(),
+        namespace: Some("default".into()),
         name: "web".into(),
     };
     let generation = |d: Deployment| d.metadata.generation.unwrap_or(0);

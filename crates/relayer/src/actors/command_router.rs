@@ -22,12 +22,10 @@ use crate::clock::now_unix_ms;
 use crate::commands::admission::{admit, Admission, Gate};
 use crate::commands::dedup::Seen;
 use crate::commands::outcome::{action_name, rejected, status_name, succeeded, CommandError};
+use crate::commands::validate::ValidatedCommand;
 use crate::connection::messages::{CancelCommands, IncomingCommands};
-use crate::kube::actions::KubeRequest;
 use crate::observability::command_span::record_result;
-use crate::proto::{
-    command::Action, command_result::Status, relayer_frame::Body, Command, CommandAccepted,
-};
+use crate::proto::{command_result::Status, relayer_frame::Body, Command, CommandAccepted};
 use crate::supervisor::{ChildContext, Stop};
 
 pub struct CommandRouter {
@@ -127,12 +125,8 @@ impl CommandRouter {
         // From here the command gets one span, and its answers carry the
         // span's trace context (see `observability`).
         let span = rc.command_tracing.start(&mut command, action);
-        match KubeRequest::from_validated(validated) {
-            None => {
-                let payload_len = match command.action.as_ref() {
-                    Some(Action::Ping(ping)) => ping.payload.len(),
-                    _ => 0,
-                };
+        match validated {
+            ValidatedCommand::Ping { payload_len } => {
                 let started = now_unix_ms();
                 let result = succeeded(&command, &json!({ "payload_len": payload_len }), started);
                 record_result(&span, &result);
@@ -142,7 +136,7 @@ impl CommandRouter {
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
-            Some(request) => match self.rc.directory.executor() {
+            ValidatedCommand::Kube(request) => match self.rc.directory.executor() {
                 Some(executor) => {
                     self.rc.metrics.commands_in_flight.inc();
                     out.accepted.push(accepted(&command));
@@ -277,7 +271,7 @@ mod tests {
     use crate::actors::workload_executor::WorkloadExecutor;
     use crate::config::RelayerConfig;
     use crate::metrics::MailboxGauge;
-    use crate::proto::{error::Code, GetClusterInfo, Ping};
+    use crate::proto::{command::Action, error::Code, GetClusterInfo, Ping};
     use crate::supervisor::{spawn_actor, ExitReporter, StatusBoard};
 
     fn child(name: &str) -> ChildContext {

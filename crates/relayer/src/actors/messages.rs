@@ -6,8 +6,8 @@
 use actix::Message;
 use serde_json::Value;
 
+use crate::commands::validate::KubeRequest;
 use crate::credentials::Secret;
-use crate::kube::actions::KubeRequest;
 use crate::proto::{Command, CommandResult};
 
 // Router → executor.

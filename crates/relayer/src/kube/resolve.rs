@@ -1,6 +1,6 @@
-//! Resolving `apiVersion` + `kind` to an API resource through discovery,
-//! cached. A kind that is not in the cache is looked up again every time, so
-//! a CRD installed after start is found without a restart.
+//! Resolving a validated `apiVersion` + `kind` to an API resource through
+//! discovery, cached. A kind that is not in the cache is looked up again every
+//! time, so a CRD installed after start is found without a restart.
 
 use std::collections::HashMap;
 
@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 
 use super::errors::from_kube;
 use crate::commands::outcome::CommandError;
+use crate::commands::validate::ApiVersion;
 
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -19,31 +20,27 @@ pub struct Resolved {
 
 #[derive(Default)]
 pub struct Resolver {
-    cache: RwLock<HashMap<(String, String), Resolved>>,
+    cache: RwLock<HashMap<(ApiVersion, String), Resolved>>,
 }
 
-/// `"apps/v1"` → `("apps", "v1")`, `"v1"` → `("", "v1")`.
-pub fn split_api_version(api_version: &str) -> (&str, &str) {
-    match api_version.split_once('/') {
-        Some((group, version)) => (group, version),
-        None => ("", api_version),
-    }
+/// The group/version/kind discovery looks up (the core group is "").
+pub fn gvk(api_version: &ApiVersion, kind: &str) -> GroupVersionKind {
+    GroupVersionKind::gvk(&api_version.group, &api_version.version, kind)
 }
 
 impl Resolver {
     pub async fn resolve(
         &self,
         client: &::kube::Client,
-        api_version: &str,
+        api_version: &ApiVersion,
         kind: &str,
     ) -> Result<Resolved, CommandError> {
-        let key = (api_version.to_string(), kind.to_string());
+        let key = (api_version.clone(), kind.to_string());
         if let Some(hit) = self.cache.read().get(&key) {
             return Ok(hit.clone());
         }
-        let (group, version) = split_api_version(api_version);
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, caps): (ApiResource, ApiCapabilities) = ::kube::discovery::pinned_kind(client, &gvk)
+        let wanted = gvk(api_version, kind);
+        let (resource, caps): (ApiResource, ApiCapabilities) = ::kube::discovery::pinned_kind(client, &wanted)
             .await
             .map_err(|err| match &err {
                 ::kube::Error::Api(status) if status.code == 404 => CommandError::NotFound(format!(
@@ -69,15 +66,22 @@ impl Resolver {
 
 #[cfg(test)]
 mod tests {
-    use super::split_api_version;
+    use super::gvk;
+    use crate::commands::validate::parse_api_version;
 
     #[test]
     fn api_versions_split_into_group_and_version() {
-        assert_eq!(split_api_version("apps/v1"), ("apps", "v1"));
-        assert_eq!(split_api_version("v1"), ("", "v1"));
-        assert_eq!(
-            split_api_version("kagent.dev/v1alpha2"),
-            ("kagent.dev", "v1alpha2")
-        );
+        fn check(api_version: &str, group: &str, version: &str) {
+            let parsed = parse_api_version(api_version).unwrap();
+            let gvk = gvk(&parsed, "Kind");
+            assert_eq!(
+                (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()),
+                (group, version, "Kind"),
+                "{api_version}"
+            );
+        }
+        check("apps/v1", "apps", "v1");
+        check("v1", "", "v1");
+        check("kagent.dev/v1alpha2", "kagent.dev", "v1alpha2");
     }
 }
