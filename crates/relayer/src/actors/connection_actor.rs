@@ -18,53 +18,20 @@ use tokio_util::sync::CancellationToken;
 use super::context::RelayContext;
 use super::messages::{LeadershipChanged, WriteBackToken, WriteReason};
 use super::workload_executor::SUPPORTED_ACTIONS;
-use crate::backoff::{with_extra_jitter, Backoff};
+use crate::backoff::Backoff;
 use crate::connection::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::connection::messages::SessionEvent;
-use crate::connection::session::{
-    self, CommandSink, SessionEnd, SessionOutcome, SessionParams, EARLY_END,
-};
+use crate::connection::reconnect::{Ended, Reconnect, HEALTHY_AFTER};
+use crate::connection::session::{self, CommandSink, SessionEnd, SessionOutcome, SessionParams};
+pub use crate::connection::state::ConnState;
 use crate::credentials::Secret;
 use crate::metrics::Metrics;
 use crate::proto::{Hello, TelemetryStats, PROTOCOL_VERSION};
 use crate::supervisor::{ChildContext, Stop};
 
-/// A session that stayed up this long resets backoff and failure count.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-/// RESOURCE_EXHAUSTED: back off at least this long.
-const EXHAUSTED_FLOOR: Duration = Duration::from_secs(5);
 /// After `RotateCredentials`, reconnect with the new token once the Secret
 /// write-back ends, or after this long whatever it is doing.
 const WRITE_BACK_WAIT: Duration = Duration::from_secs(15);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnState {
-    Idle,
-    Connecting,
-    Handshaking,
-    Streaming,
-    Backoff,
-    BreakerOpen,
-    HalfOpen,
-    Draining,
-}
-
-impl ConnState {
-    pub const ALL: [&'static str; 8] = [
-        "Idle",
-        "Connecting",
-        "Handshaking",
-        "Streaming",
-        "Backoff",
-        "BreakerOpen",
-        "HalfOpen",
-        "Draining",
-    ];
-
-    pub fn name(&self) -> &'static str {
-        Self::ALL[*self as usize]
-    }
-}
 
 struct RunningSession {
     id: u64,
@@ -77,8 +44,8 @@ struct RunningSession {
 pub struct ConnectionActor {
     rc: Arc<RelayContext>,
     child: ChildContext,
-    backoff: Backoff,
-    breaker: CircuitBreaker,
+    /// Backoff and breaker: the reconnect policy decides, this actor acts.
+    reconnect: Reconnect,
     state: ConnState,
     session: Option<RunningSession>,
     sessions_started: u64,
@@ -101,8 +68,7 @@ impl ConnectionActor {
         Self {
             rc,
             child,
-            backoff,
-            breaker,
+            reconnect: Reconnect::new(backoff, breaker),
             state: ConnState::Idle,
             session: None,
             sessions_started: 0,
@@ -130,7 +96,7 @@ impl ConnectionActor {
     }
 
     fn publish(&self) {
-        let breaker = self.breaker.state();
+        let breaker = self.reconnect.breaker.state();
         let failing_hard = self.failing_hard || matches!(breaker, BreakerState::Open { .. });
         {
             let mut link = self.rc.link.write();
@@ -141,7 +107,7 @@ impl ConnectionActor {
             link.last_error = self.last_error.clone();
             link.failing_hard = failing_hard;
             link.breaker = breaker.name().to_string();
-            link.consecutive_failures = self.breaker.consecutive_failures();
+            link.consecutive_failures = self.reconnect.breaker.consecutive_failures();
         }
         Metrics::set_state(
             &self.rc.metrics.connection_state,
@@ -166,8 +132,8 @@ impl ConnectionActor {
             "session_id": self.session_id,
             "sessions_started": self.sessions_started,
             "breaker": breaker.name(),
-            "consecutive_failures": self.breaker.consecutive_failures(),
-            "backoff_attempt": self.backoff.attempt(),
+            "consecutive_failures": self.reconnect.breaker.consecutive_failures(),
+            "backoff_attempt": self.reconnect.backoff.attempt(),
             "next_dial_in_ms": self.next_dial_at.map(|at| at.saturating_duration_since(Instant::now()).as_millis() as u64),
             "replay_buffer": outbox,
         }));
@@ -247,7 +213,7 @@ impl ConnectionActor {
         }
         self.next_dial_at = None;
         fail::fail_point!("connection-dial");
-        match self.breaker.permit(Instant::now()) {
+        match self.reconnect.permit(Instant::now()) {
             Permit::WaitUntil(until) => {
                 let wait = until.saturating_duration_since(Instant::now());
                 self.schedule_dial(wait, ConnState::BreakerOpen, ctx);
@@ -262,14 +228,14 @@ impl ConnectionActor {
                 self.last_error = Some(format!("cannot load cluster credentials: {err}"));
                 self.failing_hard = true;
                 tracing::error!(error = %err, "cannot load cluster credentials");
-                self.after_failure(None, ctx);
+                self.after_failure(ctx);
                 return;
             }
         };
         self.cluster_id = Some(credentials.cluster_id.clone());
         let Some(router) = self.rc.directory.router() else {
             self.last_error = Some("the command router is not running".into());
-            self.after_failure(None, ctx);
+            self.after_failure(ctx);
             return;
         };
         if self.sessions_started > 0 {
@@ -334,92 +300,72 @@ impl ConnectionActor {
             return;
         }
         let end = outcome.end;
+        let next = self.reconnect.next_step(
+            &Ended {
+                end: &end,
+                lived: outcome.welcomed_at.map(|at| now.duration_since(at)),
+                relayer_version: self.rc.identity.version,
+            },
+            now,
+        );
+        if next.roll_back_rotation {
+            self.rc.metrics.credential_reloads.inc();
+            self.roll_back_rotation(presented.as_ref());
+        }
+        self.failing_hard = next.failing_hard;
+        if next.last_error.is_some() {
+            self.last_error = next.last_error;
+        }
         match &end {
-            SessionEnd::Drained { reconnect_after } => {
-                let delay = with_extra_jitter(*reconnect_after, 0.5);
-                tracing::info!(
-                    delay_ms = delay.as_millis() as u64,
-                    "stream drained; reconnecting"
-                );
-                self.schedule_dial(delay, ConnState::Draining, ctx);
-                return;
+            SessionEnd::Drained { .. } => tracing::info!(
+                delay_ms = next.delay.as_millis() as u64,
+                "stream drained; reconnecting"
+            ),
+            SessionEnd::Cancelled => {}
+            SessionEnd::Status {
+                code: tonic::Code::FailedPrecondition,
+                message,
+            } => {
+                tracing::error!(relayer_protocol = PROTOCOL_VERSION, backend_said = %message, "protocol version refused by the backend")
             }
-            SessionEnd::Cancelled => {
-                self.schedule_dial(Duration::ZERO, ConnState::Idle, ctx);
-                return;
-            }
-            _ => {}
+            _ => tracing::warn!(reason = %end, failure = next.failure, "session ended"),
         }
-        let lived = outcome.welcomed_at.map(|at| now.duration_since(at));
-        if lived.is_some_and(|lived| lived >= HEALTHY_AFTER) {
-            self.backoff.reset();
-            self.breaker.on_healthy();
-        }
-        let failure = lived.is_none_or(|lived| lived < EARLY_END);
-        self.failing_hard = false;
-        let mut floor = Duration::ZERO;
-        if let SessionEnd::Status { code, message } = &end {
-            match code {
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                    self.failing_hard = true;
-                    self.rc.metrics.credential_reloads.inc();
-                    if let Some(previous) = presented
-                        .as_ref()
-                        .and_then(|token| self.rc.credentials.rollback_rotation(token))
-                    {
-                        tracing::warn!("the backend refused the rotated cluster token; falling back to the previous token and writing it back to the Secret");
-                        if let Some(writer) = self.rc.directory.credential_writer() {
-                            let _ = writer.try_send(WriteBackToken {
-                                token: previous,
-                                reason: WriteReason::Rollback,
-                            });
-                        }
-                    }
-                    self.last_error = Some(format!(
-                        "the backend refused the cluster credentials ({code:?}: {message}); the relayer re-reads them before every dial — check the clusterId/clusterToken files or re-register the cluster"
-                    ));
-                }
-                tonic::Code::FailedPrecondition => {
-                    self.failing_hard = true;
-                    self.last_error = Some(format!(
-                        "the backend does not support protocol version {PROTOCOL_VERSION} of relayer {} ({message}); upgrade the backend or the relayer",
-                        self.rc.identity.version
-                    ));
-                    tracing::error!(relayer_protocol = PROTOCOL_VERSION, backend_said = %message, "protocol version refused by the backend");
-                    self.breaker.hold_open(now, self.breaker.open_for());
-                    self.schedule_dial(self.breaker.open_for(), ConnState::BreakerOpen, ctx);
-                    return;
-                }
-                tonic::Code::ResourceExhausted => floor = EXHAUSTED_FLOOR,
-                _ => {}
-            }
-        }
-        if !self.failing_hard {
-            self.last_error = Some(end.to_string());
-        }
-        tracing::warn!(reason = %end, failure, "session ended");
-        if failure {
-            self.after_failure(Some(floor), ctx);
-        } else {
-            let delay = self.backoff.next_delay().max(floor);
-            self.schedule_dial(delay, ConnState::Backoff, ctx);
+        self.log_breaker_open(next.state, next.delay);
+        self.schedule_dial(next.delay, next.state, ctx);
+    }
+
+    /// The backend refused the credentials: if the refused session presented
+    /// a rotated token no session confirmed, the store falls back to the
+    /// token it replaced and the CredentialWriter puts that one back.
+    fn roll_back_rotation(&self, presented: Option<&Secret>) {
+        let Some(previous) =
+            presented.and_then(|token| self.rc.credentials.rollback_rotation(token))
+        else {
+            return;
+        };
+        tracing::warn!("the backend refused the rotated cluster token; falling back to the previous token and writing it back to the Secret");
+        if let Some(writer) = self.rc.directory.credential_writer() {
+            let _ = writer.try_send(WriteBackToken {
+                token: previous,
+                reason: WriteReason::Rollback,
+            });
         }
     }
 
-    fn after_failure(&mut self, floor: Option<Duration>, ctx: &mut Context<Self>) {
-        self.breaker.on_failure(Instant::now());
-        let delay = self.backoff.next_delay().max(floor.unwrap_or_default());
-        match self.breaker.state() {
-            BreakerState::Open { until } => {
-                let wait = until.saturating_duration_since(Instant::now()).max(delay);
-                tracing::warn!(
-                    open_for_ms = wait.as_millis() as u64,
-                    failures = self.breaker.consecutive_failures(),
-                    "circuit breaker open"
-                );
-                self.schedule_dial(wait, ConnState::BreakerOpen, ctx);
-            }
-            _ => self.schedule_dial(delay, ConnState::Backoff, ctx),
+    /// A failure before a session could start: the policy backs off.
+    fn after_failure(&mut self, ctx: &mut Context<Self>) {
+        let (state, delay) = self.reconnect.after_failure(Duration::ZERO, Instant::now());
+        self.log_breaker_open(state, delay);
+        self.schedule_dial(delay, state, ctx);
+    }
+
+    fn log_breaker_open(&self, state: ConnState, wait: Duration) {
+        if state == ConnState::BreakerOpen {
+            tracing::warn!(
+                open_for_ms = wait.as_millis() as u64,
+                failures = self.reconnect.breaker.consecutive_failures(),
+                "circuit breaker open"
+            );
         }
     }
 }
@@ -493,7 +439,7 @@ impl Handler<SessionEvent> for ConnectionActor {
                         tracing::info!("the backend accepted the rotated cluster token");
                     }
                 }
-                self.breaker.on_welcome();
+                self.reconnect.on_welcome();
                 self.probing = false;
                 self.failing_hard = false;
                 self.last_error = None;
@@ -504,8 +450,7 @@ impl Handler<SessionEvent> for ConnectionActor {
                 ctx.run_later(HEALTHY_AFTER, move |act, _| {
                     if act.session.as_ref().map(|s| s.id) == id && act.state == ConnState::Streaming
                     {
-                        act.backoff.reset();
-                        act.breaker.on_healthy();
+                        act.reconnect.on_healthy();
                         act.publish();
                     }
                 });

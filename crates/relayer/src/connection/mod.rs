@@ -7,4 +7,6 @@ pub mod frame_limit;
 pub mod messages;
 pub mod outbox;
 pub mod outbox_handle;
+pub mod reconnect;
 pub mod session;
+pub mod state;
