@@ -220,7 +220,7 @@ fn convert(target: Option<&toml::Value>, text: &str) -> ValueKind {
 /// token, password or private key, and any password inside a URL, is
 /// replaced, so a secret added later as a plain `String` still does not leak.
 ///
-/// [`Secret`]: crate::credentials::Secret
+/// [`Secret`]: consonant_secret::Secret
 pub fn redacted_toml(cfg: &RelayerConfig) -> String {
     let mut value = match toml::Value::try_from(cfg) {
         Ok(value) => value,
@@ -508,8 +508,7 @@ mod tests {
         redact(&mut future, "");
         assert_eq!(future["auth"]["bootstrap_token"].as_str(), Some("***"));
         assert_eq!(future["auth"]["token_file"].as_str(), Some("/t"));
-        let secret =
-            toml::Value::try_from(crate::credentials::Secret::new("hunter2")).expect("toml");
+        let secret = toml::Value::try_from(consonant_secret::Secret::new("hunter2")).expect("toml");
         assert_eq!(secret.as_str(), Some("***"));
 
         let mut cfg = RelayerConfig::default();
