@@ -1,4 +1,4 @@
-//! `consonant-relayer dev-backend`: the reference implementation of the
+//! The reference backend (`consonant-relayer-dev dev-backend`): the
 //! backend side of the relay protocol (`protocol.md`), in memory, one
 //! process, real sockets. Not a production backend. Used by `demo`, by the
 //! project's tests and benchmarks (in process, via [`start`]) and as a
@@ -52,7 +52,7 @@ use consonant_secret::Secret;
 /// How long `shutdown` waits for the servers before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Command line of `consonant-relayer dev-backend`.
+/// Command line of `consonant-relayer-dev dev-backend` (dev-backend.md's exact flags).
 #[derive(Debug, Clone, clap::Args)]
 #[command(
     about = "Run the reference backend: a reference implementation of the backend side of the relay protocol, \

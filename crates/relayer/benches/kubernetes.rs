@@ -4,7 +4,7 @@
 //! with 64 commands in flight. The executor must not serialise requests:
 //! throughput at 64 in flight should be well above 1 in flight.
 //!
-//! Run: `cargo bench --bench kubernetes` (`RELAY_BENCH_SECS` sets the window).
+//! Run: `cargo bench -p consonant-relayer --bench kubernetes` (`RELAY_BENCH_SECS` sets the window).
 
 mod support;
 

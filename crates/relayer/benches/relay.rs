@@ -12,7 +12,7 @@
 //! Each figure is measured `ROUNDS` times and reported as median with the
 //! min–max spread, so machine noise is visible.
 //!
-//! Run: `cargo bench --bench relay` (set `RELAY_BENCH_SECS` to change the
+//! Run: `cargo bench -p consonant-relayer --bench relay` (set `RELAY_BENCH_SECS` to change the
 //! measuring window, default 4 s).
 
 use std::net::SocketAddr;

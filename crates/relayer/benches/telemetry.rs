@@ -20,7 +20,7 @@
 //! backends run in this process. Each throughput is measured `ROUNDS` times and
 //! reported as median (min–max).
 //!
-//! Run: `cargo bench --bench telemetry` (`RELAY_BENCH_SECS` sets the
+//! Run: `cargo bench -p consonant-relayer --bench telemetry` (`RELAY_BENCH_SECS` sets the
 //! measuring window, default 4 s).
 
 use std::net::SocketAddr;

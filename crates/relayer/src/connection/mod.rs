@@ -1,5 +1,8 @@
-//! The one outbound stream: backoff, circuit breaker, the outbox (priority
-//! queues, sequencing, replay buffer), TLS/channel setup and the session loop.
+//! The one outbound stream: the dialer, the session loop and its vocabulary
+//! (`messages`), the outbox (priority queues, sequencing, replay buffer), the
+//! frame limit, and the pure reconnect policy (`reconnect`: backoff,
+//! circuit breaker, what a session's end means) with the states it moves
+//! through. Nothing here names an actor.
 
 pub mod breaker;
 pub mod channel;

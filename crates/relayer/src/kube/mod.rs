@@ -1,6 +1,8 @@
-//! Everything that talks to the Kubernetes API: the client, discovery,
-//! the actions the WorkloadExecutor runs, the error mapping, and (with
-//! leader election) the cluster-event watcher.
+//! The WorkloadExecutor's side of the Kubernetes API: the client, discovery
+//! and resolution of a validated target to an API resource, the actions it
+//! runs (taking `commands::validate::KubeRequest` as it is), and the one
+//! mapping of Kubernetes errors to protocol codes. The cluster-event
+//! watcher and leader election are in `watch`.
 
 pub mod actions;
 pub mod client;
