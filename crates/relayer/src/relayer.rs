@@ -165,3 +165,43 @@ pub fn system() -> actix_rt::SystemRunner {
             .expect("building the tokio runtime needs only memory and threads")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several relayers start and stop in one process (tests, benches, the
+    /// demo): once stopped, nothing keeps the shared context alive — no
+    /// reference cycle through the telemetry sink, the directory or a task.
+    #[actix_rt::test]
+    async fn a_stopped_relayer_frees_its_context() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("clusterId"), "cls_unit").unwrap();
+        std::fs::write(dir.path().join("clusterToken"), "unit-token-unit-token").unwrap();
+        let mut config = RelayerConfig::default();
+        config.cluster.name = "unit".into();
+        // Nothing listens there: the connection keeps backing off.
+        config.backend.url = "http://127.0.0.1:9".into();
+        config.credentials.cluster_id_file = dir.path().join("clusterId");
+        config.credentials.cluster_token_file = dir.path().join("clusterToken");
+        config.kubernetes.enabled = false;
+        config.health.listen = "127.0.0.1:0".into();
+        config.telemetry.otlp_grpc_listen = "127.0.0.1:0".into();
+        config.telemetry.otlp_http_listen = "127.0.0.1:0".into();
+        let relayer = RunningRelayer::start(config, Rc::new(|_: &str| {})).unwrap();
+        let context = Arc::downgrade(&relayer.rc);
+        // Let every actor start and the receivers bind.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Arc::strong_count(&relayer.rc) > 1, "the actors share it");
+        relayer.shutdown().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while context.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            context.strong_count(),
+            0,
+            "something still holds the RelayContext after shutdown"
+        );
+    }
+}
