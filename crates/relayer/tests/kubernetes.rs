@@ -1,14 +1,18 @@
-//! Commands against Kubernetes end to end: the relayer binary, the reference
-//! backend and the in-memory Kubernetes API, all on loopback. Each action's
-//! happy path and error mapping, policy denials, deadlines, and cluster
-//! events.
+//! Commands against Kubernetes end to end: the relayer binary and the
+//! reference backend on loopback, against the real control plane
+//! (kube-apiserver, kube-controller-manager, etcd; `scripts/kube-testenv`)
+//! and the stand-in kubelet, one namespace per test. Each action's happy
+//! path, error mapping from real answers (RBAC, not found, field-ownership
+//! conflicts, validation), policy denials, deadlines, cancel, cluster events
+//! from real controllers, and leader election on a real Lease.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use consonant_kube_sim::{SimCluster, SimHandle, SimOptions};
+use consonant_kube_testenv::kubelet::LOG_DELAY_MS;
+use consonant_kube_testenv::ControlPlane;
 use consonant_relayer::proto::{command, command_result::Status, error::Code, Command, ObjectRef};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
@@ -17,33 +21,49 @@ use serde_json::Value;
 const WEB: &str = consonant_kube_sim::SAMPLE_DEPLOYMENT;
 
 struct Env {
-    sim: SimHandle,
+    plane: &'static ControlPlane,
+    /// This test's namespace.
+    ns: String,
     backend: consonant_dev_backend::DevBackendHandle,
     relayer: Relayer,
-    _dir: tempfile::TempDir,
 }
 
-async fn env_with(configure: impl FnOnce(RelayerOptions) -> RelayerOptions) -> Env {
-    let sim = SimCluster::start(SimOptions::default())
-        .await
-        .expect("start the in-memory Kubernetes API");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
+/// A relayer with the admin kubeconfig and a fresh namespace; `configure`
+/// sees the namespace's name.
+async fn env_with(configure: impl FnOnce(RelayerOptions, &str) -> RelayerOptions) -> Env {
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("relayer").await;
     let backend = backend().await;
-    let options = configure(RelayerOptions::new(&backend).kubernetes(&kubeconfig, false));
+    let options = configure(
+        RelayerOptions::new(&backend).kubernetes(&plane.kubeconfig, false),
+        &ns,
+    );
     let relayer = Relayer::start(options);
     relayer.wait_connected().await;
     Env {
-        sim,
+        plane,
+        ns,
         backend,
         relayer,
-        _dir: dir,
     }
 }
 
 async fn env() -> Env {
-    env_with(|options| options).await
+    env_with(|options, _| options).await
+}
+
+impl Env {
+    async fn deployments(&self) -> kube::Api<Deployment> {
+        kube::Api::namespaced(self.plane.client().await, &self.ns)
+    }
+
+    fn target(&self, kind: &str, name: &str) -> Option<ObjectRef> {
+        target(&self.ns, kind, name)
+    }
+
+    fn apply(&self, manifest: &str) -> Command {
+        apply(&self.ns, manifest)
+    }
 }
 
 fn id() -> String {
@@ -58,7 +78,7 @@ fn cmd(action: command::Action) -> Command {
     }
 }
 
-fn target(kind: &str, name: &str) -> Option<ObjectRef> {
+fn target(namespace: &str, kind: &str, name: &str) -> Option<ObjectRef> {
     let api_version = if kind == "Pod" || kind == "Secret" {
         "v1"
     } else {
@@ -67,17 +87,17 @@ fn target(kind: &str, name: &str) -> Option<ObjectRef> {
     Some(ObjectRef {
         api_version: api_version.into(),
         kind: kind.into(),
-        namespace: "default".into(),
+        namespace: namespace.into(),
         name: name.into(),
         uid: String::new(),
     })
 }
 
-fn apply(manifest: &str) -> Command {
+fn apply(namespace: &str, manifest: &str) -> Command {
     cmd(command::Action::Apply(
         consonant_relayer::proto::ApplyManifest {
             manifest: manifest.as_bytes().to_vec().into(),
-            namespace: "default".into(),
+            namespace: namespace.into(),
             ..Default::default()
         },
     ))
@@ -95,16 +115,16 @@ async fn run(env: &Env, command: Command) -> consonant_relayer::proto::CommandRe
 #[tokio::test]
 async fn apply_get_scale_logs_and_delete_work_against_the_api() {
     let env = env().await;
-    let applied = output(&run(&env, apply(WEB)).await);
+    let applied = output(&run(&env, env.apply(WEB)).await);
     assert_eq!(applied["applied"][0]["name"], "web");
-    assert_eq!(applied["applied"][0]["namespace"], "default");
+    assert_eq!(applied["applied"][0]["namespace"], env.ns.as_str());
 
     let got = output(
         &run(
             &env,
             cmd(command::Action::Get(
                 consonant_relayer::proto::GetResource {
-                    target: target("Deployment", "web"),
+                    target: env.target("Deployment", "web"),
                 },
             )),
         )
@@ -118,7 +138,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
             &env,
             cmd(command::Action::Scale(
                 consonant_relayer::proto::ScaleWorkload {
-                    target: target("Deployment", "web"),
+                    target: env.target("Deployment", "web"),
                     replicas: 3,
                 },
             )),
@@ -129,7 +149,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
         scaled,
         serde_json::json!({"replicas": 3, "previous_replicas": 1})
     );
-    let api: kube::Api<Deployment> = kube::Api::namespaced(env.sim.client().unwrap(), "default");
+    let api = env.deployments().await;
     assert_eq!(
         api.get("web").await.unwrap().spec.unwrap().replicas,
         Some(3),
@@ -146,7 +166,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
                     consonant_relayer::proto::ListResources {
                         api_version: "v1".into(),
                         kind: "Pod".into(),
-                        namespace: "default".into(),
+                        namespace: env.ns.clone(),
                         label_selector: "app=web".into(),
                         limit: 10,
                     },
@@ -174,7 +194,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
         &run(
             &env,
             cmd(command::Action::Logs(consonant_relayer::proto::GetLogs {
-                namespace: "default".into(),
+                namespace: env.ns.clone(),
                 pod: pod_name.clone(),
                 tail_lines: 2,
                 ..Default::default()
@@ -189,11 +209,13 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
     assert_eq!(logs["pod"], pod_name.as_str());
 
     let info = output(&run(&env, cmd(command::Action::ClusterInfo(Default::default()))).await);
-    assert_eq!(info["nodes"], 2);
-    assert!(info["kubernetes_version"]
-        .as_str()
-        .unwrap()
-        .starts_with("v1.32"));
+    assert_eq!(info["nodes"], 1, "the stand-in kubelet's Node: {info}");
+    assert_eq!(info["kubernetes_version"], env.plane.version.as_str());
+    assert!(
+        env.plane.version.starts_with("v1."),
+        "{}",
+        env.plane.version
+    );
     assert_eq!(info["relayer_version"], env!("CARGO_PKG_VERSION"));
 
     let deleted = output(
@@ -201,7 +223,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
             &env,
             cmd(command::Action::Delete(
                 consonant_relayer::proto::DeleteResource {
-                    target: target("Deployment", "web"),
+                    target: env.target("Deployment", "web"),
                     propagation: "Background".into(),
                 },
             )),
@@ -214,7 +236,7 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
             &env,
             cmd(command::Action::Delete(
                 consonant_relayer::proto::DeleteResource {
-                    target: target("Deployment", "web"),
+                    target: env.target("Deployment", "web"),
                     propagation: String::new(),
                 },
             )),
@@ -234,7 +256,7 @@ async fn kubernetes_errors_map_to_protocol_codes() {
         &env,
         cmd(command::Action::Get(
             consonant_relayer::proto::GetResource {
-                target: target("Deployment", "nope"),
+                target: env.target("Deployment", "nope"),
             },
         )),
     )
@@ -242,20 +264,40 @@ async fn kubernetes_errors_map_to_protocol_codes() {
     assert_eq!(missing.status, Status::Failed as i32);
     assert_eq!(missing.error.as_ref().unwrap().code, Code::NotFound as i32);
 
-    env.sim.forbid_namespace("default");
-    let forbidden = run(&env, apply(WEB)).await;
-    assert_eq!(forbidden.status, Status::Failed as i32);
-    let error = forbidden.error.unwrap();
-    assert_eq!(error.code, Code::Forbidden as i32);
-    assert!(error.message.contains("RBAC"), "{}", error.message);
-    env.sim.clear();
+    // 409: another field manager owns spec.replicas, so the relayer's apply
+    // of a different count conflicts; with `force` it takes the field over.
+    let api = env.deployments().await;
+    let mut theirs: Value = serde_yaml_ng::from_str(WEB).unwrap();
+    theirs["spec"]["replicas"] = 5.into();
+    api.patch(
+        "web",
+        &kube::api::PatchParams::apply("someone-else"),
+        &kube::api::Patch::Apply(&theirs),
+    )
+    .await
+    .unwrap();
+    let conflict = run(&env, env.apply(WEB)).await;
+    assert_eq!(conflict.status, Status::Failed as i32, "{conflict:?}");
+    let error = conflict.error.unwrap();
+    assert_eq!(error.code, Code::Conflict as i32);
+    assert!(error.message.contains("someone-else"), "{}", error.message);
+    let mut forced = env.apply(WEB);
+    if let Some(command::Action::Apply(apply)) = forced.action.as_mut() {
+        apply.force = true;
+    }
+    output(&run(&env, forced).await);
+    assert_eq!(
+        api.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(1),
+        "force took spec.replicas over"
+    );
 
-    env.sim.fail_next(1, 500);
-    let unavailable = run(&env, cmd(command::Action::ClusterInfo(Default::default()))).await;
-    assert_eq!(unavailable.status, Status::Failed as i32);
-    let error = unavailable.error.unwrap();
-    assert_eq!(error.code, Code::Unavailable as i32);
-    assert!(error.retryable);
+    // 422: the API server's validation.
+    let invalid = run(&env, env.apply(&WEB.replace("replicas: 1", "replicas: -1"))).await;
+    assert_eq!(invalid.status, Status::Failed as i32, "{invalid:?}");
+    let error = invalid.error.unwrap();
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert!(error.message.contains("replicas"), "{}", error.message);
 
     let unknown_kind = run(
         &env,
@@ -264,7 +306,7 @@ async fn kubernetes_errors_map_to_protocol_codes() {
                 target: Some(ObjectRef {
                     api_version: "example.com/v1".into(),
                     kind: "Widget".into(),
-                    namespace: "default".into(),
+                    namespace: env.ns.clone(),
                     name: "w".into(),
                     uid: String::new(),
                 }),
@@ -276,10 +318,36 @@ async fn kubernetes_errors_map_to_protocol_codes() {
 }
 
 #[tokio::test]
+async fn a_service_account_without_rbac_gets_forbidden_from_the_real_authorizer() {
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("rbac").await;
+    let token = plane.service_account_token(&ns, "nobody").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    plane.write_kubeconfig_for_token(&token, &ns, &kubeconfig);
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend).kubernetes(&kubeconfig, false));
+    relayer.wait_connected().await;
+    let forbidden = run_command(&backend, apply(&ns, WEB)).await;
+    assert_eq!(forbidden.status, Status::Failed as i32, "{forbidden:?}");
+    let error = forbidden.error.unwrap();
+    assert_eq!(error.code, Code::Forbidden as i32);
+    assert!(error.message.contains("RBAC"), "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains(&format!("system:serviceaccount:{ns}:nobody")),
+        "the API server names who was refused: {}",
+        error.message
+    );
+}
+
+#[tokio::test]
 async fn policy_denials_come_before_kubernetes() {
-    let env = env_with(|options| options.commands("allowed_namespaces = [\"default\"]")).await;
+    let env =
+        env_with(|options, ns| options.commands(&format!("allowed_namespaces = [\"{ns}\"]"))).await;
     let with_secret = format!("{WEB}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  password: hunter2\n");
-    let result = run(&env, apply(&with_secret)).await;
+    let result = run(&env, env.apply(&with_secret)).await;
     assert_eq!(result.status, Status::Rejected as i32);
     let error = result.error.unwrap();
     assert_eq!(error.code, Code::Forbidden as i32);
@@ -289,14 +357,14 @@ async fn policy_denials_come_before_kubernetes() {
         "never echo manifest contents"
     );
 
-    let mut elsewhere = apply(WEB);
+    let mut elsewhere = env.apply(WEB);
     if let Some(command::Action::Apply(a)) = elsewhere.action.as_mut() {
         a.namespace = "kube-system".into();
     }
     let result = run(&env, elsewhere).await;
     assert_eq!(result.status, Status::Rejected as i32);
     assert!(result.error.unwrap().message.contains("allowed_namespaces"));
-    let api: kube::Api<Deployment> = kube::Api::namespaced(env.sim.client().unwrap(), "default");
+    let api = env.deployments().await;
     assert!(
         api.get_opt("web").await.unwrap().is_none(),
         "nothing was applied"
@@ -304,7 +372,7 @@ async fn policy_denials_come_before_kubernetes() {
 
     let bad = run(
         &env,
-        apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: [oops\n"),
+        env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\nkind: [oops\n"),
     )
     .await;
     assert_eq!(bad.status, Status::Rejected as i32);
@@ -312,12 +380,45 @@ async fn policy_denials_come_before_kubernetes() {
     assert!(message.contains("document 2"), "{message}");
 }
 
+/// A Running pod whose node answers log requests only after `delay_ms`: a
+/// slow call through the real API server's kubelet proxy.
+async fn slow_logs_pod(env: &Env, delay_ms: u64) -> String {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\n  annotations:\n    {LOG_DELAY_MS}: \"{delay_ms}\"\nspec:\n  containers:\n    - name: app\n      image: nginx:1.27\n"
+    );
+    output(&run(env, env.apply(&pod)).await);
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.plane.client().await, &env.ns);
+    let running = eventually_async(Duration::from_secs(20), || {
+        let pods = pods.clone();
+        async move {
+            pods.get("slow")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .and_then(|s| s.phase)
+                .is_some_and(|phase| phase == "Running")
+        }
+    })
+    .await;
+    assert!(running, "the stand-in kubelet started the pod");
+    "slow".to_string()
+}
+
+fn logs(env: &Env, pod: &str) -> Command {
+    cmd(command::Action::Logs(consonant_relayer::proto::GetLogs {
+        namespace: env.ns.clone(),
+        pod: pod.into(),
+        ..Default::default()
+    }))
+}
+
 #[tokio::test]
 async fn a_deadline_that_passes_while_running_times_out() {
     let env = env().await;
-    env.sim.latency(Duration::from_millis(1500));
-    let mut slow = cmd(command::Action::ClusterInfo(Default::default()));
-    slow.deadline_unix_ms = consonant_relayer::clock::now_unix_ms() + 300;
+    let pod = slow_logs_pod(&env, 3000).await;
+    let mut slow = logs(&env, &pod);
+    slow.deadline_unix_ms = consonant_relayer::clock::now_unix_ms() + 500;
     let result = run(&env, slow).await;
     assert_eq!(result.status, Status::TimedOut as i32, "{result:?}");
     assert_eq!(result.error.unwrap().code, Code::DeadlineExceeded as i32);
@@ -325,16 +426,17 @@ async fn a_deadline_that_passes_while_running_times_out() {
 
 #[tokio::test]
 async fn restart_with_the_same_command_id_changes_the_template_once() {
-    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
-    let client = sim.client().unwrap();
-    let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "default");
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("restart").await;
+    let client = plane.client().await;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
     let deployment: Deployment = serde_yaml_ng::from_str(WEB).unwrap();
     api.create(&Default::default(), &deployment).await.unwrap();
     let executor = consonant_relayer::kube::actions::Executor::new(client, true);
     let web = consonant_relayer::commands::validate::Target {
         api_version: consonant_relayer::commands::validate::parse_api_version("apps/v1").unwrap(),
         kind: "Deployment".into(),
-        namespace: Some("default".into()),
+        namespace: Some(ns.clone()),
         name: "web".into(),
     };
     let generation = |d: Deployment| d.metadata.generation.unwrap_or(0);
@@ -366,7 +468,7 @@ async fn restart_with_the_same_command_id_changes_the_template_once() {
 
 #[tokio::test]
 async fn rate_limit_answers_every_command_once_and_refuses_the_excess() {
-    let env = env_with(|options| options.commands("rate_per_second = 50\nburst = 100")).await;
+    let env = env_with(|options, _| options.commands("rate_per_second = 50\nburst = 100")).await;
     let waiters: Vec<_> = (0..400)
         .map(|i| {
             env.backend
@@ -406,17 +508,19 @@ async fn rate_limit_answers_every_command_once_and_refuses_the_excess() {
 #[tokio::test]
 async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
     let env = env().await;
-    output(&run(&env, apply(WEB)).await);
+    output(&run(&env, env.apply(WEB)).await);
     let crash = WEB
         .replace("name: web", "name: broken")
         .replace("app: web", "app: broken")
         .replace("nginx:1.27", "crash:latest");
-    output(&run(&env, apply(&crash)).await);
+    output(&run(&env, env.apply(&crash)).await);
     let found = eventually(Duration::from_secs(15), || {
         let events = env.backend.state().events(CLUSTER_ID, 100).unwrap();
         let ready = events.iter().any(|e| {
             e.kind == "workload.status"
-                && e.object.as_ref().is_some_and(|o| o.name == "web")
+                && e.object
+                    .as_ref()
+                    .is_some_and(|o| o.name == "web" && o.namespace == env.ns)
                 && serde_json::from_slice::<Value>(&e.payload_json)
                     .is_ok_and(|p| p["ready"] == true)
         });
@@ -424,7 +528,7 @@ async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
             e.kind == "pod.failed"
                 && e.object
                     .as_ref()
-                    .is_some_and(|o| o.name.starts_with("broken"))
+                    .is_some_and(|o| o.name.starts_with("broken") && o.namespace == env.ns)
         });
         ready && failed
     })
@@ -443,15 +547,15 @@ async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
 #[tokio::test]
 async fn cancel_stops_a_running_command() {
     let env = env().await;
-    env.sim.latency(Duration::from_secs(3));
-    let slow = cmd(command::Action::ClusterInfo(Default::default()));
+    let pod = slow_logs_pod(&env, 5000).await;
+    let slow = logs(&env, &pod);
     let id = slow.command_id.clone();
     let waiter = env
         .backend
         .state()
         .submit_command(CLUSTER_ID, slow)
         .unwrap();
-    // Cancel once the relayer has accepted it (it is running against the slow API).
+    // Cancel once the relayer has accepted it (it waits on the slow node).
     let accepted = eventually(Duration::from_secs(5), || {
         env.backend
             .state()
@@ -470,7 +574,7 @@ async fn cancel_stops_a_running_command() {
             .map(|c| c.state)
     );
     assert_eq!(env.backend.state().cancel(CLUSTER_ID, &id).unwrap(), 1);
-    let result = tokio::time::timeout(Duration::from_secs(2), waiter)
+    let result = tokio::time::timeout(Duration::from_secs(3), waiter)
         .await
         .expect("cancelled well before the slow call ends")
         .unwrap();
@@ -481,26 +585,18 @@ async fn cancel_stops_a_running_command() {
 #[tokio::test]
 async fn a_command_resent_after_a_reconnect_runs_once() {
     let env = env().await;
-    env.sim.latency(Duration::from_millis(1500));
-    let slow = cmd(command::Action::Scale(
+    output(&run(&env, env.apply(WEB)).await);
+    let scale = cmd(command::Action::Scale(
         consonant_relayer::proto::ScaleWorkload {
-            target: target("Deployment", "web"),
+            target: env.target("Deployment", "web"),
             replicas: 2,
         },
     ));
-    let id = slow.command_id.clone();
-    env.sim.latency(Duration::ZERO);
-    output(&run(&env, apply(WEB)).await);
-    env.sim.latency(Duration::from_millis(1500));
-    env.sim.clear_requests();
-    let first = env
-        .backend
-        .state()
-        .submit_command(CLUSTER_ID, slow.clone())
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The stream dies while the scale runs, and the backend sends the same
-    // command again on the next session (as one that lost the CommandAccepted would).
+    let id = scale.command_id.clone();
+    let first = run(&env, scale.clone()).await;
+    assert_eq!(output(&first)["replicas"], 2);
+    // The stream dies, and the backend sends the same command again on the
+    // next session (as one that lost the result would).
     env.backend
         .state()
         .set_faults(consonant_dev_backend::FaultsUpdate {
@@ -517,44 +613,38 @@ async fn a_command_resent_after_a_reconnect_runs_once() {
         .await
     );
     env.relayer.wait_connected().await;
-    drop(first);
     env.backend.state().forget_command(CLUSTER_ID, &id);
-    let again = env
-        .backend
-        .state()
-        .submit_command(CLUSTER_ID, slow)
-        .unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(20), again)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output(&result)["replicas"], 2);
+    let again = run(&env, scale).await;
+    assert_eq!(output(&again)["replicas"], 2);
+    assert_eq!(again.output_json, first.output_json, "the cached result");
+    // The API server's audit log: what the relayer really sent.
     let scale_patches = env
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.ends_with("/deployments/web/scale"))
+        .plane
+        .audit_events()
+        .into_iter()
+        .filter(|event| {
+            event["verb"] == "patch"
+                && event["objectRef"]["resource"] == "deployments"
+                && event["objectRef"]["subresource"] == "scale"
+                && event["objectRef"]["namespace"] == env.ns.as_str()
+                && event["objectRef"]["name"] == "web"
+        })
         .count();
-    assert_eq!(
-        scale_patches,
-        1,
-        "the scale ran once: {:?}",
-        env.sim.requests()
-    );
+    assert_eq!(scale_patches, 1, "the scale ran once");
 }
 
 #[tokio::test]
 async fn only_the_leader_sends_events_and_a_standby_takes_over() {
-    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("leader").await;
     let backend = backend().await;
+    // The Lease lives in the pod's namespace: this test's own.
     let replica = |name: &str| {
         Relayer::start(
             RelayerOptions::new(&backend)
-                .kubernetes(&kubeconfig, true)
-                .env("POD_NAME", name),
+                .kubernetes(&plane.kubeconfig, true)
+                .env("POD_NAME", name)
+                .env("POD_NAMESPACE", &ns),
         )
     };
     let first = replica("relayer-a");
@@ -582,7 +672,7 @@ async fn only_the_leader_sends_events_and_a_standby_takes_over() {
     let leader = leaders(&backend)[0].clone();
 
     let env_backend = &backend;
-    let web = run_command(env_backend, apply(WEB)).await;
+    let web = run_command(env_backend, apply(&ns, WEB)).await;
     output(&web);
     let ready_events = |backend: &consonant_dev_backend::DevBackendHandle| {
         backend
@@ -591,7 +681,10 @@ async fn only_the_leader_sends_events_and_a_standby_takes_over() {
             .unwrap()
             .into_iter()
             .filter(|e| {
-                e.kind == "workload.status" && e.object.as_ref().is_some_and(|o| o.name == "web")
+                e.kind == "workload.status"
+                    && e.object
+                        .as_ref()
+                        .is_some_and(|o| o.name == "web" && o.namespace == ns)
             })
             .filter(|e| {
                 serde_json::from_slice::<Value>(&e.payload_json).is_ok_and(|p| p["ready"] == true)
@@ -637,7 +730,7 @@ async fn only_the_leader_sends_events_and_a_standby_takes_over() {
             &backend,
             cmd(command::Action::Scale(
                 consonant_relayer::proto::ScaleWorkload {
-                    target: target("Deployment", "web"),
+                    target: target(&ns, "Deployment", "web"),
                     replicas: 2,
                 },
             )),

@@ -53,6 +53,7 @@ fn the_production_package_links_no_simulator_backend_demo_or_json_mapping() {
         "consonant-kube-sim",
         "consonant-dev-backend",
         "consonant-relayer-dev",
+        "consonant-kube-testenv",
         "pbjson",
         "pbjson-types",
         "actix-web",

@@ -23,8 +23,11 @@ pub fn from_kube(what: &str, err: &::kube::Error) -> CommandError {
 pub fn from_status(what: &str, code: u16, message: &str, reason: &str) -> CommandError {
     let detail = if message.is_empty() { reason } else { message };
     match code {
-        403 => CommandError::Forbidden(format!(
+        403 if is_rbac_denial(detail) => CommandError::Forbidden(format!(
             "{what}: Kubernetes RBAC denied it ({detail}); grant the relayer's ServiceAccount this permission or change the command"
+        )),
+        403 => CommandError::Forbidden(format!(
+            "{what}: Kubernetes admission refused it ({detail}); change the object to satisfy the namespace's policy (Pod Security, quota, webhooks) or retry once what it names exists"
         )),
         404 => CommandError::NotFound(format!("{what}: not found ({detail})")),
         409 => CommandError::Conflict(format!("{what}: conflict ({detail}); re-read the object and retry, or use force")),
@@ -41,6 +44,13 @@ pub fn from_status(what: &str, code: u16, message: &str, reason: &str) -> Comman
     }
 }
 
+/// The authorizer's refusal reads `User "…" cannot <verb> resource "…"`;
+/// any other 403 comes from admission (Pod Security, a missing
+/// ServiceAccount, quota, a webhook), where RBAC advice would mislead.
+fn is_rbac_denial(detail: &str) -> bool {
+    detail.contains(" cannot ") && detail.contains("resource")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +61,32 @@ mod tests {
         assert_eq!(err.code(), expected, "HTTP {code}");
         assert_eq!(err.retryable(), retryable, "HTTP {code}");
         assert!(err.to_string().contains("get v1 Pod default/x"));
+    }
+
+    #[test]
+    fn a_403_names_rbac_only_when_the_authorizer_said_it() {
+        for (detail, mentions) in [
+            (
+                r#"deployments.apps is forbidden: User "system:serviceaccount:ns:nobody" cannot create resource "deployments" in API group "apps" in the namespace "ns""#,
+                "RBAC denied it",
+            ),
+            (
+                r#"pods "slow" is forbidden: error looking up service account ns/default: serviceaccount "default" not found"#,
+                "admission refused it",
+            ),
+            (
+                r#"pods "x" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#,
+                "admission refused it",
+            ),
+        ] {
+            let error = from_status("apply", 403, detail, "Forbidden");
+            assert_eq!(error.code(), Code::Forbidden);
+            assert!(error.to_string().contains(mentions), "{error}");
+            assert!(
+                error.to_string().contains(detail),
+                "the API server's words are kept"
+            );
+        }
     }
 
     #[test]

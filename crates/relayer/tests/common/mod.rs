@@ -371,6 +371,22 @@ pub(crate) async fn eventually(within: Duration, mut check: impl FnMut() -> bool
     check()
 }
 
+/// Like [`eventually`], for a check that has to await (an API call).
+pub(crate) async fn eventually_async<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
 /// Makes the backend withhold acks, then runs `count` pings named
 /// `{prefix}-{i}` to completion: their results sit unacked in the relayer.
 pub(crate) async fn pings_with_acks_withheld(
