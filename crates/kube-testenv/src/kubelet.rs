@@ -7,7 +7,8 @@
 //!   scheduler);
 //! - moves each bound pod's status once: Running and Ready; or, on cue from
 //!   the container image's name, `crash` → CrashLoopBackOff (3 restarts),
-//!   `oom` → CrashLoopBackOff after OOMKilled, `pending` → left Pending; a
+//!   `oom` → CrashLoopBackOff after OOMKilled, `fail` → phase Failed (its
+//!   container exited 1 and is not restarted), `pending` → left Pending; a
 //!   Job's pod runs to Succeeded (or Failed when it crashes);
 //! - finishes deleting terminating pods (as a kubelet confirms a pod's
 //!   containers stopped), so scale-downs and rollouts complete;
@@ -221,6 +222,7 @@ enum Fate {
     Runs,
     Crashes,
     OomKilled,
+    Fails,
 }
 
 fn fate(image: &str) -> Fate {
@@ -228,6 +230,8 @@ fn fate(image: &str) -> Fate {
         Fate::Crashes
     } else if image.contains("oom") {
         Fate::OomKilled
+    } else if image.contains("fail") {
+        Fate::Fails
     } else {
         Fate::Runs
     }
@@ -256,9 +260,11 @@ fn started_status(pod: &Pod, node: &str) -> Option<Value> {
         .map(|c| fate(c.image.as_deref().unwrap_or_default()))
         .collect();
     let all_run = fates.iter().all(|f| *f == Fate::Runs);
+    let fails = fates.contains(&Fate::Fails);
     let phase = match (job, all_run) {
         (true, true) => "Succeeded",
         (true, false) => "Failed",
+        (false, _) if fails => "Failed",
         (false, _) => "Running",
     };
     let ready = if !job && all_run { "True" } else { "False" };
@@ -279,6 +285,7 @@ fn started_status(pod: &Pod, node: &str) -> Option<Value> {
                     terminated(1, "Error"),
                     3,
                 ),
+                (false, Fate::Fails) => (terminated(1, "Error"), json!({}), 0),
                 (false, Fate::OomKilled) => (
                     json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}}),
                     terminated(137, "OOMKilled"),
@@ -316,6 +323,7 @@ fn started_status(pod: &Pod, node: &str) -> Option<Value> {
         "startTime": now,
         "nominatedNodeName": null,
         "message": format!("started by the stand-in kubelet on {node}"),
+        "reason": if fails { Value::from("Error") } else { Value::Null },
     }))
 }
 
@@ -419,6 +427,7 @@ mod tests {
             ("nginx:1.27", Fate::Runs),
             ("crash:latest", Fate::Crashes),
             ("busybox:oom", Fate::OomKilled),
+            ("busybox:fail", Fate::Fails),
         ] {
             assert_eq!(fate(image), expected, "{image}");
         }

@@ -115,6 +115,22 @@ async fn run(env: &Env, command: Command) -> consonant_relayer::proto::CommandRe
 #[tokio::test]
 async fn apply_get_scale_logs_and_delete_work_against_the_api() {
     let env = env().await;
+    // A server-side dry run answers like an apply and changes nothing.
+    let mut dry = env.apply(WEB);
+    if let Some(command::Action::Apply(apply)) = dry.action.as_mut() {
+        apply.dry_run = true;
+    }
+    let dry = output(&run(&env, dry).await);
+    assert_eq!(dry["applied"][0]["name"], "web", "{dry}");
+    assert!(
+        env.deployments()
+            .await
+            .get_opt("web")
+            .await
+            .unwrap()
+            .is_none(),
+        "a dry run creates nothing"
+    );
     let applied = output(&run(&env, env.apply(WEB)).await);
     assert_eq!(applied["applied"][0]["name"], "web");
     assert_eq!(applied["applied"][0]["namespace"], env.ns.as_str());
@@ -506,16 +522,36 @@ async fn rate_limit_answers_every_command_once_and_refuses_the_excess() {
 }
 
 #[tokio::test]
-async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
+async fn a_deployment_becoming_ready_and_failing_pods_are_reported() {
     let env = env().await;
     output(&run(&env, env.apply(WEB)).await);
-    let crash = WEB
-        .replace("name: web", "name: broken")
-        .replace("app: web", "app: broken")
-        .replace("nginx:1.27", "crash:latest");
-    output(&run(&env, env.apply(&crash)).await);
-    let found = eventually(Duration::from_secs(15), || {
-        let events = env.backend.state().events(CLUSTER_ID, 100).unwrap();
+    // Cues for the stand-in kubelet: the image name says how the container fares.
+    let variant = |name: &str, image: &str| {
+        WEB.replace("name: web", &format!("name: {name}"))
+            .replace("app: web", &format!("app: {name}"))
+            .replace("nginx:1.27", image)
+    };
+    output(&run(&env, env.apply(&variant("broken", "crash:latest"))).await);
+    output(&run(&env, env.apply(&variant("hungry", "busybox:oom"))).await);
+    let failing_pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\n  labels:\n    app.kubernetes.io/managed-by: consonant\nspec:\n  restartPolicy: Never\n  containers:\n    - name: job\n      image: busybox:fail\n";
+    output(&run(&env, env.apply(failing_pod)).await);
+    let pod_failed = |prefix: &str, reason: &str| {
+        env.backend
+            .state()
+            .events(CLUSTER_ID, 1000)
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e.kind == "pod.failed"
+                    && e.object
+                        .as_ref()
+                        .is_some_and(|o| o.name.starts_with(prefix) && o.namespace == env.ns)
+                    && serde_json::from_slice::<Value>(&e.payload_json)
+                        .is_ok_and(|p| p["reason"] == reason)
+            })
+    };
+    let found = eventually(Duration::from_secs(20), || {
+        let events = env.backend.state().events(CLUSTER_ID, 1000).unwrap();
         let ready = events.iter().any(|e| {
             e.kind == "workload.status"
                 && e.object
@@ -524,24 +560,28 @@ async fn a_deployment_becoming_ready_and_a_crashing_pod_are_reported() {
                 && serde_json::from_slice::<Value>(&e.payload_json)
                     .is_ok_and(|p| p["ready"] == true)
         });
-        let failed = events.iter().any(|e| {
-            e.kind == "pod.failed"
-                && e.object
-                    .as_ref()
-                    .is_some_and(|o| o.name.starts_with("broken") && o.namespace == env.ns)
-        });
-        ready && failed
+        ready
+            && pod_failed("broken", "CrashLoopBackOff")
+            && pod_failed("hungry", "OOMKilled")
+            && pod_failed("once", "Error")
     })
     .await;
-    let kinds: Vec<_> = env
+    let seen: Vec<_> = env
         .backend
         .state()
-        .events(CLUSTER_ID, 100)
+        .events(CLUSTER_ID, 1000)
         .unwrap()
         .into_iter()
-        .map(|e| (e.kind, e.object.map(|o| o.name)))
+        .filter(|e| e.object.as_ref().is_some_and(|o| o.namespace == env.ns))
+        .map(|e| {
+            (
+                e.kind,
+                e.object.map(|o| o.name),
+                String::from_utf8_lossy(&e.payload_json).into_owned(),
+            )
+        })
         .collect();
-    assert!(found, "events seen: {kinds:?}\n{}", env.relayer.output());
+    assert!(found, "events seen: {seen:#?}\n{}", env.relayer.output());
 }
 
 #[tokio::test]
