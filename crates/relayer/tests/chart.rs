@@ -8,11 +8,15 @@
 //! The tools come from `scripts/install-chart-tools` (pinned, checksummed,
 //! cached under `.tools/`), run once per test binary.
 //!
-//! Last, an install played through without a cluster: the rendered hook's
-//! `register` command (its exact arguments and ConfigMap) against the
-//! reference backend and the in-memory Kubernetes API, then the rendered
-//! relayer config with the Secret it wrote, until the backend sees the
-//! cluster connected.
+//! Last, an install played through against the real control plane
+//! (`consonant-kube-testenv`, a namespace of its own) without images: the
+//! rendered hook's ServiceAccount, Role and RoleBinding created as helm
+//! would, then its `register` command (its exact arguments and ConfigMap)
+//! run as that ServiceAccount against the reference backend, then the
+//! rendered relayer RBAC and config with the Secret the hook wrote, run as
+//! the relayer's ServiceAccount, until the backend sees the cluster
+//! connected and leading, and a token rotation is written back to the
+//! Secret through the chart's Role.
 
 mod common;
 
@@ -1510,13 +1514,68 @@ fn string_data(secret: &Value, key: &str) -> String {
     .unwrap()
 }
 
+/// Creates a rendered object as helm does (a plain create), with the admin
+/// client.
+async fn create_rendered(client: &kube::Client, doc: &Value) {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let api_version = doc["apiVersion"].as_str().expect("apiVersion");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = doc["kind"].as_str().expect("kind");
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let object: DynamicObject = serde_json::from_value(doc.clone()).expect("a Kubernetes object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("create {kind} {}: {err}", doc["metadata"]["name"]));
+}
+
+/// The rendered ServiceAccount and RBAC objects of `component`.
+fn rbac_of<'a>(docs: &'a [Value], component: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|doc| {
+            matches!(
+                doc["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "Role"
+                        | "RoleBinding"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                )
+            ) && labels(doc)["app.kubernetes.io/component"] == component
+        })
+        .collect()
+}
+
+/// Waits until `client` (a ServiceAccount's) may read the Secret `name`:
+/// the authorizer has seen the Role and its binding.
+async fn wait_readable(client: &kube::Client, namespace: &str, name: &str) {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let readable = common::eventually_async(std::time::Duration::from_secs(20), || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.is_ok() }
+    })
+    .await;
+    assert!(
+        readable,
+        "the rendered Role lets its ServiceAccount read Secret {namespace}/{name}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
-    use common::register::{create_secret, get_secret, run_binary, secret_key};
+    use common::register::{
+        get_secret, managers, owned_fields, run_binary, secret_key, TestNamespace, FIELD_MANAGER,
+    };
     use consonant_dev_backend::{self as devbackend, DevBackendOptions};
-    use consonant_kube_sim::{SimCluster, SimOptions};
-    const NAMESPACE: &str = "consonant-system";
     const BOOTSTRAP: &str = "R3jK8mN2pQ5sT9vW1xY4zA6bC7dE0fF3gH5iJ8kL1mN4oP7qR0sT3uV6wX9yZ2aB";
+    const CLUSTER_SECRET: &str = "consonant-relayer-cluster";
+    const BOOTSTRAP_SECRET: &str = "consonant-relayer-bootstrap";
     let _ = rustls::crypto::ring::default_provider().install_default();
     let backend = devbackend::start(DevBackendOptions {
         bootstrap_tokens: vec![consonant_relayer::credentials::Secret::new(BOOTSTRAP)],
@@ -1524,10 +1583,10 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     })
     .await
     .unwrap();
-    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
+    let ns = TestNamespace::new("install").await;
+    // The release namespace (a Case names a &'static str).
+    let namespace: &'static str = Box::leak(ns.name.clone().into_boxed_str());
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
     for sub in ["config", "bootstrap", "credentials"] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
@@ -1536,7 +1595,7 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     // tlsVerify must be false, as the schema demands).
     let case = Case {
         name: "install",
-        namespace: NAMESPACE,
+        namespace,
         args: set(&[
             "cluster.name=production-us-east-1",
             &format!("backend.url={}", backend.http_url()),
@@ -1548,17 +1607,16 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     };
     let docs = documents(&render(&case, &[]));
 
-    // Hook phase: the bootstrap Secret exists, then the Job runs.
-    let bootstrap = find(&docs, "Secret", "consonant-relayer-bootstrap");
+    // Hook phase, as helm runs pre-install hooks: the hook's ServiceAccount,
+    // Role and RoleBinding and the bootstrap Secret (weight -20), then the
+    // Job, whose command runs here as that ServiceAccount.
+    for doc in rbac_of(&docs, "register") {
+        create_rendered(&ns.client, doc).await;
+    }
+    let bootstrap = find(&docs, "Secret", BOOTSTRAP_SECRET);
     let token = string_data(bootstrap, "token");
     assert_eq!(token, BOOTSTRAP);
-    create_secret(
-        &sim,
-        NAMESPACE,
-        "consonant-relayer-bootstrap",
-        &[("token", &token)],
-    )
-    .await;
+    create_rendered(&ns.client, bootstrap).await;
     std::fs::write(dir.path().join("bootstrap/token"), &token).unwrap();
     let hook_config = find(&docs, "ConfigMap", "consonant-relayer-register");
     std::fs::write(
@@ -1570,13 +1628,26 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     )
     .unwrap();
     let job = find(&docs, "Job", "consonant-relayer-register");
+    let hook_account = job["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("the Job's ServiceAccount");
+    let hook_kubeconfig = dir.path().join("hook-kubeconfig");
+    ns.service_account_kubeconfig(hook_account, &hook_kubeconfig)
+        .await;
+    let hook_client = consonant_kube_testenv::client_for(&hook_kubeconfig).await;
+    wait_readable(&hook_client, namespace, BOOTSTRAP_SECRET).await;
     let job_container = &job["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<String> = strings(&job_container["args"])
         .iter()
         .map(|arg| remap(arg, dir.path()))
         .collect();
-    let kubeconfig_env = kubeconfig.display().to_string();
-    let env = [("KUBECONFIG", kubeconfig_env.as_str())];
+    let hook_kubeconfig_env = hook_kubeconfig.display().to_string();
+    // The Job's environment (POD_NAMESPACE from the downward API).
+    let env = [
+        ("KUBECONFIG", hook_kubeconfig_env.as_str()),
+        ("POD_NAMESPACE", namespace),
+        ("POD_NAME", "consonant-relayer-register-x7k2p"),
+    ];
     let first = run_binary(&args, &env).await;
     assert_eq!(
         first.code,
@@ -1585,7 +1656,8 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
         first.output()
     );
 
-    let secret = get_secret(&sim, NAMESPACE, "consonant-relayer-cluster")
+    let secret = ns
+        .secret(CLUSTER_SECRET)
         .await
         .expect("the hook wrote the credentials Secret");
     let cluster_id = secret_key(&secret, "clusterId");
@@ -1593,21 +1665,18 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     let labels = &secret["metadata"]["labels"];
     assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
     assert_eq!(labels["app.kubernetes.io/component"], "credentials");
+    assert_eq!(
+        managers(&secret),
+        [(FIELD_MANAGER.to_string(), "Apply".to_string())],
+        "{secret}"
+    );
     assert!(
-        get_secret(&sim, NAMESPACE, "consonant-relayer-bootstrap")
-            .await
-            .is_none(),
+        ns.secret(BOOTSTRAP_SECRET).await.is_none(),
         "the spent bootstrap token does not stay in the cluster"
     );
 
     // helm upgrade runs the hook again; the token is spent by then.
-    create_secret(
-        &sim,
-        NAMESPACE,
-        "consonant-relayer-bootstrap",
-        &[("token", &token)],
-    )
-    .await;
+    create_rendered(&ns.client, bootstrap).await;
     let again = run_binary(&args, &env).await;
     assert_eq!(again.code, 0, "{}", again.output());
     assert!(
@@ -1615,8 +1684,32 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
         "{}",
         again.output()
     );
+    assert!(ns.secret(BOOTSTRAP_SECRET).await.is_none());
+    // Everything the hook did went through its own ServiceAccount and Role.
+    let hook_user = format!("system:serviceaccount:{namespace}:{hook_account}");
+    let expected: Vec<(String, String, bool, i64)> = [
+        ("get", BOOTSTRAP_SECRET, false, 200),
+        ("get", CLUSTER_SECRET, false, 404),
+        ("patch", CLUSTER_SECRET, true, 201),
+        ("patch", CLUSTER_SECRET, false, 201),
+        ("delete", BOOTSTRAP_SECRET, false, 200),
+        ("get", CLUSTER_SECRET, false, 200),
+        ("delete", BOOTSTRAP_SECRET, false, 200),
+    ]
+    .iter()
+    .map(|(verb, name, dry_run, code)| (verb.to_string(), name.to_string(), *dry_run, *code))
+    .collect();
+    let audited = common::eventually(std::time::Duration::from_secs(10), || {
+        ns.secret_requests(&hook_user) == expected
+    })
+    .await;
+    assert!(audited, "{hook_user}: {:?}", ns.secret_requests(&hook_user));
 
-    // The relayer: its ConfigMap, the Secret mounted as files.
+    // The relayer: its ServiceAccount and RBAC, its ConfigMap, the Secret
+    // mounted as files.
+    for doc in rbac_of(&docs, "relayer") {
+        create_rendered(&ns.client, doc).await;
+    }
     let relayer_config = find(&docs, "ConfigMap", RELEASE);
     std::fs::write(
         dir.path().join("config/relayer.toml"),
@@ -1634,12 +1727,23 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
         .unwrap();
     }
     let deployment = find(&docs, "Deployment", RELEASE);
+    let relayer_account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("the relayer's ServiceAccount");
+    let relayer_kubeconfig = dir.path().join("relayer-kubeconfig");
+    ns.service_account_kubeconfig(relayer_account, &relayer_kubeconfig)
+        .await;
+    let relayer_client = consonant_kube_testenv::client_for(&relayer_kubeconfig).await;
+    wait_readable(&relayer_client, namespace, CLUSTER_SECRET).await;
     let relayer_args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let log_path = dir.path().join("relayer.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut relayer = tokio::process::Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
         .args(relayer_args.iter().map(|arg| remap(arg, dir.path())))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAMESPACE", NAMESPACE)
+        .env("KUBECONFIG", &relayer_kubeconfig)
+        .env("POD_NAMESPACE", namespace)
         .env("POD_NAME", "consonant-relayer-0")
+        .env_remove("RUST_LOG")
         // Loopback ports instead of the pod's 0.0.0.0:8080/4317/4318.
         .env("CONSONANT_RELAYER__HEALTH__LISTEN", "127.0.0.1:0")
         .env(
@@ -1650,22 +1754,89 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
             "CONSONANT_RELAYER__TELEMETRY__OTLP_HTTP_LISTEN",
             "127.0.0.1:0",
         )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let relayer_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Connected, and leading: the chart's Role lets it hold its Lease.
     let connected = common::eventually(std::time::Duration::from_secs(20), || {
-        backend
-            .state()
-            .list_clusters()
-            .iter()
-            .any(|c| c.cluster_id == cluster_id && c.connected)
+        backend.state().list_clusters().iter().any(|c| {
+            c.cluster_id == cluster_id && c.connected && c.sessions.iter().any(|s| s.leader)
+        })
     })
     .await;
-    let _ = relayer.start_kill();
     assert!(
         connected,
-        "the relayer connected with the credentials the hook wrote"
+        "the relayer connected with the credentials the hook wrote, and leads: {:?}\n{}",
+        backend.state().list_clusters(),
+        relayer_log()
+    );
+
+    // The backend rotates the token: the relayer writes it back through the
+    // chart's Role (patch on its Secret by name), keeping clusterId and the
+    // labels.
+    let rotate = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/clusters/{cluster_id}/rotate",
+            backend.http_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(rotate.status().is_success(), "{}", rotate.status());
+    let first_token = secret_key(&secret, "clusterToken");
+    let rotated = common::eventually_async(std::time::Duration::from_secs(20), || async {
+        get_secret(&ns.client, namespace, CLUSTER_SECRET)
+            .await
+            .is_some_and(|s| secret_key(&s, "clusterToken") != first_token)
+    })
+    .await;
+    assert!(
+        rotated,
+        "the rotated token was written back:\n{}",
+        relayer_log()
+    );
+    let secret = ns.secret(CLUSTER_SECRET).await.unwrap();
+    assert_eq!(secret_key(&secret, "clusterId"), cluster_id);
+    assert_eq!(secret["metadata"]["labels"], *labels, "{secret}");
+    assert_eq!(
+        owned_fields(&secret, FIELD_MANAGER, "Update"),
+        serde_json::json!({"f:data": {"f:clusterToken": {}}}),
+        "{secret}"
+    );
+    let relayer_user = format!("system:serviceaccount:{namespace}:{relayer_account}");
+    let patched = common::eventually(std::time::Duration::from_secs(10), || {
+        ns.secret_requests(&relayer_user)
+            .iter()
+            .any(|(verb, name, dry_run, code)| {
+                verb == "patch" && name == CLUSTER_SECRET && !dry_run && *code == 200
+            })
+    })
+    .await;
+    assert!(
+        patched,
+        "{relayer_user}: {:?}",
+        ns.secret_requests(&relayer_user)
+    );
+    let _ = relayer.start_kill();
+    // Nothing the relayer did was refused: the chart's RBAC covers it all
+    // (Lease, cluster-wide watches, the Secret).
+    let refused: Vec<String> = ns
+        .plane
+        .audit_events()
+        .into_iter()
+        .filter(|event| {
+            event["user"]["username"] == relayer_user.as_str()
+                && event["responseStatus"]["code"] == 403
+        })
+        .map(|event| format!("{} {}", event["verb"], event["requestURI"]))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let log = relayer_log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the chart's RBAC covers what the relayer does:\n{log}"
     );
 }

@@ -1,10 +1,12 @@
 //! Cluster credentials from registration to rotation, end to end with the
-//! reference backend and the in-memory Kubernetes API: `register` writes
-//! the Secret, the relayer runs on it, the backend rotates the token, the
-//! relayer writes it back to the Secret and reconnects with it, and the old
-//! token is refused afterwards. Also: a failed write-back keeps the token in
-//! memory and is counted, and — at `trace` level, text and JSON — no token
-//! ever appears in any output.
+//! reference backend and the real Kubernetes control plane
+//! (`consonant-kube-testenv`, one namespace per test): `register` writes
+//! the Secret by server-side apply, the relayer runs on it, the backend
+//! rotates the token, the relayer writes it back to the Secret (a JSON merge
+//! patch that keeps `clusterId` and the labels) and reconnects with it, and
+//! the old token is refused afterwards. Also: a failed write-back keeps the
+//! token in memory and is counted, and — at `trace` level, text and JSON —
+//! no token ever appears in any output.
 
 mod common;
 
@@ -14,23 +16,22 @@ use std::time::Duration;
 use common::register::*;
 use common::*;
 use consonant_dev_backend::{self as devbackend, DevBackendHandle, DevBackendOptions};
-use consonant_kube_sim::{SimCluster, SimHandle, SimOptions};
 use consonant_relayer::credentials::Secret;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const CLUSTER_SECRET: &str = "relayer-cluster";
 
 struct World {
-    sim: SimHandle,
+    ns: TestNamespace,
     backend: DevBackendHandle,
     files: RegisterFiles,
 }
 
-/// The reference backend (accepting only `BOOTSTRAP`), the simulator, and a
-/// register config pointing at both.
+/// The reference backend (accepting only `BOOTSTRAP`), a namespace of this
+/// test's own, and a register config pointing at both.
 async fn world(logging: &str) -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sim = SimCluster::start(SimOptions::default()).await.unwrap();
+    let ns = TestNamespace::new("credentials").await;
     let backend = devbackend::start(DevBackendOptions {
         grpc_listen: free_addr(),
         http_listen: free_addr(),
@@ -40,7 +41,7 @@ async fn world(logging: &str) -> World {
     .await
     .unwrap();
     let files = RegisterFiles::new(
-        &sim,
+        &ns,
         &format!(
             "url = \"{}\"\ngrpc_endpoint = \"{}\"",
             backend.http_url(),
@@ -48,11 +49,7 @@ async fn world(logging: &str) -> World {
         ),
         logging,
     );
-    World {
-        sim,
-        backend,
-        files,
-    }
+    World { ns, backend, files }
 }
 
 impl World {
@@ -63,7 +60,9 @@ impl World {
     }
 
     async fn secret(&self) -> (String, String) {
-        let secret = get_secret(&self.sim, NAMESPACE, CLUSTER_SECRET)
+        let secret = self
+            .ns
+            .secret(CLUSTER_SECRET)
             .await
             .expect("cluster Secret");
         (
@@ -80,8 +79,10 @@ impl World {
         let mut options = RelayerOptions::new(&self.backend).kubernetes(&kubeconfig, false);
         options.cluster_id = cluster_id;
         options.token = token;
-        options.credentials_extra =
-            format!("secret_name = \"{CLUSTER_SECRET}\"\nsecret_namespace = \"{NAMESPACE}\"");
+        options.credentials_extra = format!(
+            "secret_name = \"{CLUSTER_SECRET}\"\nsecret_namespace = \"{}\"",
+            self.ns.name
+        );
         options.level = level.to_string();
         options.connection =
             "heartbeat_interval = \"1s\"\nbackoff_base = \"50ms\"\nbackoff_max = \"500ms\"\n"
@@ -188,12 +189,44 @@ async fn rotation_end_to_end_writes_the_secret_and_the_next_session_uses_it() {
     let rotated = world.wait_secret_token_change(&first_token).await;
     let (id_after, _) = world.secret().await;
     assert_eq!(id_after, cluster_id, "clusterId is kept");
-    let secret = get_secret(&world.sim, NAMESPACE, CLUSTER_SECRET)
-        .await
-        .unwrap();
+    let secret = world.ns.secret(CLUSTER_SECRET).await.unwrap();
     assert_eq!(
-        secret["metadata"]["labels"]["app.kubernetes.io/component"], "credentials",
+        secret["metadata"]["labels"],
+        json!({
+            "app.kubernetes.io/name": "consonant-relayer",
+            "app.kubernetes.io/instance": "relayer",
+            "app.kubernetes.io/component": "credentials",
+        }),
         "the labels are kept: {secret}"
+    );
+    assert_eq!(secret["data"].as_object().unwrap().len(), 2, "{secret}");
+    // The real managedFields: register's server-side apply still owns
+    // clusterId and the labels; the write-back (a merge patch, operation
+    // Update, same field manager) took over clusterToken alone.
+    assert_eq!(
+        managers(&secret),
+        [
+            (FIELD_MANAGER.to_string(), "Apply".to_string()),
+            (FIELD_MANAGER.to_string(), "Update".to_string()),
+        ],
+        "{secret}"
+    );
+    assert_eq!(
+        owned_fields(&secret, FIELD_MANAGER, "Apply"),
+        json!({
+            "f:data": {"f:clusterId": {}},
+            "f:metadata": {"f:labels": {
+                "f:app.kubernetes.io/component": {},
+                "f:app.kubernetes.io/instance": {},
+                "f:app.kubernetes.io/name": {},
+            }},
+        }),
+        "{secret}"
+    );
+    assert_eq!(
+        owned_fields(&secret, FIELD_MANAGER, "Update"),
+        json!({"f:data": {"f:clusterToken": {}}}),
+        "{secret}"
     );
 
     // The relayer reconnects with the rotated token: a new session, and the
@@ -251,6 +284,45 @@ async fn rotation_end_to_end_writes_the_secret_and_the_next_session_uses_it() {
     assert_no_secret(&relayer.output(), &[&first_token, &rotated, BOOTSTRAP]);
 }
 
+/// Why the write-back is a merge patch: on a real API server, a server-side
+/// apply of `clusterToken` alone by the manager that applied the whole
+/// Secret at registration removes what it no longer applies — `clusterId`
+/// and the labels. (The simulator kept them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_of_the_token_alone_would_drop_cluster_id_and_the_labels() {
+    use k8s_openapi::api::core::v1::Secret as KubeSecret;
+    use kube::api::{Api, Patch, PatchParams};
+    let world = world("").await;
+    world.register(&[]).await;
+    let (cluster_id, _) = world.secret().await;
+    assert!(cluster_id.starts_with("cls_"), "{cluster_id}");
+    let api: Api<KubeSecret> = Api::namespaced(world.ns.client.clone(), &world.ns.name);
+    let token_only = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": CLUSTER_SECRET},
+        "data": {"clusterToken": "cm90YXRlZA=="},
+    });
+    // A dry run: what the apply would leave.
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = true;
+    let would = api
+        .patch(CLUSTER_SECRET, &params, &Patch::Apply(&token_only))
+        .await
+        .unwrap();
+    let would = serde_json::to_value(would).unwrap();
+    assert_eq!(secret_key(&would, "clusterToken"), "rotated");
+    assert!(would["data"].get("clusterId").is_none(), "{would}");
+    assert!(
+        would["metadata"]["labels"]
+            .as_object()
+            .is_none_or(|labels| labels.is_empty()),
+        "{would}"
+    );
+    // The Secret itself is untouched.
+    assert_eq!(world.secret().await.0, cluster_id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_back_keeps_the_token_in_memory_and_counts_it() {
     let world = world("").await;
@@ -261,8 +333,10 @@ async fn a_failed_write_back_keeps_the_token_in_memory_and_counts_it() {
         RelayerOptions::new(&world.backend).kubernetes(&world.files.path("kubeconfig"), false);
     options.cluster_id = cluster_id.clone();
     options.token = first_token.clone();
-    options.credentials_extra =
-        format!("secret_name = \"missing-cluster\"\nsecret_namespace = \"{NAMESPACE}\"");
+    options.credentials_extra = format!(
+        "secret_name = \"missing-cluster\"\nsecret_namespace = \"{}\"",
+        world.ns.name
+    );
     let relayer = Relayer::start(options);
     relayer.wait_connected().await;
     let first_session = world.wait_new_session(&cluster_id, &[]).await;

@@ -102,7 +102,7 @@ impl RelayerOptions {
         self
     }
 
-    /// Runs against the in-memory Kubernetes API at `kubeconfig`.
+    /// Runs with Kubernetes enabled, against the API server in `kubeconfig`.
     pub(crate) fn kubernetes(
         mut self,
         kubeconfig: &std::path::Path,

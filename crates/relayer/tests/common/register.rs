@@ -1,6 +1,7 @@
 //! Harness for `register`: a private PKI (rcgen), a scripted HTTPS
 //! registration backend on loopback, and the `register` binary run as a
-//! real process against the in-memory Kubernetes API.
+//! real process against the real control plane (`consonant-kube-testenv`),
+//! one namespace per test.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use consonant_kube_sim::SimHandle;
+use consonant_kube_testenv::ControlPlane;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
@@ -22,8 +23,73 @@ pub(crate) const BOOTSTRAP: &str =
     "UmVnaXN0ZXJCb290c3RyYXBUb2tlbkZvclRlc3RzMDEyMzQ1Njc4OWFiY2RlZmdo";
 pub(crate) const SCRIPTED_ID: &str = "cls_scripted";
 pub(crate) const SCRIPTED_TOKEN: &str = "scripted-cluster-token-5f1d9c0e7b2a4c68";
-pub(crate) const NAMESPACE: &str = "consonant-system";
 pub(crate) const SECRET: &str = "relayer-cluster";
+/// The field manager of every write the relayer and `register` make.
+pub(crate) const FIELD_MANAGER: &str = "consonant-relayer";
+
+/// A namespace of its own on the shared control plane, with an admin client
+/// (for the test's own reads and writes: the binaries use kubeconfigs).
+pub(crate) struct TestNamespace {
+    pub plane: &'static ControlPlane,
+    pub name: String,
+    pub client: kube::Client,
+}
+
+impl TestNamespace {
+    pub(crate) async fn new(prefix: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let plane = ControlPlane::shared();
+        let name = plane.namespace(prefix).await;
+        let client = plane.client().await;
+        Self {
+            plane,
+            name,
+            client,
+        }
+    }
+
+    /// The Secret `name` in this namespace, as JSON (None when absent).
+    pub(crate) async fn secret(&self, name: &str) -> Option<Value> {
+        get_secret(&self.client, &self.name, name).await
+    }
+
+    /// A kubeconfig at `path` for the ServiceAccount `account` of this
+    /// namespace (created if missing): no RBAC unless the test grants it.
+    pub(crate) async fn service_account_kubeconfig(&self, account: &str, path: &Path) {
+        let token = self.plane.service_account_token(&self.name, account).await;
+        self.plane
+            .write_kubeconfig_for_token(&token, &self.name, path);
+    }
+
+    /// The audit log's requests on Secrets in this namespace (by `user`, or
+    /// by anyone when it is empty), in the order they completed:
+    /// `(verb, name, dry run, HTTP status)`.
+    pub(crate) fn secret_requests(&self, user: &str) -> Vec<(String, String, bool, i64)> {
+        self.plane
+            .audit_events()
+            .into_iter()
+            .filter(|event| {
+                (user.is_empty() || event["user"]["username"] == user)
+                    && event["objectRef"]["resource"] == "secrets"
+                    && event["objectRef"]["namespace"] == self.name.as_str()
+            })
+            .map(|event| {
+                (
+                    event["verb"].as_str().unwrap_or_default().to_string(),
+                    event["objectRef"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    event["requestURI"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("dryRun=All"),
+                    event["responseStatus"]["code"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
 
 /// A CA and a server certificate it signed for `names`.
 pub(crate) struct Pki {
@@ -192,17 +258,20 @@ async fn answer(State(script): State<Arc<Script>>, headers: HeaderMap, body: Str
 }
 
 /// A temp dir with the relayer config, the bootstrap token file, the CA and
-/// the simulator's kubeconfig.
+/// a kubeconfig (the control plane's admin one, until a test replaces it),
+/// for the Secret in `namespace`.
 pub(crate) struct RegisterFiles {
     pub dir: tempfile::TempDir,
+    /// The namespace `chart_args` passes (`--namespace`).
+    pub namespace: String,
 }
 
 impl RegisterFiles {
     /// `backend_toml` is the body of `[backend]` (url included).
-    pub(crate) fn new(sim: &SimHandle, backend_toml: &str, extra_toml: &str) -> Self {
+    pub(crate) fn new(ns: &TestNamespace, backend_toml: &str, extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
+        std::fs::copy(&ns.plane.kubeconfig, &kubeconfig).unwrap();
         std::fs::write(dir.path().join("bootstrap-token"), format!("{BOOTSTRAP}\n")).unwrap();
         let config = format!(
             r#"
@@ -228,7 +297,21 @@ kubeconfig = "{kubeconfig}"
             kubeconfig = kubeconfig.display(),
         );
         std::fs::write(dir.path().join("relayer.toml"), config).unwrap();
-        Self { dir }
+        Self {
+            dir,
+            namespace: ns.name.clone(),
+        }
+    }
+
+    /// Replaces the `[backend]` section's body in the config file.
+    pub(crate) fn rewrite_backend(&self, backend_toml: &str) {
+        let path = self.path("relayer.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("[backend]\n", &format!("[backend]\n{backend_toml}\n")),
+        )
+        .unwrap();
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
@@ -253,7 +336,7 @@ kubeconfig = "{kubeconfig}"
             "--secret-name",
             SECRET,
             "--namespace",
-            NAMESPACE,
+            &self.namespace,
             "--secret-label",
             "app.kubernetes.io/name=consonant-relayer",
             "--secret-label",
@@ -308,10 +391,14 @@ pub(crate) async fn run_binary(args: &[String], env: &[(&str, &str)]) -> Run {
     run
 }
 
-/// The Secret `namespace/name` in the simulator, as JSON (None when absent).
-pub(crate) async fn get_secret(sim: &SimHandle, namespace: &str, name: &str) -> Option<Value> {
+/// The Secret `namespace/name`, as JSON (None when absent).
+pub(crate) async fn get_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Option<Value> {
     use k8s_openapi::api::core::v1::Secret;
-    let api: kube::Api<Secret> = kube::Api::namespaced(sim.client().unwrap(), namespace);
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     api.get_opt(name)
         .await
         .unwrap()
@@ -330,15 +417,15 @@ pub(crate) fn secret_key(secret: &Value, key: &str) -> String {
     .unwrap()
 }
 
-/// Creates an Opaque Secret with `data` in the simulator.
+/// Creates an Opaque Secret with `data`.
 pub(crate) async fn create_secret(
-    sim: &SimHandle,
+    client: &kube::Client,
     namespace: &str,
     name: &str,
     data: &[(&str, &str)],
 ) {
     use k8s_openapi::api::core::v1::Secret;
-    let api: kube::Api<Secret> = kube::Api::namespaced(sim.client().unwrap(), namespace);
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     let string_data: serde_json::Map<String, Value> = data
         .iter()
         .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
@@ -363,6 +450,34 @@ pub(crate) fn assert_no_secret(output: &str, secrets: &[&str]) {
             }
         }
     }
+}
+
+/// `metadata.managedFields` as `(manager, operation)` pairs, in order.
+pub(crate) fn managers(object: &Value) -> Vec<(String, String)> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| {
+            (
+                entry["manager"].as_str().unwrap_or_default().to_string(),
+                entry["operation"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The `fieldsV1` of the managedFields entry of `manager` with `operation`.
+pub(crate) fn owned_fields(object: &Value, manager: &str, operation: &str) -> Value {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .find(|entry| entry["manager"] == manager && entry["operation"] == operation)
+        .map(|entry| entry["fieldsV1"].clone())
+        .unwrap_or_else(|| panic!("no managedFields entry ({manager}, {operation}): {object}"))
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) {
