@@ -1,4 +1,6 @@
-//! An in-memory Kubernetes API server on loopback, for tests and the demo.
+//! An in-memory Kubernetes API server on loopback: the demo's embedded
+//! cluster and the Kubernetes bench's peer. The tests run against a real
+//! kube-apiserver instead (`crates/kube-testenv`).
 //!
 //! [`SimCluster::start`] binds `127.0.0.1:<port>` and serves enough of the
 //! Kubernetes REST API (JSON over HTTP/1.1, no TLS) that an unmodified
