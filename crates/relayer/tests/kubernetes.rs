@@ -581,7 +581,27 @@ async fn a_deployment_becoming_ready_and_failing_pods_are_reported() {
             )
         })
         .collect();
-    assert!(found, "events seen: {seen:#?}\n{}", env.relayer.output());
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.plane.client().await, &env.ns);
+    let phases: Vec<_> = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                p.metadata.name,
+                p.spec.and_then(|s| s.node_name),
+                p.status.map(|s| (s.phase, s.reason)),
+            )
+        })
+        .collect();
+    assert!(
+        found,
+        "events seen: {seen:#?}\npods: {phases:#?}\n{}",
+        env.relayer.output()
+    );
 }
 
 #[tokio::test]
