@@ -12,7 +12,9 @@
 //!   Job's pod runs to Succeeded (or Failed when it crashes);
 //! - finishes deleting terminating pods (as a kubelet confirms a pod's
 //!   containers stopped), so scale-downs and rollouts complete;
-//! - serves container logs on its HTTPS port, so `pods/log` goes through the
+//! - runs pods of the images a test registered as real processes, each in
+//!   its own network and mount namespace (`pods.rs`);
+//! - serves container logs on its HTTPS port (a process pod's real output), so `pods/log` goes through the
 //!   API server's kubelet proxy: `line <n> from <pod>/<container>`, count
 //!   from the pod annotation [`LOG_LINES`] (default 4), answered after the
 //!   delay in [`LOG_DELAY_MS`] (a slow node, for deadline and cancel tests),
@@ -45,7 +47,8 @@ pub const LOG_DELAY_MS: &str = "kubelet.testenv.consonant.dev/log-delay-ms";
 
 /// Starts the stand-in kubelet on its own thread and runtime for the rest of
 /// the process. Returns once the Node is registered.
-pub(crate) fn spawn(kubeconfig: PathBuf, node: &'static str) -> Result<(), String> {
+pub(crate) fn spawn(kubeconfig: PathBuf, dir: PathBuf, node: &'static str) -> Result<(), String> {
+    let api_port = api_port(&kubeconfig)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
         .name("stand-in-kubelet".into())
@@ -62,6 +65,10 @@ pub(crate) fn spawn(kubeconfig: PathBuf, node: &'static str) -> Result<(), Strin
                 }
             };
             runtime.block_on(async move {
+                if let Err(err) = crate::pods::init(&dir, tokio::runtime::Handle::current()) {
+                    let _ = ready_tx.send(Err(err));
+                    return;
+                }
                 let client = crate::client_for(&kubeconfig).await;
                 let port = match serve_logs(client.clone()).await {
                     Ok(addr) => addr.port(),
@@ -75,13 +82,27 @@ pub(crate) fn spawn(kubeconfig: PathBuf, node: &'static str) -> Result<(), Strin
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
-                run_pods(client, node).await;
+                run_pods(client, node, api_port).await;
             });
         })
         .map_err(|err| err.to_string())?;
     ready_rx
         .recv_timeout(Duration::from_secs(60))
         .map_err(|_| "the stand-in kubelet did not start within 60 s".to_string())?
+}
+
+/// The API server's port, from the kubeconfig's `server:` line.
+fn api_port(kubeconfig: &std::path::Path) -> Result<u16, String> {
+    let text = std::fs::read_to_string(kubeconfig).map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|port| port.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no https://127.0.0.1:<port> server in {}",
+                kubeconfig.display()
+            )
+        })
 }
 
 async fn register_node(client: &kube::Client, node: &str, port: u16) -> Result<(), kube::Error> {
@@ -132,7 +153,7 @@ async fn register_node(client: &kube::Client, node: &str, port: u16) -> Result<(
 }
 
 /// Binds, starts and finishes deleting pods until the process exits.
-async fn run_pods(client: kube::Client, node: &'static str) {
+async fn run_pods(client: kube::Client, node: &'static str, api_port: u16) {
     let all: Api<Pod> = Api::all(client.clone());
     let events = watcher::watcher(all, watcher::Config::default()).default_backoff();
     futures::pin_mut!(events);
@@ -141,7 +162,7 @@ async fn run_pods(client: kube::Client, node: &'static str) {
             Ok(Some(Event::Apply(pod) | Event::InitApply(pod))) => {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = handle(&client, node, &pod).await {
+                    if let Err(err) = handle(&client, node, api_port, &pod).await {
                         tracing::debug!(error = %err, "stand-in kubelet: pod update failed (retried on the next event)");
                     }
                 });
@@ -153,7 +174,12 @@ async fn run_pods(client: kube::Client, node: &'static str) {
     }
 }
 
-async fn handle(client: &kube::Client, node: &str, pod: &Pod) -> Result<(), kube::Error> {
+async fn handle(
+    client: &kube::Client,
+    node: &str,
+    api_port: u16,
+    pod: &Pod,
+) -> Result<(), kube::Error> {
     let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
         return Ok(());
     };
@@ -161,7 +187,15 @@ async fn handle(client: &kube::Client, node: &str, pod: &Pod) -> Result<(), kube
     let bound_to = pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
     if pod.metadata.deletion_timestamp.is_some() {
         if bound_to.is_none_or(|bound| bound == node) {
-            // The containers "stopped": confirm the deletion.
+            if let Some(uid) = &pod.metadata.uid {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(30)
+                    .clamp(0, 30) as u64;
+                crate::pods::stop(uid, Duration::from_secs(grace)).await;
+            }
+            // The containers stopped: confirm the deletion.
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(Preconditions {
@@ -200,7 +234,15 @@ async fn handle(client: &kube::Client, node: &str, pod: &Pod) -> Result<(), kube
                 .status
                 .as_ref()
                 .is_some_and(|status| status.start_time.is_some());
-            if !started {
+            let runs_here = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.containers.first())
+                .and_then(crate::pods::binary_for)
+                .is_some();
+            if runs_here {
+                crate::pods::start(client, pod, api_port).await;
+            } else if !started {
                 if let Some(status) = started_status(pod, node) {
                     pods.patch_status(
                         name,
@@ -396,6 +438,20 @@ async fn container_logs(
             .and_then(|a| a.get(key))
             .and_then(|v| v.parse::<u64>().ok())
     };
+    if let Some(file) = object
+        .metadata
+        .uid
+        .as_deref()
+        .and_then(|uid| crate::pods::log_file(uid, &container))
+    {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+        if let Some(tail) = query.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+            let skip = lines.len().saturating_sub(tail);
+            lines.drain(..skip);
+        }
+        return lines.concat().into_response();
+    }
     if let Some(delay) = annotation(LOG_DELAY_MS) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }

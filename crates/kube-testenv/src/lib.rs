@@ -14,6 +14,7 @@
 //! ```
 
 pub mod kubelet;
+mod pods;
 mod time;
 
 use std::path::{Path, PathBuf};
@@ -101,7 +102,7 @@ impl ControlPlane {
         })
         .join()
         .map_err(|_| "reading /version panicked".to_string())??;
-        kubelet::spawn(kubeconfig.clone(), NODE_NAME)?;
+        kubelet::spawn(kubeconfig.clone(), dir.clone(), NODE_NAME)?;
         Ok(ControlPlane {
             dir,
             kubeconfig,
@@ -156,6 +157,19 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Pods whose first container's image starts with `image_prefix` run as
+    /// processes of `binary` in their own network and mount namespaces (see
+    /// the stand-in kubelet); other images are only marked running.
+    pub fn run_image_as(&self, image_prefix: &str, binary: &Path) {
+        pods::register_image(image_prefix, binary.to_path_buf());
+    }
+
+    /// Makes the host's `127.0.0.1:port` reachable inside every process pod
+    /// at `127.0.0.1:port` (the API server's port always is).
+    pub fn expose_to_pods(&self, port: u16) {
+        pods::expose(port).unwrap_or_else(|why| panic!("expose port {port} to pods: {why}"));
+    }
+
     /// A token for the ServiceAccount `namespace/name` (TokenRequest, one
     /// hour), creating the account if it does not exist.
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
