@@ -2,7 +2,8 @@
 //! the real API server so that everything the relayer sees went through it.
 //!
 //! - registers the Node [`crate::NODE_NAME`] (Ready, InternalIP 127.0.0.1,
-//!   its kubelet port);
+//!   its kubelet port) and lifts its `not-ready` taint, as the node
+//!   lifecycle controller would, so DaemonSets get pods;
 //! - binds every unscheduled pod to it (`pods/binding`: there is no
 //!   scheduler);
 //! - moves each bound pod's status once: Running and Ready; or, on cue from
@@ -148,6 +149,27 @@ async fn register_node(client: &kube::Client, node: &str, port: u16) -> Result<(
     }});
     nodes
         .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    // The API server's TaintNodesByCondition admission taints every new
+    // Node `node.kubernetes.io/not-ready:NoSchedule`; the node lifecycle
+    // controller (not run here: no kubelet heartbeats) lifts it once the
+    // Node is Ready. Without that the DaemonSet controller makes no pods.
+    let taints: Vec<Value> = nodes
+        .get(node)
+        .await?
+        .spec
+        .and_then(|spec| spec.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|taint| taint.key != "node.kubernetes.io/not-ready")
+        .map(|taint| serde_json::to_value(taint).expect("a taint is JSON"))
+        .collect();
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"taints": taints}})),
+        )
         .await?;
     Ok(())
 }
