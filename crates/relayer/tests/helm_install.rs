@@ -128,11 +128,13 @@ async fn helm(plane: &ControlPlane, namespace: &str, args: &[String]) -> String 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "helm failed ({}):\n{text}",
-        out.status
-    );
+    if !out.status.success() {
+        panic!(
+            "helm failed ({}):\n{text}\n{}\n(hook pods are deleted by their hook policy: run with KUBE_TESTENV_KEEP_LOGS=DIR to keep every process pod's output)",
+            out.status,
+            pods_report(plane, namespace).await
+        );
+    }
     text
 }
 
