@@ -209,6 +209,28 @@ impl ControlPlane {
             .unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
     }
 
+    /// Restarts one component (`kube-apiserver`, `etcd`,
+    /// `kube-controller-manager`) with the same command line and data, and
+    /// for the API server waits until it is ready again. Tests that restart
+    /// something should have their own test binary: every test of a binary
+    /// shares its control plane.
+    pub fn restart(&self, component: &str) {
+        let script = repo_root().join("scripts/kube-testenv");
+        let out = Command::new(&script)
+            .arg("restart")
+            .arg(&self.dir)
+            .arg(component)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|err| panic!("run {}: {err}", script.display()));
+        assert!(
+            out.status.success(),
+            "restart {component} failed (logs in {})",
+            self.dir.display()
+        );
+    }
+
     /// The API server's audit log so far: one JSON object per request
     /// (Metadata level: user, verb, objectRef, responseStatus).
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
