@@ -172,6 +172,22 @@ async fn apply_get_scale_logs_and_delete_work_against_the_api() {
         "the cluster holds the new count"
     );
 
+    // A rollout restart through the relayer: the pod template gets the
+    // command's id, and the real controller rolls new pods out.
+    let restart = cmd(command::Action::Restart(
+        consonant_relayer::proto::RestartWorkload {
+            target: env.target("Deployment", "web"),
+        },
+    ));
+    let restart_id = restart.command_id.clone();
+    let restarted = output(&run(&env, restart).await);
+    assert_eq!(restarted["changed"], true, "{restarted}");
+    let template = api.get("web").await.unwrap().spec.unwrap().template;
+    assert_eq!(
+        template.metadata.unwrap().annotations.unwrap()["consonant.xyz/restartedAt"],
+        restart_id
+    );
+
     // Pods appear and become ready; read one's logs.
     let mut pod_name = String::new();
     for _ in 0..100 {
