@@ -236,7 +236,13 @@ async fn prepare_and_run(
         }
     }
     // Mounts, then the container's command.
-    let mut script = String::from("set -e\n");
+    // The binary is opened before any mount: a volume mounted over its
+    // directory (an emptyDir on /tmp, where a checkout may live) would hide
+    // it; it is executed through the open descriptor.
+    let mut script = format!(
+        "set -e\nexec 3<{}\n",
+        shell_quote(&binary.display().to_string())
+    );
     let mut overlaid = Vec::new();
     // A mount over a directory that holds the volumes' sources (an emptyDir
     // on /tmp) would hide the sources of the mounts after it: those go last.
@@ -270,13 +276,9 @@ async fn prepare_and_run(
             script.push_str(&format!("mount -o remount,bind,ro '{target}'\n"));
         }
     }
-    let mut argv: Vec<String> = Vec::new();
-    match &container.command {
-        Some(command) if !command.is_empty() => {
-            argv.push(binary.display().to_string());
-            argv.extend(command.iter().skip(1).cloned());
-        }
-        _ => argv.push(binary.display().to_string()),
+    let mut argv: Vec<String> = vec!["/proc/self/fd/3".to_string()];
+    if let Some(command) = &container.command {
+        argv.extend(command.iter().skip(1).cloned());
     }
     argv.extend(container.args.clone().unwrap_or_default());
     script.push_str("exec env -i");
