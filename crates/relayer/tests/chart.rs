@@ -23,7 +23,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -33,47 +32,12 @@ const RELEASE: &str = "consonant-relayer";
 
 // ---------------------------------------------------------------- tools
 
-struct Tools {
-    helm: PathBuf,
-    kubernetes_validate: PathBuf,
-    checkov: PathBuf,
-    python: PathBuf,
+fn tools() -> &'static common::chart_tools::ChartTools {
+    common::chart_tools::chart_tools()
 }
 
-/// Installs (or finds in the cache) the pinned tools, once per process; the
-/// script itself serialises concurrent installs with a file lock.
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/install-chart-tools"))
-            .output()
-            .expect("run scripts/install-chart-tools");
-        assert!(
-            out.status.success(),
-            "scripts/install-chart-tools failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).expect("utf-8 paths");
-        let path = |key: &str| -> PathBuf {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("install-chart-tools printed no {key}=: {stdout}"))
-                .into()
-        };
-        Tools {
-            helm: path("HELM"),
-            kubernetes_validate: path("KUBERNETES_VALIDATE"),
-            checkov: path("CHECKOV"),
-            python: path("PYTHON"),
-        }
-    })
-}
-
-/// The workspace root (the chart, scripts and `.tools/` live there).
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    common::chart_tools::repo()
 }
 
 fn run(command: &mut Command) -> Output {

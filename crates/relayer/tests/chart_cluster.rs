@@ -40,7 +40,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{backend, eventually, eventually_async, free_addr, run_command, CLUSTER_ID, TOKEN};
@@ -75,29 +74,12 @@ const SETTLE: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------- helm
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    common::chart_tools::repo()
 }
 
-/// Pinned helm from `scripts/install-chart-tools`, once per process.
+/// Pinned helm from `scripts/install-chart-tools`.
 fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Process::new("bash")
-            .arg(repo().join("scripts/install-chart-tools"))
-            .output()
-            .expect("run scripts/install-chart-tools");
-        assert!(
-            out.status.success(),
-            "scripts/install-chart-tools failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).expect("utf-8 paths");
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("HELM="))
-            .unwrap_or_else(|| panic!("install-chart-tools printed no HELM=: {stdout}"))
-            .into()
-    })
+    &common::chart_tools::chart_tools().helm
 }
 
 fn set(pairs: &[&str]) -> Vec<String> {

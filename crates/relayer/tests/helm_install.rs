@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ const RELEASE: &str = "consonant-relayer";
 const IMAGE: &str = "ghcr.io/consonant/consonant-relayer";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    common::chart_tools::repo()
 }
 
 /// The production binary as the image builds it: release profile, no
@@ -63,21 +63,7 @@ fn release_binary() -> PathBuf {
 }
 
 fn helm_binary() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/install-chart-tools"))
-        .output()
-        .expect("run scripts/install-chart-tools");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("HELM="))
-        .expect("HELM=")
-        .into()
+    common::chart_tools::chart_tools().helm.clone()
 }
 
 /// Every pod of `namespace` with its phase, message and logs: what a

@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub(crate) mod chart_tools;
 pub(crate) mod register;
 
 use consonant_dev_backend::{self as devbackend, DevBackendHandle, DevBackendOptions};
