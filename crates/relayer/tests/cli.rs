@@ -115,3 +115,40 @@ fn the_production_binary_has_no_dev_backend_and_no_demo() {
         );
     }
 }
+
+#[test]
+fn out_of_range_values_never_reach_the_running_relayer() {
+    // These used to pass check-config: the first panicked on every dial
+    // (overflow), the second made `logs` fetch whole files.
+    for (section, key, value, range) in [
+        (
+            "connection",
+            "heartbeat_interval",
+            "\"6148914691236517206s\"",
+            "between \"100ms\" and \"5m\"",
+        ),
+        (
+            "connection",
+            "max_frame_bytes",
+            "\"4KiB\"",
+            "between \"64KiB\" and \"64MiB\"",
+        ),
+        (
+            "commands",
+            "max_in_flight",
+            "1000000",
+            "between 1 and 100000",
+        ),
+    ] {
+        let (_dir, path) = config_file(&format!("{MINIMAL}[{section}]\n{key} = {value}\n"));
+        for subcommand in ["check-config", "run"] {
+            let (code, _, stderr) = relayer(&[subcommand, "--config", &path], &[]);
+            assert_eq!(code, 1, "{subcommand} {key}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{section}.{key}")) && stderr.contains(range),
+                "{subcommand}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}

@@ -366,7 +366,7 @@ mod tests {
         cfg.commands.allowed_namespaces = vec!["a".into(), "b".into()];
         cfg.commands.allowed_actions = vec!["ping".into()];
         cfg.telemetry.enabled = false;
-        cfg.telemetry.max_batch_bytes = 1000;
+        cfg.telemetry.max_batch_bytes = 2000;
         cfg.kubernetes.kubeconfig = "/kube/config".into();
         cfg.health.debug_actors = false;
         cfg.logging.format = "text".into();
@@ -483,7 +483,7 @@ mod tests {
             Err(&[
                 "3 invalid values",
                 "\n  cluster.name = \"Prod_1\" in {file} is not a DNS-1123 label",
-                "\n  commands.max_in_flight = 0 from CONSONANT_RELAYER__COMMANDS__MAX_IN_FLIGHT must be at least 1",
+                "\n  commands.max_in_flight = 0 from CONSONANT_RELAYER__COMMANDS__MAX_IN_FLIGHT is out of range: use a number between 1 and 100000",
                 "\n  logging.format = \"xml\" in {file} is not a log format",
             ]),
         );

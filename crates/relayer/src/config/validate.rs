@@ -12,6 +12,7 @@ use super::units::{format_bytes, format_duration};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 /// Every problem in `cfg`, in file order; empty when the config is usable.
 pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
@@ -61,10 +62,38 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         }
     }
 
+    // config.md "Bounds": a value outside its range never reaches the
+    // running relayer (an overflowing duration panics on the first dial; a
+    // frame limit below a log request's overhead fetches whole files).
     let conn = &cfg.connection;
-    non_zero(e, "connection.connect_timeout", conn.connect_timeout);
-    non_zero(e, "connection.heartbeat_interval", conn.heartbeat_interval);
-    non_zero(e, "connection.backoff_base", conn.backoff_base);
+    duration_within(
+        e,
+        "connection.connect_timeout",
+        conn.connect_timeout,
+        ms(100),
+        mins(5),
+    );
+    duration_within(
+        e,
+        "connection.heartbeat_interval",
+        conn.heartbeat_interval,
+        ms(100),
+        mins(5),
+    );
+    duration_within(
+        e,
+        "connection.backoff_base",
+        conn.backoff_base,
+        ms(10),
+        secs(60),
+    );
+    duration_within(
+        e,
+        "connection.backoff_max",
+        conn.backoff_max,
+        Duration::ZERO,
+        mins(60),
+    );
     if conn.backoff_max < conn.backoff_base {
         e.push(Invalid::new(
             "connection.backoff_max",
@@ -75,48 +104,90 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
             ),
         ));
     }
-    if conn.breaker_failure_threshold < 1 {
-        e.push(Invalid::new(
-            "connection.breaker_failure_threshold",
-            "0",
-            "must be at least 1 (consecutive failures before the circuit breaker opens)",
-        ));
-    }
-    non_zero(
+    count_within(
+        e,
+        "connection.breaker_failure_threshold",
+        conn.breaker_failure_threshold.into(),
+        1,
+        1000,
+    );
+    duration_within(
         e,
         "connection.breaker_open_duration",
         conn.breaker_open_duration,
+        ms(100),
+        mins(60),
     );
     // A zero keepalive would make tokio's interval panic; "off" is not offered.
-    non_zero(
+    duration_within(
         e,
         "connection.http2_keepalive_interval",
         conn.http2_keepalive_interval,
+        secs(1),
+        mins(60),
     );
-    if !(KIB..=64 * MIB).contains(&conn.max_frame_bytes) {
-        e.push(Invalid::new(
-            "connection.max_frame_bytes",
-            quote(&format_bytes(conn.max_frame_bytes)),
-            "is out of range: use a size between 1KiB and 64MiB",
-        ));
-    }
-    if conn.replay_buffer_bytes < MIB || conn.replay_buffer_bytes < conn.max_frame_bytes {
+    bytes_within(
+        e,
+        "connection.max_frame_bytes",
+        conn.max_frame_bytes,
+        64 * KIB,
+        64 * MIB,
+    );
+    bytes_within(
+        e,
+        "connection.replay_buffer_bytes",
+        conn.replay_buffer_bytes,
+        MIB,
+        4 * GIB,
+    );
+    if conn.replay_buffer_bytes >= MIB && conn.replay_buffer_bytes < conn.max_frame_bytes {
         e.push(Invalid::new(
             "connection.replay_buffer_bytes",
             quote(&format_bytes(conn.replay_buffer_bytes)),
             format!(
-                "is too small: use at least 1MiB and at least connection.max_frame_bytes ({})",
+                "is smaller than connection.max_frame_bytes ({}): use at least one frame",
                 format_bytes(conn.max_frame_bytes)
             ),
         ));
     }
 
     let cmds = &cfg.commands;
-    at_least_one(e, "commands.max_in_flight", cmds.max_in_flight.into());
-    at_least_one(e, "commands.rate_per_second", cmds.rate_per_second.into());
-    at_least_one(e, "commands.burst", cmds.burst.into());
-    at_least_one(e, "commands.dedup_max_entries", cmds.dedup_max_entries);
-    non_zero(e, "commands.default_timeout", cmds.default_timeout);
+    count_within(
+        e,
+        "commands.max_in_flight",
+        cmds.max_in_flight.into(),
+        1,
+        100_000,
+    );
+    count_within(
+        e,
+        "commands.rate_per_second",
+        cmds.rate_per_second.into(),
+        1,
+        100_000_000,
+    );
+    count_within(e, "commands.burst", cmds.burst.into(), 1, 100_000_000);
+    count_within(
+        e,
+        "commands.dedup_max_entries",
+        cmds.dedup_max_entries,
+        1,
+        10_000_000,
+    );
+    duration_within(
+        e,
+        "commands.default_timeout",
+        cmds.default_timeout,
+        secs(1),
+        hours(24),
+    );
+    duration_within(
+        e,
+        "commands.dedup_retention",
+        cmds.dedup_retention,
+        secs(1),
+        hours(24),
+    );
     if cmds.allowed_namespaces.is_empty()
         || cmds.allowed_namespaces.iter().any(|n| n.trim().is_empty())
     {
@@ -150,14 +221,27 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
     let tel = &cfg.telemetry;
     socket_addr(e, "telemetry.otlp_grpc_listen", &tel.otlp_grpc_listen);
     socket_addr(e, "telemetry.otlp_http_listen", &tel.otlp_http_listen);
-    non_zero(e, "telemetry.flush_interval", tel.flush_interval);
-    if tel.max_batch_bytes == 0 {
-        e.push(Invalid::new(
-            "telemetry.max_batch_bytes",
-            "0",
-            "must be at least 1 byte, e.g. \"1MiB\"",
-        ));
-    }
+    duration_within(
+        e,
+        "telemetry.flush_interval",
+        tel.flush_interval,
+        ms(1),
+        secs(60),
+    );
+    bytes_within(
+        e,
+        "telemetry.buffer_bytes",
+        tel.buffer_bytes,
+        4 * KIB,
+        4 * GIB,
+    );
+    bytes_within(
+        e,
+        "telemetry.max_batch_bytes",
+        tel.max_batch_bytes,
+        KIB,
+        conn.max_frame_bytes.max(KIB),
+    );
     if tel.buffer_bytes < tel.max_batch_bytes {
         e.push(Invalid::new(
             "telemetry.buffer_bytes",
@@ -282,19 +366,64 @@ fn check_url(e: &mut Vec<Invalid>, key: &str, value: &str, schemes: &[&str], req
     }
 }
 
-fn non_zero(e: &mut Vec<Invalid>, key: &str, value: Duration) {
-    if value.is_zero() {
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const fn mins(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+fn duration_within(e: &mut Vec<Invalid>, key: &str, value: Duration, min: Duration, max: Duration) {
+    if value.is_zero() && min > Duration::ZERO {
         e.push(Invalid::new(
             key,
             "\"0s\"",
-            "must be longer than zero: use a duration like \"500ms\" or \"10s\"",
+            format!(
+                "must be longer than zero: use a duration between {} and {}",
+                quote(&format_duration(min)),
+                quote(&format_duration(max))
+            ),
+        ));
+    } else if value < min || value > max {
+        e.push(Invalid::new(
+            key,
+            quote(&format_duration(value)),
+            format!(
+                "is out of range: use a duration between {} and {}",
+                quote(&format_duration(min)),
+                quote(&format_duration(max))
+            ),
         ));
     }
 }
 
-fn at_least_one(e: &mut Vec<Invalid>, key: &str, value: u64) {
-    if value < 1 {
-        e.push(Invalid::new(key, value.to_string(), "must be at least 1"));
+fn count_within(e: &mut Vec<Invalid>, key: &str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        e.push(Invalid::new(
+            key,
+            value.to_string(),
+            format!("is out of range: use a number between {min} and {max}"),
+        ));
+    }
+}
+
+fn bytes_within(e: &mut Vec<Invalid>, key: &str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        e.push(Invalid::new(
+            key,
+            quote(&format_bytes(value)),
+            format!(
+                "is out of range: use a size between {} and {}",
+                quote(&format_bytes(min)),
+                quote(&format_bytes(max))
+            ),
+        ));
     }
 }
 
@@ -437,11 +566,27 @@ mod tests {
         );
         check(
             |c| c.connection.breaker_failure_threshold = 0,
-            &[("connection.breaker_failure_threshold", "0", "at least 1")],
+            &[(
+                "connection.breaker_failure_threshold",
+                "0",
+                "between 1 and 1000",
+            )],
         );
         check(
             |c| c.connection.max_frame_bytes = 100,
-            &[("connection.max_frame_bytes", "\"100\"", "1KiB and 64MiB")],
+            // max_batch_bytes (1MiB) is then over the frame limit too.
+            &[
+                (
+                    "connection.max_frame_bytes",
+                    "\"100\"",
+                    "\"64KiB\" and \"64MiB\"",
+                ),
+                (
+                    "telemetry.max_batch_bytes",
+                    "\"1MiB\"",
+                    "\"1KiB\" and \"1KiB\"",
+                ),
+            ],
         );
         check(
             |c| c.connection.replay_buffer_bytes = 2 * MIB,
@@ -451,6 +596,194 @@ mod tests {
                 "connection.max_frame_bytes (4MiB)",
             )],
         );
+    }
+
+    /// config.md "Bounds": each key just inside and just outside its range.
+    #[test]
+    fn bounds_of_config_md() {
+        type Edit = fn(&mut RelayerConfig, u64);
+        let rows: &[(&str, Edit, u64, u64, &str)] = &[
+            // (key, set the value, lowest allowed, highest allowed, unit)
+            (
+                "connection.connect_timeout",
+                |c, v| c.connection.connect_timeout = Duration::from_millis(v),
+                100,
+                300_000,
+                "ms",
+            ),
+            (
+                "connection.heartbeat_interval",
+                |c, v| c.connection.heartbeat_interval = Duration::from_millis(v),
+                100,
+                300_000,
+                "ms",
+            ),
+            (
+                "connection.backoff_base",
+                |c, v| {
+                    c.connection.backoff_base = Duration::from_millis(v);
+                    c.connection.backoff_max = Duration::from_secs(3600)
+                },
+                10,
+                60_000,
+                "ms",
+            ),
+            (
+                "connection.backoff_max",
+                |c, v| {
+                    c.connection.backoff_base = Duration::from_millis(10);
+                    c.connection.backoff_max = Duration::from_millis(v)
+                },
+                10,
+                3_600_000,
+                "ms",
+            ),
+            (
+                "connection.breaker_failure_threshold",
+                |c, v| c.connection.breaker_failure_threshold = v as u32,
+                1,
+                1000,
+                "",
+            ),
+            (
+                "connection.breaker_open_duration",
+                |c, v| c.connection.breaker_open_duration = Duration::from_millis(v),
+                100,
+                3_600_000,
+                "ms",
+            ),
+            (
+                "connection.http2_keepalive_interval",
+                |c, v| c.connection.http2_keepalive_interval = Duration::from_millis(v),
+                1000,
+                3_600_000,
+                "ms",
+            ),
+            (
+                "connection.max_frame_bytes",
+                |c, v| {
+                    c.connection.max_frame_bytes = v;
+                    c.telemetry.max_batch_bytes = KIB
+                },
+                64 * KIB,
+                64 * MIB,
+                "B",
+            ),
+            (
+                "connection.replay_buffer_bytes",
+                |c, v| {
+                    c.connection.replay_buffer_bytes = v;
+                    c.connection.max_frame_bytes = 64 * KIB
+                },
+                MIB,
+                4 * GIB,
+                "B",
+            ),
+            (
+                "commands.max_in_flight",
+                |c, v| c.commands.max_in_flight = v as u32,
+                1,
+                100_000,
+                "",
+            ),
+            (
+                "commands.rate_per_second",
+                |c, v| c.commands.rate_per_second = v as u32,
+                1,
+                100_000_000,
+                "",
+            ),
+            (
+                "commands.burst",
+                |c, v| c.commands.burst = v as u32,
+                1,
+                100_000_000,
+                "",
+            ),
+            (
+                "commands.default_timeout",
+                |c, v| c.commands.default_timeout = Duration::from_millis(v),
+                1000,
+                86_400_000,
+                "ms",
+            ),
+            (
+                "commands.dedup_retention",
+                |c, v| c.commands.dedup_retention = Duration::from_millis(v),
+                1000,
+                86_400_000,
+                "ms",
+            ),
+            (
+                "commands.dedup_max_entries",
+                |c, v| c.commands.dedup_max_entries = v,
+                1,
+                10_000_000,
+                "",
+            ),
+            (
+                "telemetry.buffer_bytes",
+                |c, v| {
+                    c.telemetry.buffer_bytes = v;
+                    c.telemetry.max_batch_bytes = KIB
+                },
+                4 * KIB,
+                4 * GIB,
+                "B",
+            ),
+            (
+                "telemetry.max_batch_bytes",
+                |c, v| c.telemetry.max_batch_bytes = v,
+                KIB,
+                4 * MIB,
+                "B",
+            ),
+            (
+                "telemetry.flush_interval",
+                |c, v| c.telemetry.flush_interval = Duration::from_millis(v),
+                1,
+                60_000,
+                "ms",
+            ),
+        ];
+        for (key, set, low, high, _unit) in rows {
+            for (value, allowed) in [
+                (*low, true),
+                (*high, true),
+                (low - 1, false),
+                (high + 1, false),
+            ] {
+                let mut config = valid();
+                set(&mut config, value);
+                let errors = validate(&config);
+                let named = errors.iter().any(|e| e.to_string().contains(key));
+                assert_eq!(
+                    !named,
+                    allowed,
+                    "{key} = {value}: {:?}",
+                    errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+                );
+                if !allowed {
+                    let message = errors
+                        .iter()
+                        .find(|e| e.to_string().contains(key))
+                        .unwrap()
+                        .to_string();
+                    assert!(
+                        message.contains("between")
+                            || message.contains("longer than zero")
+                            || message.contains(">= backoff_base"),
+                        "{message}"
+                    );
+                }
+            }
+        }
+        // A duration that would overflow on the first dial is refused.
+        let mut config = valid();
+        config.connection.heartbeat_interval = Duration::from_secs(6_148_914_691_236_517_206);
+        assert!(validate(&config)
+            .iter()
+            .any(|e| e.to_string().contains("connection.heartbeat_interval")));
     }
 
     #[test]
@@ -485,7 +818,7 @@ mod tests {
     fn commands() {
         check(
             |c| c.commands.max_in_flight = 0,
-            &[("commands.max_in_flight", "0", "at least 1")],
+            &[("commands.max_in_flight", "0", "between 1 and 100000")],
         );
         check(
             |c| c.commands.allowed_namespaces.clear(),
@@ -533,7 +866,7 @@ mod tests {
             },
             &[
                 ("cluster.name", "\"Bad\"", "DNS"),
-                ("commands.burst", "0", "at least 1"),
+                ("commands.burst", "0", "between 1 and 100000000"),
                 ("logging.format", "\"xml\"", "json"),
             ],
         );
