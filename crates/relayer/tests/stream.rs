@@ -457,3 +457,55 @@ async fn sigterm_closes_the_stream_and_exits_zero() {
         .await
     );
 }
+
+/// A hostile or buggy backend rotates to a token that could never be sent
+/// in a header: the relayer ignores it (protocol.md, edge cases), says why
+/// in `/health`, keeps its token, and later sessions still get in.
+#[tokio::test]
+async fn a_rotated_token_that_is_not_a_valid_token_is_ignored() {
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend));
+    relayer.wait_connected().await;
+    let bad = "valid-looking-prefix\r\nx-injected: yes";
+    assert_eq!(
+        backend
+            .state()
+            .send_rotation_unchecked(CLUSTER_ID, bad)
+            .unwrap(),
+        1
+    );
+    let health = relayer
+        .wait_health(Duration::from_secs(10), |h| {
+            h["grpc"]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("ignored RotateCredentials"))
+        })
+        .await;
+    assert!(
+        health["grpc"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("not visible ASCII"),
+        "{health}"
+    );
+    assert_eq!(health["grpc"]["connected"], true, "no reconnect for it");
+    let result = run_command(&backend, ping("after-bad-rotation", b"x")).await;
+    assert_eq!(result.status, Status::Succeeded as i32);
+    // The next session presents the token it had: the backend lets it in.
+    backend.state().drain(CLUSTER_ID, 100).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || backend
+            .state()
+            .stats()
+            .sessions_started
+            >= 2)
+        .await
+    );
+    relayer.wait_connected().await;
+    let result = run_command(&backend, ping("after-reconnect", b"x")).await;
+    assert_eq!(result.status, Status::Succeeded as i32);
+    assert!(
+        !relayer.output().contains("x-injected"),
+        "the refused token never reaches the log"
+    );
+}

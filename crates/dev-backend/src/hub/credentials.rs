@@ -79,6 +79,25 @@ impl DevBackendState {
         tracing::info!(cluster_id, sessions = told, "credentials rotation started");
         Ok((token, told))
     }
+
+    /// Sends `RotateCredentials` with exactly `token` to every session of
+    /// the cluster without adopting it — what a buggy or hostile backend
+    /// does; for tests of the relayer's defences. Returns how many sessions
+    /// were told.
+    pub fn send_rotation_unchecked(
+        &self,
+        cluster_id: &str,
+        token: &str,
+    ) -> Result<usize, ClusterError> {
+        let cluster = self.cluster(cluster_id)?;
+        let inner = cluster.inner.lock();
+        let frame = proto::BackendFrame {
+            body: Some(Out::RotateCredentials(proto::RotateCredentials {
+                cluster_token: token.to_string(),
+            })),
+        };
+        Ok(inner.sessions.send_to_all(&frame))
+    }
 }
 
 #[cfg(test)]

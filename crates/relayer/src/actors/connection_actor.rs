@@ -24,6 +24,7 @@ use crate::connection::messages::SessionEvent;
 use crate::connection::reconnect::{Ended, Reconnect, HEALTHY_AFTER};
 use crate::connection::session::{self, CommandSink, SessionEnd, SessionOutcome, SessionParams};
 pub use crate::connection::state::ConnState;
+use crate::credentials::rotated::rotated_token_problem;
 use crate::credentials::Secret;
 use crate::metrics::Metrics;
 use crate::proto::{Hello, TelemetryStats, PROTOCOL_VERSION};
@@ -326,7 +327,7 @@ impl ConnectionActor {
                 code: tonic::Code::FailedPrecondition,
                 message,
             } => {
-                tracing::error!(relayer_protocol = PROTOCOL_VERSION, backend_said = %message, "protocol version refused by the backend")
+                tracing::error!(relayer_protocol = PROTOCOL_VERSION, relayer_version = self.rc.identity.version, backend_said = %message, "protocol version refused by the backend")
             }
             _ => tracing::warn!(reason = %end, failure = next.failure, "session ended"),
         }
@@ -377,6 +378,15 @@ impl ConnectionActor {
     /// backend sees the new token in use and may retire the old one. If the
     /// backend refuses it, `session_ended` falls back to the previous token.
     fn rotate(&mut self, token: Secret, ctx: &mut Context<Self>) {
+        if let Some(problem) = rotated_token_problem(token.expose()) {
+            // Taking it would break every later dial and be written back.
+            tracing::warn!(%problem, "ignored RotateCredentials from the backend; the current cluster token stays");
+            self.last_error = Some(format!(
+                "ignored RotateCredentials from the backend: {problem}; the current token stays"
+            ));
+            self.publish();
+            return;
+        }
         tracing::info!("the backend rotated the cluster token; writing it to the Secret, then reconnecting with it");
         self.rc.credentials.set_rotated_token(token.clone());
         let Some(writer) = self.rc.directory.credential_writer() else {

@@ -5,6 +5,7 @@
 //! [`namespace`] finds where that Secret lives.
 
 pub mod namespace;
+pub mod rotated;
 pub mod store;
 pub mod writeback;
 
