@@ -818,3 +818,86 @@ async fn only_the_leader_sends_events_and_a_standby_takes_over() {
         "the new leader reports events"
     );
 }
+
+/// A cluster-scoped kind only discovery can name (a custom resource) while
+/// `allowed_namespaces` is not `["*"]`: `list` used to return every object
+/// cluster-wide and `get` came back FAILED and cached; both are REJECTED,
+/// FORBIDDEN now (protocol.md, "Answers to edge cases").
+#[tokio::test]
+async fn a_cluster_scoped_custom_kind_is_rejected_through_get_and_list() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let env =
+        env_with(|options, ns| options.commands(&format!("allowed_namespaces = [\"{ns}\"]"))).await;
+    let group = format!("{}.example.com", env.ns);
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {
+            "group": group,
+            "scope": "Cluster",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+        }
+    }))
+    .unwrap();
+    let client = env.plane.client().await;
+    kube::Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&Default::default(), &crd)
+        .await
+        .unwrap();
+    let resource = kube::discovery::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client, &resource);
+    let secret_widget: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Widget",
+        "metadata": {"name": "cluster-wide-secret"}, "spec": {"data": "not for this relayer"}
+    }))
+    .unwrap();
+    let created = eventually_async(Duration::from_secs(20), || {
+        let (widgets, object) = (widgets.clone(), secret_widget.clone());
+        async move { widgets.create(&Default::default(), &object).await.is_ok() }
+    })
+    .await;
+    assert!(created, "the CRD is served");
+
+    let list = cmd(command::Action::List(
+        consonant_relayer::proto::ListResources {
+            api_version: format!("{group}/v1"),
+            kind: "Widget".into(),
+            namespace: env.ns.clone(),
+            label_selector: String::new(),
+            limit: 10,
+        },
+    ));
+    let get = cmd(command::Action::Get(
+        consonant_relayer::proto::GetResource {
+            target: Some(ObjectRef {
+                api_version: format!("{group}/v1"),
+                kind: "Widget".into(),
+                namespace: env.ns.clone(),
+                name: "cluster-wide-secret".into(),
+                uid: String::new(),
+            }),
+        },
+    ));
+    for command in [list, get] {
+        let result = run(&env, command).await;
+        assert_eq!(result.status, Status::Rejected as i32, "{result:?}");
+        let error = result.error.unwrap();
+        assert_eq!(error.code, Code::Forbidden as i32);
+        assert!(
+            error.message.contains("cluster-scoped"),
+            "{}",
+            error.message
+        );
+        assert!(
+            result.output_json.is_empty(),
+            "nothing of the object goes out"
+        );
+    }
+}

@@ -174,7 +174,12 @@ impl Handler<Execute> for WorkloadExecutor {
                 _ = tokio::time::sleep(timeout) => Err((Status::TimedOut, CommandError::DeadlineExceeded(format!(
                     "did not finish within {timeout:?} (the command's deadline or commands.default_timeout); the Kubernetes request was aborted"
                 )))),
-                output = kube.run(&request, &command.command_id) => output.map_err(|error| (Status::Failed, error)),
+                output = kube.run(&request, &command.command_id) => output.map_err(|error| match error {
+                    // A policy refusal is a refusal, wherever it is decided:
+                    // REJECTED, and not cached (the router forgets it).
+                    CommandError::PolicyForbidden(_) => (Status::Rejected, error),
+                    error => (Status::Failed, error),
+                }),
             };
             let result = match outcome {
                 Ok(output) => {

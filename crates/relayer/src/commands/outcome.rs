@@ -14,6 +14,12 @@ pub enum CommandError {
     InvalidArgument(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The `[commands]` policy refuses it, decided only once the Kubernetes
+    /// API's discovery answered (a cluster-scoped kind while
+    /// `allowed_namespaces` is not `["*"]`): answered REJECTED/FORBIDDEN and
+    /// not cached, exactly like the refusals decided before anything runs.
+    #[error("{0}")]
+    PolicyForbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -36,7 +42,7 @@ impl CommandError {
     pub fn code(&self) -> Code {
         match self {
             CommandError::InvalidArgument(_) => Code::InvalidArgument,
-            CommandError::Forbidden(_) => Code::Forbidden,
+            CommandError::Forbidden(_) | CommandError::PolicyForbidden(_) => Code::Forbidden,
             CommandError::NotFound(_) => Code::NotFound,
             CommandError::Conflict(_) => Code::Conflict,
             CommandError::RateLimited(_) => Code::RateLimited,

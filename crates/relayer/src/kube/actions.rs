@@ -136,13 +136,24 @@ impl Executor {
                 Some(namespace.to_string()),
             ))
         } else {
-            if !self.cluster_scoped_allowed {
-                return Err(CommandError::Forbidden(format!(
-                    "{kind} ({api_version}) is cluster-scoped, and commands.allowed_namespaces does not include \"*\"; only namespaced objects in the allowed namespaces may be touched"
-                )));
-            }
+            self.check_cluster_scope(api_version, kind)?;
             Ok((Api::all_with(self.client.clone(), &resolved.resource), None))
         }
+    }
+
+    /// A cluster-scoped kind is refused unless `allowed_namespaces = ["*"]`:
+    /// the policy cannot know a CRD's scope, discovery does.
+    fn check_cluster_scope(
+        &self,
+        api_version: &ApiVersion,
+        kind: &str,
+    ) -> Result<(), CommandError> {
+        if self.cluster_scoped_allowed {
+            return Ok(());
+        }
+        Err(CommandError::PolicyForbidden(format!(
+            "{kind} ({api_version}) is cluster-scoped, and commands.allowed_namespaces does not include \"*\"; only namespaced objects in the allowed namespaces may be touched"
+        )))
     }
 
     /// Server-side apply of every document, in order; stops at the first
@@ -236,13 +247,19 @@ impl Executor {
         Ok(json!({ "object": strip_managed_fields(value) }))
     }
 
-    /// Lists objects; no namespace (or a cluster-scoped kind) lists across
-    /// all namespaces.
+    /// Lists objects; no namespace lists across all namespaces (the policy
+    /// allowed that only with `allowed_namespaces = ["*"]`); a cluster-scoped
+    /// kind is refused unless the policy allows cluster-scoped objects.
     pub async fn list(&self, query: &ListQuery) -> Result<Value, CommandError> {
         let resolved = self
             .resolver
             .resolve(&self.client, &query.api_version, &query.kind)
             .await?;
+        if !resolved.namespaced {
+            // Listing a cluster-scoped kind is touching it, whatever
+            // namespace the command named.
+            self.check_cluster_scope(&query.api_version, &query.kind)?;
+        }
         let api: Api<DynamicObject> = match &query.namespace {
             Some(namespace) if resolved.namespaced => {
                 Api::namespaced_with(self.client.clone(), namespace, &resolved.resource)
