@@ -509,3 +509,47 @@ async fn a_rotated_token_that_is_not_a_valid_token_is_ignored() {
         "the refused token never reaches the log"
     );
 }
+
+/// `command_id`s of a megabyte (protocol.md: at most 128 bytes) are
+/// refused with an empty id: they never reach the dedup cache or a log
+/// line, so thirty of them neither grow the relayer's memory nor its log.
+#[tokio::test]
+async fn huge_command_ids_are_refused_without_keeping_or_logging_them() {
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend));
+    relayer.wait_connected().await;
+    let before = relayer.rss_kib();
+    let log_before = relayer.output().len();
+    let _waiters: Vec<_> = (0..30)
+        .map(|i| {
+            let id = format!("{i:02}{}", "i".repeat(1 << 20));
+            backend
+                .state()
+                .submit_command(CLUSTER_ID, ping(&id, b""))
+                .unwrap()
+        })
+        .collect();
+    let refused = eventually_async(Duration::from_secs(20), || async {
+        relayer
+            .metric(
+                "consonant_relayer_commands_total",
+                "action=\"ping\",status=\"rejected\"",
+            )
+            .await
+            >= 30.0
+    })
+    .await;
+    assert!(refused, "every one refused");
+    let grown_kib = relayer.rss_kib().saturating_sub(before);
+    assert!(
+        grown_kib < 16 * 1024,
+        "30 MB of ids grew the relayer by {grown_kib} KiB (bound: 16 MiB; it was ~93 MB)"
+    );
+    let logged = &relayer.output()[log_before..];
+    assert!(
+        logged.len() < 64 * 1024 && !logged.contains(&"i".repeat(129)),
+        "the ids reached the log: {} bytes written",
+        logged.len()
+    );
+    assert_eq!(relayer.wait_connected().await["grpc"]["connected"], true);
+}

@@ -97,6 +97,8 @@ impl CommandRouter {
         );
         let validated = match decision {
             Admission::Unidentified(error) => {
+                // Answered with an empty id: an unusable one never goes on.
+                command.command_id.clear();
                 out.reject(&rc, &command, action, &error);
                 return;
             }

@@ -5,7 +5,9 @@
 //!
 //! The order, first refusal wins:
 //!
-//! 1. `command_id` present, else REJECTED INVALID_ARGUMENT (empty id);
+//! 1. `command_id` present and at most [`MAX_COMMAND_ID_BYTES`], else
+//!    REJECTED INVALID_ARGUMENT, answered with an empty id (a huge id never
+//!    reaches the dedup cache or a log line);
 //! 2. **dedup**: in flight → accepted again; finished → the cached result;
 //! 3. draining → REJECTED UNAVAILABLE, retryable;
 //! 4. **validation** → REJECTED INVALID_ARGUMENT;
@@ -27,6 +29,9 @@ use super::outcome::CommandError;
 use super::policy::CommandPolicy;
 use super::validate::{validate, ValidatedCommand, ValidationLimits};
 use crate::proto::{Command, CommandResult};
+
+/// The longest `command_id` taken (protocol.md: a UUID is 36).
+pub const MAX_COMMAND_ID_BYTES: usize = 128;
 
 /// The namespace of a namespaced target that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -52,8 +57,9 @@ pub struct Gate<'a> {
 /// The fate of one command.
 #[derive(Debug)]
 pub enum Admission {
-    /// No `command_id`: REJECTED INVALID_ARGUMENT, answered with an empty
-    /// id; there is nothing to dedup or trace.
+    /// No usable `command_id` (empty, or longer than
+    /// [`MAX_COMMAND_ID_BYTES`]): REJECTED INVALID_ARGUMENT, answered with an
+    /// empty id; there is nothing to dedup or trace.
     Unidentified(CommandError),
     /// The same id is still running: `CommandAccepted` again, nothing runs.
     DuplicateInFlight,
@@ -80,6 +86,12 @@ pub fn admit(
             "command_id is empty: every command needs a UUID command_id (the idempotency key)"
                 .into(),
         ));
+    }
+    if command.command_id.len() > MAX_COMMAND_ID_BYTES {
+        return Admission::Unidentified(CommandError::InvalidArgument(format!(
+            "command_id is {} bytes long; at most {MAX_COMMAND_ID_BYTES} are taken (a UUID is 36)",
+            command.command_id.len()
+        )));
     }
     match dedup(&command.command_id) {
         Seen::InFlight => return Admission::DuplicateInFlight,
@@ -287,7 +299,8 @@ mod tests {
         assert_eq!(got, row.expect, "{}", row.name);
         assert_eq!(
             dedup_asked.get(),
-            !row.command.command_id.is_empty(),
+            !row.command.command_id.is_empty()
+                && row.command.command_id.len() <= MAX_COMMAND_ID_BYTES,
             "{}: dedup asked",
             row.name
         );
@@ -302,6 +315,16 @@ mod tests {
         };
         let rows = vec![
             row("1 empty id", ping(""), Expect::Unidentified),
+            row(
+                "1 id longer than 128 bytes",
+                ping(&"x".repeat(129)),
+                Expect::Unidentified,
+            ),
+            row(
+                "1 id of 128 bytes",
+                ping(&"x".repeat(128)),
+                Expect::Admitted("ping"),
+            ),
             Row {
                 seen: Seen::InFlight,
                 ..row(

@@ -245,6 +245,18 @@ format = "text"
         self.output.lock().unwrap().clone()
     }
 
+    /// The relayer process's resident memory in KiB, read from `/proc` (a
+    /// bound measured from outside, not from the relayer's own counters).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the relayer runs").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Option<reqwest::Response> {
         reqwest::Client::new()
             .get(format!("{}{path}", self.health))
