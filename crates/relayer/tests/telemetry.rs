@@ -381,3 +381,51 @@ async fn command_spans_export_over_tls_to_a_collector_with_a_private_ca() {
         server.abort();
     }
 }
+
+/// A slow OTLP/HTTP client cannot hold the receiver (protocol.md, edge
+/// cases): headers that never complete are cut off after 10 s, a body that
+/// stalls gets 408 after 30 s — and a well-behaved client is served all the
+/// while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_otlp_http_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = backend().await;
+    let (options, _, http) = telemetry_options(&backend, "");
+    let relayer = Relayer::start(options);
+    relayer.wait_connected().await;
+    let addr = http.trim_start_matches("http://").to_string();
+
+    // Reads what the server sends until it closes; None if it never does
+    // within `within`.
+    async fn until_closed(mut tcp: tokio::net::TcpStream, within: Duration) -> Option<String> {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(within, tcp.read_to_end(&mut answer)).await;
+        read.ok()
+            .map(|_| String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    let mut headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: relayer\r\nContent-Type: application/x-protobuf\r\n")
+        .await
+        .unwrap();
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    body.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: relayer\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (headers, body) = tokio::join!(
+        until_closed(headers, Duration::from_secs(25)),
+        until_closed(body, Duration::from_secs(50)),
+    );
+    // The slow ones hold nothing meanwhile: a normal export goes through.
+    let response = post(&http, spans(1, 0).encode_to_vec()).await;
+    assert_eq!(response.status(), 200);
+    let headers = headers.expect("incomplete headers are cut off, not held");
+    assert!(
+        headers.is_empty() || headers.starts_with("HTTP/1.1 408"),
+        "{headers}"
+    );
+    let body = body.expect("a stalled body ends the request, not held");
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(body.contains("stalled"), "{body}");
+}

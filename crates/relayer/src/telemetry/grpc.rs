@@ -137,10 +137,12 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (listener, local_addr) = super::bind("grpc", addr).await?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = super::slow_clients::capped_incoming(listener);
     let routes = services(sink, max_bytes);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(super::slow_clients::MAX_STREAMS_PER_CONNECTION))
+            .timeout(super::slow_clients::GRPC_REQUEST_TIMEOUT)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

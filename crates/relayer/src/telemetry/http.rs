@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
+
+use super::slow_clients;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -233,6 +235,16 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Failure::too_large(format, signal, state.max_bytes)
+        } else if crate::error_chain::error_chain(&rejection).contains(slow_clients::STALLED) {
+            Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                format,
+                format!(
+                    "OTLP {signal} request body stalled for {:?}; send it without pauses",
+                    slow_clients::BODY_STALL_TIMEOUT
+                ),
+            )
         } else {
             Failure::new(
                 rejection.status(),
@@ -290,14 +302,68 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (listener, local_addr) = super::bind("http", addr).await?;
-    let app = router(sink, max_bytes);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Http)
-    });
+    let app =
+        router(sink, max_bytes).layer(axum::middleware::from_fn(slow_clients::limit_body_stalls));
+    let task = tokio::spawn(serve_limited(listener, app, shutdown));
     Ok(Receiver { local_addr, task })
+}
+
+/// Serves `app` with the limits of [`slow_clients`]: a header-read timeout,
+/// a connection cap (a full house stops accepting; the kernel's backlog
+/// holds the rest), a stream cap per HTTP/2 connection, and a graceful
+/// stop that waits up to 5 s for requests in progress.
+async fn serve_limited<F>(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let connections = Arc::new(tokio::sync::Semaphore::new(slow_clients::MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    tracing::debug!(error = %err, "OTLP/HTTP accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(slow_clients::HEADER_READ_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(slow_clients::MAX_STREAMS_PER_CONNECTION);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 #[cfg(test)]

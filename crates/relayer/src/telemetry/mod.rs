@@ -10,6 +10,7 @@ pub mod http;
 pub mod ingest;
 pub mod request;
 pub mod sink;
+pub mod slow_clients;
 pub mod split;
 
 pub use coalesce::{Coalescer, Now};
