@@ -2,10 +2,13 @@
 //! `---` / `...` markers, parsing each document, and checking the fields
 //! server-side apply needs (apiVersion, kind, metadata.name,
 //! metadata.namespace). Errors name the document (1-based) and its line in
-//! the whole manifest. Values are kept untouched, as JSON.
+//! the whole manifest. Values are kept untouched, as JSON. Each document's
+//! nodes are counted against the manifest's [`NodeBudget`] before it is
+//! built.
 
 use super::grammar::{is_kind, is_label, parse_api_version};
 use super::invalid;
+use super::node_budget::NodeBudget;
 use super::request::ManifestObject;
 use crate::commands::outcome::CommandError;
 
@@ -100,6 +103,9 @@ pub(super) fn parse_manifest(
         ))
     })?;
 
+    // Counted before each document is built: an alias bomb is refused
+    // without being expanded (see `node_budget`).
+    let budget = NodeBudget::for_manifest(manifest.len());
     let mut objects = Vec::new();
     let mut index = 0;
     // Directive lines (`%YAML 1.2`) belong to the document after them.
@@ -120,6 +126,12 @@ pub(super) fn parse_manifest(
             continue;
         };
         index += 1;
+        budget.count_document(chunk.text).map_err(|over| {
+            invalid(format!(
+                "apply.manifest document {index} (line {line}): {}",
+                over.describe()
+            ))
+        })?;
         if let Some(object) = parse_document(&chunk, index, line, default_namespace)? {
             objects.push(object);
         } else {
@@ -366,6 +378,12 @@ mod tests {
         let directive = format!("%YAML 1.2\n---\n{cm}");
         let merge = "base: &b\n  name: m\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  <<: {name: merged}\n";
         let too_big = format!("{cm}data:\n  blob: {}\n", "x".repeat(5000));
+        // 600 items aliased 600 times: 3 KB of text, 360,000 nodes.
+        let bomb = format!(
+            "{cm}---\na: &a [{}]\nb: [{}]\n",
+            vec!["x"; 600].join(","),
+            vec!["*a"; 600].join(",")
+        );
         let table: Vec<(&str, &str, ManifestCase)> = vec![
             (cm, "", Ok(&[(1, 1, "ConfigMap", "settings", None, false)])),
             (cm, "web", Ok(&[(1, 1, "ConfigMap", "settings", Some("web"), false)])),
@@ -402,6 +420,7 @@ mod tests {
             ("", "", Err("apply.manifest is empty")),
             ("---\n# nothing\n---\n", "", Err("has no documents")),
             (&too_big, "", Err("more than the 4096 allowed")),
+            (&bomb, "", Err("apply.manifest document 2 (line 6): its YAML aliases expand to more than")),
             (&broken, "", Err("apply.manifest document 2 (line 10): mapping values are not allowed")),
             ("a: [1, 2\n", "", Err("apply.manifest document 1 (line 2)")),
             ("- a\n- b\n", "", Err("document 1 (line 1) is a list, not an object")),

@@ -11,10 +11,13 @@
 //! - [`request`]: the validated request types, the one model the policy, the
 //!   router and the executor share (see there for why ping is separate);
 //! - [`grammar`]: DNS-1123 names, `apiVersion`, kinds and label selectors;
-//! - `manifest`: splitting and parsing `ApplyManifest.manifest`.
+//! - `manifest`: splitting and parsing `ApplyManifest.manifest`;
+//! - [`node_budget`]: how many nodes a manifest may expand to, counted
+//!   before anything is built (alias bombs).
 
 pub mod grammar;
 mod manifest;
+pub mod node_budget;
 pub mod request;
 
 pub(crate) use grammar::is_kind;
