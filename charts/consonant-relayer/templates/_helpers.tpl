@@ -239,6 +239,7 @@ burst = {{ $v.commands.burst | int64 }}
 default_timeout = {{ include "consonant-relayer.tomlUnit" $v.commands.defaultTimeout }}
 dedup_retention = {{ include "consonant-relayer.tomlUnit" $v.commands.dedupRetention }}
 dedup_max_entries = {{ $v.commands.dedupMaxEntries | int64 }}
+dedup_max_bytes = {{ include "consonant-relayer.tomlUnit" $v.commands.dedupMaxBytes }}
 allowed_namespaces = {{ include "consonant-relayer.commandNamespaces" . }}
 denied_kinds = {{ $v.commands.deniedKinds | toJson }}
 allowed_actions = {{ $v.commands.allowedActions | toJson }}

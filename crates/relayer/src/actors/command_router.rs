@@ -1,15 +1,20 @@
 //! `CommandRouter`: takes every command the session reads, decides its fate
-//! in the protocol's order — dedup, validation, deadline, capacity — answers
-//! Ping itself, hands Kubernetes actions to the WorkloadExecutor, and puts
-//! each answer (`CommandAccepted`, `CommandResult`) into the outbox. Every
-//! command gets exactly one result per execution.
+//! in the protocol's order (`commands::admission`) — dedup, validation,
+//! deadline, policy, rate, capacity — answers Ping itself, hands Kubernetes
+//! actions to the WorkloadExecutor, and queues each answer
+//! (`CommandAccepted`, results, refusals) in the outbox.
 //!
-//! It owns no state that must survive it: the dedup cache and the in-flight
-//! gauge live in the `RelayContext`.
+//! Manifests (`apply`) are validated off the actors' thread, one at a time
+//! (`RelayContext::validation_slots`), at most `commands.max_in_flight`
+//! waiting: parsing a large manifest never stalls heartbeats or other
+//! commands. The validated command comes back as `Validated` to whichever
+//! router is current, and the decision goes on from validation's answer.
+//!
+//! It owns no state that must survive it: dedup, the gauges and each
+//! command's owed answer (its `CommandTicket`) live in the `CommandLedger`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -17,15 +22,16 @@ use actix::{Actor, ActorContext, Context, Handler};
 use serde_json::json;
 
 use super::context::RelayContext;
-use super::messages::{Cancel, CommandFinished, Execute};
+use super::ledger::{CommandTicket, Stage};
+use super::messages::{Cancel, Execute, Validated};
 use crate::clock::now_unix_ms;
-use crate::commands::admission::{admit, Admission, Gate};
-use crate::commands::dedup::Seen;
-use crate::commands::outcome::{action_name, rejected, status_name, succeeded, CommandError};
-use crate::commands::validate::ValidatedCommand;
+use crate::commands::admission::{arrive, decide, validates_off_thread, Arrival, Gate};
+use crate::commands::outcome::{action_name, rejected, succeeded, CommandError};
+use crate::commands::validate::{validate, ValidatedCommand};
 use crate::connection::messages::{CancelCommands, IncomingCommands};
+use crate::connection::outbox_handle::Answers;
 use crate::observability::command_span::record_result;
-use crate::proto::{command_result::Status, relayer_frame::Body, Command, CommandAccepted};
+use crate::proto::{relayer_frame::Body, Command, CommandAccepted};
 use crate::supervisor::{ChildContext, Stop};
 
 pub struct CommandRouter {
@@ -62,125 +68,217 @@ impl CommandRouter {
     }
 
     fn publish(&self) {
-        let dedup = self.rc.dedup.lock();
-        self.rc.metrics.dedup_entries.set(dedup.len() as i64);
-        self.rc.metrics.dedup_evictions.set(dedup.evicted());
+        self.rc.ledger.publish();
+        let dedup = self.rc.ledger.stats();
         self.child.set_details(json!({
             "in_flight": self.rc.metrics.commands_in_flight.get(),
+            "validating": self.rc.metrics.commands_validating.get(),
             "max_in_flight": self.rc.config.commands.max_in_flight,
-            "dedup_entries": dedup.len(),
-            "dedup_evicted": dedup.evicted(),
+            "dedup_entries": dedup.entries,
+            "dedup_bytes": dedup.bytes,
+            "dedup_evicted": dedup.evicted,
             "handled": self.handled,
         }));
     }
 
-    /// Carries out the admission decision for one command. Answers go to
-    /// `out`, written to the outbox once per batch.
-    fn route(&mut self, mut command: Command, draining: bool, out: &mut Answers) {
-        let action = action_name(&command).unwrap_or("none");
-        let rc = self.rc.clone();
-        let gate = Gate {
+    /// The relayer's state as the second half of admission reads it.
+    fn gate<'a>(&self, rc: &'a RelayContext) -> Gate<'a> {
+        Gate {
             policy: &rc.policy,
             limits: &rc.limits,
-            draining,
+            draining: false,
             kubernetes_enabled: rc.config.kubernetes.enabled,
             in_flight: rc.metrics.commands_in_flight.get(),
             max_in_flight: rc.config.commands.max_in_flight,
             replay_has_room: rc.outbox.has_room_for_result(),
             now_unix_ms: now_unix_ms(),
-        };
-        let decision = admit(
-            &command,
-            &gate,
-            |id| rc.dedup.lock().check_and_begin(id, Instant::now()),
-            || rc.rate.try_acquire(),
-        );
-        let validated = match decision {
-            Admission::Unidentified(error) => {
+        }
+    }
+
+    /// The first half of admission for one command just read.
+    fn route(&mut self, mut command: Command, draining: bool, out: &mut Answers) {
+        let action = action_name(&command).unwrap_or("none");
+        let rc = self.rc.clone();
+        match arrive(&command, draining, |id| rc.ledger.check_and_begin(id)) {
+            Arrival::Unidentified(error) => {
                 // Answered with an empty id: an unusable one never goes on.
                 command.command_id.clear();
-                out.reject(&rc, &command, action, &error);
+                self.refuse(&command, action, &error, out);
                 return;
             }
-            Admission::DuplicateInFlight => {
+            Arrival::DuplicateInFlight => {
                 tracing::debug!(command_id = %command.command_id, "duplicate of an in-flight command: accepted again");
                 out.accepted.push(accepted(&command));
                 return;
             }
-            Admission::DuplicateFinished(result) => {
+            Arrival::DuplicateFinished(result) => {
                 tracing::debug!(command_id = %command.command_id, "duplicate of a finished command: cached result sent again");
-                out.results.push(Body::Result(result));
+                let busy = rejected(&command, &CommandError::busy(
+                    "the replay buffer has no room to send this command's cached result again; retry once the backend acknowledges what it holds",
+                ));
+                out.cached.push((Body::Result(result), Body::Result(busy)));
                 return;
             }
-            Admission::Refused(error) => {
+            Arrival::Refused(error) => {
                 // The span's context goes into the answer (see `observability`).
                 let span = rc.command_tracing.start(&mut command, action);
-                rc.dedup.lock().forget(&command.command_id);
-                out.reject(&rc, &command, action, &error);
-                if let Some(Body::Result(result)) = out.results.last() {
-                    record_result(&span, result);
-                }
+                rc.ledger.forget(&command.command_id);
+                self.refuse(&command, action, &error, out);
+                record_last(&span, out);
                 return;
             }
-            Admission::Admitted(validated) => validated,
-        };
+            Arrival::Fresh => {}
+        }
         // From here the command gets one span, and its answers carry the
         // span's trace context (see `observability`).
         let span = rc.command_tracing.start(&mut command, action);
+        if !validates_off_thread(&command) {
+            let validation = validate(&command, &rc.limits);
+            self.decide(command, action, span, validation, None, out);
+            return;
+        }
+        let waiting = rc.metrics.commands_validating.get();
+        if waiting >= i64::from(rc.config.commands.max_in_flight) {
+            rc.ledger.forget(&command.command_id);
+            let error = CommandError::busy(format!(
+                "{waiting} manifests are already waiting for validation (commands.max_in_flight); retry shortly"
+            ));
+            self.refuse(&command, action, &error, out);
+            record_last(&span, out);
+            return;
+        }
+        let ticket = rc.ledger.ticket(&command, action, Stage::Validating, span.clone());
+        tokio::spawn(validate_off_thread(rc, command, action, span, ticket));
+    }
+
+    /// The second half of admission, once validation has answered, and the
+    /// command's dispatch. `ticket` is there when validation ran elsewhere.
+    fn decide(
+        &mut self,
+        command: Command,
+        action: &'static str,
+        span: tracing::Span,
+        validation: Result<ValidatedCommand, crate::commands::outcome::CommandError>,
+        ticket: Option<CommandTicket>,
+        out: &mut Answers,
+    ) {
+        let rc = self.rc.clone();
+        let gate = self.gate(&rc);
+        let validated = match decide(&command, validation, &gate, || rc.rate.try_acquire()) {
+            Ok(validated) => validated,
+            Err(error) => {
+                match ticket {
+                    Some(ticket) => ticket.refuse(&error),
+                    None => {
+                        rc.ledger.forget(&command.command_id);
+                        self.refuse(&command, action, &error, out);
+                        record_last(&span, out);
+                    }
+                }
+                return;
+            }
+        };
         match validated {
             ValidatedCommand::Ping { payload_len } => {
                 let started = now_unix_ms();
                 let result = succeeded(&command, &json!({ "payload_len": payload_len }), started);
                 record_result(&span, &result);
-                self.rc.dedup.lock().finish(result.clone(), Instant::now());
+                rc.ledger.cache(&result);
                 self.count(action, "succeeded");
                 tracing::info!(target: "audit", command_id = %command.command_id, action, target = "", outcome = "succeeded", duration_ms = 0u64, "command");
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
-            ValidatedCommand::Kube(request) => match self.rc.directory.executor() {
-                Some(executor) => {
-                    self.rc.metrics.commands_in_flight.inc();
-                    out.accepted.push(accepted(&command));
-                    // The executor's mailbox is bounded by max_in_flight, which admit() enforces.
-                    executor.execute.do_send(Execute {
-                        command,
-                        action,
-                        request,
-                        span,
-                    });
-                }
-                None => {
-                    self.rc.dedup.lock().forget(&command.command_id);
-                    out.reject(
-                        &self.rc,
-                        &command,
-                        action,
-                        &CommandError::busy("the workload executor is restarting; retry shortly"),
-                    );
-                    if let Some(Body::Result(result)) = out.results.last() {
-                        record_result(&span, result);
+            ValidatedCommand::Kube(request) => {
+                let ticket = match ticket {
+                    Some(mut ticket) => {
+                        ticket.advance(Stage::Admitted);
+                        ticket
                     }
+                    None => rc.ledger.ticket(&command, action, Stage::Admitted, span.clone()),
+                };
+                let Some(executor) = rc.directory.executor() else {
+                    ticket.refuse(&CommandError::busy(
+                        "the workload executor is restarting; retry shortly",
+                    ));
+                    return;
+                };
+                out.accepted.push(accepted(&command));
+                // The executor's mailbox is bounded by max_in_flight, which
+                // decide() enforces. A message that cannot be delivered (or is
+                // lost with a mailbox) hands its ticket back, or drops it, and
+                // the ticket answers for the command either way.
+                let execute = Execute {
+                    command,
+                    action,
+                    request,
+                    span,
+                    ticket,
+                };
+                if let Err(error) = executor.execute.try_send(execute) {
+                    let (actix::prelude::SendError::Full(lost)
+                    | actix::prelude::SendError::Closed(lost)) = error;
+                    lost.ticket.refuse(&CommandError::busy(
+                        "the workload executor is restarting; retry shortly",
+                    ));
                 }
-            },
+            }
         }
     }
-}
 
-/// Answers collected over one batch.
-#[derive(Default)]
-struct Answers {
-    accepted: Vec<Body>,
-    results: Vec<Body>,
-}
-
-impl Answers {
-    fn reject(&mut self, rc: &RelayContext, command: &Command, action: &str, error: &CommandError) {
+    /// A REJECTED answer decided here, before any ticket.
+    fn refuse(&mut self, command: &Command, action: &'static str, error: &CommandError, out: &mut Answers) {
         tracing::info!(target: "audit", command_id = %command.command_id, action, outcome = "rejected", code = ?error.code(), "command");
         tracing::debug!(command_id = %command.command_id, action, code = ?error.code(), %error, "command rejected");
-        rc.metrics.count_command(action, "rejected");
-        self.results.push(Body::Result(rejected(command, error)));
+        self.count(action, "rejected");
+        out.refusals.push(Body::Result(rejected(command, error)));
     }
+}
+
+/// Records the last refusal queued in `out` on the command's span.
+fn record_last(span: &tracing::Span, out: &Answers) {
+    if let Some(Body::Result(result)) = out.refusals.last() {
+        record_result(span, result);
+    }
+}
+
+/// Validates one manifest on the blocking pool, one at a time, and hands the
+/// answer to whichever router is current. If none takes it (restarting),
+/// the dropped ticket answers for the command.
+async fn validate_off_thread(
+    rc: Arc<RelayContext>,
+    command: Command,
+    action: &'static str,
+    span: tracing::Span,
+    ticket: CommandTicket,
+) {
+    // The semaphore is never closed.
+    let Ok(_slot) = rc.validation_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let limits = rc.limits;
+    // Cheap: the manifest is shared `Bytes`.
+    let to_check = command.clone();
+    let validation = match tokio::task::spawn_blocking(move || validate(&to_check, &limits)).await {
+        Ok(validation) => validation,
+        Err(_) => Err(CommandError::Internal(
+            "validating the manifest failed unexpectedly; the relayer logged it".into(),
+        )),
+    };
+    drop(_slot);
+    let Some(router) = rc.directory.router() else {
+        return;
+    };
+    let _ = router
+        .validated
+        .send(Validated {
+            command,
+            action,
+            span,
+            validation,
+            ticket,
+        })
+        .await;
 }
 
 fn accepted(command: &Command) -> Body {
@@ -208,9 +306,30 @@ impl Handler<IncomingCommands> for CommandRouter {
             self.handled += 1;
             self.route(command, msg.draining, &mut answers);
         }
-        self.rc
-            .outbox
-            .push_results(answers.accepted, answers.results);
+        if !answers.is_empty() {
+            self.rc.outbox.push_answers(answers);
+        }
+        self.publish();
+    }
+}
+
+impl Handler<Validated> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Validated, _: &mut Context<Self>) {
+        fail::fail_point!("router-validated");
+        let mut answers = Answers::default();
+        self.decide(
+            msg.command,
+            msg.action,
+            msg.span,
+            msg.validation,
+            Some(msg.ticket),
+            &mut answers,
+        );
+        if !answers.is_empty() {
+            self.rc.outbox.push_answers(answers);
+        }
         self.publish();
     }
 }
@@ -220,38 +339,17 @@ impl Handler<CancelCommands> for CommandRouter {
 
     fn handle(&mut self, msg: CancelCommands, _: &mut Context<Self>) {
         for command_id in msg.0 {
-            match self.rc.dedup.lock().peek(&command_id) {
-                Seen::InFlight => match self.rc.directory.executor() {
-                    Some(executor) => executor.cancel.do_send(Cancel { command_id }),
-                    None => {
-                        tracing::debug!(%command_id, "cancel for a command whose executor is restarting")
-                    }
-                },
-                _ => {
-                    tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored")
+            if !self.rc.ledger.is_in_flight(&command_id) {
+                tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored");
+                continue;
+            }
+            match self.rc.directory.executor() {
+                Some(executor) => executor.cancel.do_send(Cancel { command_id }),
+                None => {
+                    tracing::debug!(%command_id, "cancel for a command whose executor is restarting")
                 }
             }
         }
-    }
-}
-
-impl Handler<CommandFinished> for CommandRouter {
-    type Result = ();
-
-    fn handle(&mut self, msg: CommandFinished, _: &mut Context<Self>) {
-        self.rc.metrics.commands_in_flight.dec();
-        let status = status_name(msg.result.status);
-        self.count(msg.action, status);
-        {
-            let mut dedup = self.rc.dedup.lock();
-            if msg.ran && msg.result.status != Status::Rejected as i32 {
-                dedup.finish(msg.result.clone(), Instant::now());
-            } else {
-                dedup.forget(&msg.result.command_id);
-            }
-        }
-        self.rc.outbox.push_result(Body::Result(msg.result));
-        self.publish();
     }
 }
 
@@ -273,7 +371,7 @@ mod tests {
     use crate::actors::workload_executor::WorkloadExecutor;
     use crate::config::RelayerConfig;
     use crate::metrics::MailboxGauge;
-    use crate::proto::{command::Action, error::Code, GetClusterInfo, Ping};
+    use crate::proto::{command::Action, command_result::Status, error::Code, GetClusterInfo, Ping};
     use crate::supervisor::{spawn_actor, ExitReporter, StatusBoard};
 
     fn child(name: &str) -> ChildContext {

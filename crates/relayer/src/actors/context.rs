@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::directory::Directory;
+use super::ledger::CommandLedger;
 use crate::commands::dedup::DedupCache;
 use crate::commands::policy::CommandPolicy;
 use crate::commands::rate::CommandRateLimiter;
@@ -97,7 +98,11 @@ pub struct RelayContext {
     pub identity: Identity,
     pub dialer: Dialer,
     pub outbox: OutboxHandle,
-    pub dedup: Arc<Mutex<DedupCache>>,
+    /// Dedup, the in-flight gauges and every command's owed answer.
+    pub ledger: Arc<CommandLedger>,
+    /// Manifests validated at once off the actors' thread: one, so
+    /// validation never takes both cores from heartbeats and telemetry.
+    pub validation_slots: Arc<tokio::sync::Semaphore>,
     pub credentials: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
     pub board: StatusBoard,
@@ -161,7 +166,9 @@ impl RelayContext {
         let dedup = DedupCache::new(
             config.commands.dedup_retention,
             config.commands.dedup_max_entries as usize,
+            usize::try_from(config.commands.dedup_max_bytes).unwrap_or(usize::MAX),
         );
+        let ledger = Arc::new(CommandLedger::new(dedup, outbox.clone(), metrics.clone()));
         let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
             format!(
                 "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
@@ -182,7 +189,8 @@ impl RelayContext {
             identity: Identity::for_this_process(),
             dialer,
             outbox,
-            dedup: Arc::new(Mutex::new(dedup)),
+            ledger,
+            validation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
             credentials,
             metrics,
             board: StatusBoard::new(),

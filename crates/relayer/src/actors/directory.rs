@@ -10,8 +10,8 @@ use actix::{Actor, Addr, Context, Handler, Recipient};
 use parking_lot::RwLock;
 
 use super::messages::{
-    Alive, Cancel, CommandFinished, Execute, GetActors, GetHealth, GetReadiness, LeadershipChanged,
-    RenderMetrics, WriteBackToken,
+    Alive, Cancel, Execute, GetActors, GetHealth, GetReadiness, LeadershipChanged, RenderMetrics,
+    Validated, WriteBackToken,
 };
 use crate::connection::messages::{CancelCommands, IncomingCommands};
 use crate::metrics::MailboxGauge;
@@ -22,7 +22,7 @@ use crate::metrics::MailboxGauge;
 pub struct RouterInbox {
     pub commands: Recipient<IncomingCommands>,
     pub cancels: Recipient<CancelCommands>,
-    pub finished: Recipient<CommandFinished>,
+    pub validated: Recipient<Validated>,
     pub gauge: MailboxGauge,
 }
 
@@ -32,12 +32,12 @@ impl RouterInbox {
         A: Actor<Context = Context<A>>
             + Handler<IncomingCommands>
             + Handler<CancelCommands>
-            + Handler<CommandFinished>,
+            + Handler<Validated>,
     {
         Self {
             commands: addr.clone().recipient(),
             cancels: addr.clone().recipient(),
-            finished: addr.recipient(),
+            validated: addr.recipient(),
             gauge,
         }
     }

@@ -6,12 +6,15 @@
 use actix::Message;
 use serde_json::Value;
 
-use crate::commands::validate::KubeRequest;
+use super::ledger::CommandTicket;
+use crate::commands::outcome::CommandError;
+use crate::commands::validate::{KubeRequest, ValidatedCommand};
 use crate::credentials::Secret;
-use crate::proto::{Command, CommandResult};
+use crate::proto::Command;
 
 // Router → executor.
-/// Run one admitted command.
+/// Run one admitted command. Its `ticket` is the answer it is owed: if this
+/// message is lost with a mailbox, the ticket answers for it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Execute {
@@ -21,6 +24,20 @@ pub struct Execute {
     /// The command's span (`Span::none()` when span export is off); the
     /// Kubernetes request runs inside it.
     pub span: tracing::Span,
+    pub ticket: CommandTicket,
+}
+
+// Validation thread → router.
+/// A manifest validated off the actors' thread: the router finishes the
+/// admission decision (deadline, policy, rate, capacity) now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Validated {
+    pub command: Command,
+    pub action: &'static str,
+    pub span: tracing::Span,
+    pub validation: Result<ValidatedCommand, CommandError>,
+    pub ticket: CommandTicket,
 }
 
 /// Cancel a running command.
@@ -28,17 +45,6 @@ pub struct Execute {
 #[rtype(result = "()")]
 pub struct Cancel {
     pub command_id: String,
-}
-
-// Executor → router.
-/// The WorkloadExecutor's answer for one command. `ran`: it was tried (so the
-/// result is cached for dedup); `false` for a refusal before running.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CommandFinished {
-    pub result: CommandResult,
-    pub action: &'static str,
-    pub ran: bool,
 }
 
 // ClusterWatcher → ConnectionActor.

@@ -8,6 +8,7 @@ pub mod context;
 pub mod credential_writer;
 pub mod directory;
 pub mod health_actor;
+pub mod ledger;
 pub mod messages;
 pub mod telemetry_ingest;
 pub mod tree;

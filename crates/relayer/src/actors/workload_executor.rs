@@ -1,12 +1,13 @@
 //! `WorkloadExecutor`: runs admitted Kubernetes actions concurrently (up to
 //! `commands.max_in_flight`, which the router enforces), each bounded by its
 //! deadline (TIMED_OUT; the Kubernetes request is dropped, which aborts it)
-//! and cancellable (CANCELLED). Each command ends with exactly one
-//! `CommandFinished` to the current router.
+//! and cancellable (CANCELLED). Each command ends by settling its
+//! `CommandTicket` (`actors::ledger`): the result goes to the outbox and
+//! dedup directly, through no other actor.
 //!
 //! The Kubernetes client and the running commands' cancel tokens live in the
-//! `RelayContext`, and each command runs as its own tokio task that reports
-//! to whichever router is current, so a restart of this actor neither loses a
+//! `RelayContext`, and each command runs as its own tokio task holding its
+//! ticket, so a restart of this actor (or of the router) neither loses a
 //! result nor leaves a command unanswered.
 
 use std::sync::Arc;
@@ -17,13 +18,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::context::RelayContext;
-use super::messages::{Cancel, CommandFinished, Execute};
+use super::ledger::Stage;
+use super::messages::{Cancel, Execute};
 use crate::clock::now_unix_ms;
-use crate::commands::outcome::{ended, rejected, status_name, succeeded, CommandError};
+use crate::commands::outcome::{ended, status_name, succeeded, CommandError};
 use crate::config::ALL_ACTIONS;
 use crate::kube::actions::Executor;
-use crate::observability::command_span::record_result;
-use crate::proto::{command_result::Status, relayer_frame::Body};
+use crate::proto::command_result::Status;
 use crate::supervisor::{ChildContext, Stop};
 use tracing::Instrument;
 
@@ -94,18 +95,6 @@ impl WorkloadExecutor {
     }
 }
 
-/// Delivers a finished command to the current router (or, with none, the
-/// result straight to the outbox so it is never lost).
-fn deliver(rc: &RelayContext, finished: CommandFinished) {
-    match rc.directory.router() {
-        Some(router) => router.finished.do_send(finished),
-        None => {
-            rc.metrics.commands_in_flight.dec();
-            rc.outbox.push_result(Body::Result(finished.result));
-        }
-    }
-}
-
 impl Actor for WorkloadExecutor {
     type Context = Context<Self>;
 
@@ -124,7 +113,9 @@ impl Handler<Execute> for WorkloadExecutor {
             action,
             request,
             span,
+            mut ticket,
         } = msg;
+        fail::fail_point!("executor-execute");
         let Some(kube) = self.rc.kube.read().clone() else {
             let why = self
                 .rc
@@ -132,22 +123,13 @@ impl Handler<Execute> for WorkloadExecutor {
                 .read()
                 .clone()
                 .unwrap_or_else(|| "still connecting".into());
-            let error = CommandError::busy(format!(
+            ticket.refuse(&CommandError::busy(format!(
                 "the Kubernetes client is not ready ({why}); retry shortly"
-            ));
-            let result = rejected(&command, &error);
-            record_result(&span, &result);
-            deliver(
-                &self.rc,
-                CommandFinished {
-                    result,
-                    action,
-                    ran: false,
-                },
-            );
+            )));
             return;
         };
         self.started += 1;
+        ticket.advance(Stage::Running);
         let cancel = CancellationToken::new();
         self.rc
             .running
@@ -167,6 +149,13 @@ impl Handler<Execute> for WorkloadExecutor {
         let rc = self.rc.clone();
         let task_span = span.clone();
         let task = async move {
+            // Tests hold commands running here while actors restart.
+            #[cfg(feature = "failpoints")]
+            if let Some(delay_ms) = fail::eval("executor-run-delay", |arg| {
+                arg.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0)
+            }) {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
             let started_ms = now_unix_ms();
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -197,7 +186,6 @@ impl Handler<Execute> for WorkloadExecutor {
                 Err((status, error)) => ended(&command, status, &error, started_ms),
             };
             rc.running.lock().remove(&command.command_id);
-            record_result(&span, &result);
             tracing::info!(
                 target: "audit",
                 command_id = %command.command_id,
@@ -207,14 +195,7 @@ impl Handler<Execute> for WorkloadExecutor {
                 duration_ms = started.elapsed().as_millis() as u64,
                 "command"
             );
-            deliver(
-                &rc,
-                CommandFinished {
-                    result,
-                    action,
-                    ran: true,
-                },
-            );
+            ticket.settle(result);
         };
         tokio::spawn(task.instrument(task_span));
         self.publish();

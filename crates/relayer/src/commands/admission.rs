@@ -23,6 +23,12 @@
 //! Dedup and the rate limiter hold state, so they come in as two calls made
 //! at exactly their place in the order: a command refused by an earlier
 //! check is never marked in flight and uses no rate-limit token.
+//!
+//! The decision comes in two halves around validation, because validating a
+//! manifest may take a while and runs off the actors' thread: [`arrive`]
+//! (steps 1–3) when the command is read, [`decide`] (steps 5–9) once
+//! validation has answered. [`admit`] is the two with validation between
+//! them, as one call — the whole order, which the table test pins.
 
 use super::dedup::Seen;
 use super::outcome::CommandError;
@@ -81,41 +87,77 @@ pub fn admit(
     dedup: impl FnOnce(&str) -> Seen,
     take_rate_token: impl FnOnce() -> Result<(), CommandError>,
 ) -> Admission {
+    match arrive(command, gate.draining, dedup) {
+        Arrival::Unidentified(error) => Admission::Unidentified(error),
+        Arrival::DuplicateInFlight => Admission::DuplicateInFlight,
+        Arrival::DuplicateFinished(result) => Admission::DuplicateFinished(result),
+        Arrival::Refused(error) => Admission::Refused(error),
+        Arrival::Fresh => {
+            match decide(command, validate(command, gate.limits), gate, take_rate_token) {
+                Ok(validated) => Admission::Admitted(validated),
+                Err(error) => Admission::Refused(error),
+            }
+        }
+    }
+}
+
+/// Whether validating `command` may take long enough that it belongs off
+/// the actors' thread: an `apply`, whose manifest is parsed (up to
+/// `max_frame_bytes` of YAML). Every other action's validation is a few
+/// field checks.
+pub fn validates_off_thread(command: &Command) -> bool {
+    matches!(command.action, Some(crate::proto::command::Action::Apply(_)))
+}
+
+/// What the first half of the order says of a command just read.
+#[derive(Debug)]
+pub enum Arrival {
+    /// As [`Admission::Unidentified`].
+    Unidentified(CommandError),
+    DuplicateInFlight,
+    DuplicateFinished(CommandResult),
+    /// Refused after dedup marked it in flight (draining): forget the id.
+    Refused(CommandError),
+    /// New and marked in flight: validate it, then [`decide`].
+    Fresh,
+}
+
+/// Steps 1 to 3 of the order: the id, dedup, draining.
+pub fn arrive(command: &Command, draining: bool, dedup: impl FnOnce(&str) -> Seen) -> Arrival {
     if command.command_id.is_empty() {
-        return Admission::Unidentified(CommandError::InvalidArgument(
+        return Arrival::Unidentified(CommandError::InvalidArgument(
             "command_id is empty: every command needs a UUID command_id (the idempotency key)"
                 .into(),
         ));
     }
     if command.command_id.len() > MAX_COMMAND_ID_BYTES {
-        return Admission::Unidentified(CommandError::InvalidArgument(format!(
+        return Arrival::Unidentified(CommandError::InvalidArgument(format!(
             "command_id is {} bytes long; at most {MAX_COMMAND_ID_BYTES} are taken (a UUID is 36)",
             command.command_id.len()
         )));
     }
     match dedup(&command.command_id) {
-        Seen::InFlight => return Admission::DuplicateInFlight,
-        Seen::Finished(result) => return Admission::DuplicateFinished(result),
+        Seen::InFlight => return Arrival::DuplicateInFlight,
+        Seen::Finished(result) => return Arrival::DuplicateFinished(result),
         Seen::New => {}
     }
-    match checks(command, gate, take_rate_token) {
-        Ok(validated) => Admission::Admitted(validated),
-        Err(error) => Admission::Refused(error),
-    }
-}
-
-/// Steps 3 to 9 of the order.
-fn checks(
-    command: &Command,
-    gate: &Gate<'_>,
-    take_rate_token: impl FnOnce() -> Result<(), CommandError>,
-) -> Result<ValidatedCommand, CommandError> {
-    if gate.draining {
-        return Err(CommandError::busy(
+    if draining {
+        return Arrival::Refused(CommandError::busy(
             "the relayer is draining this stream; re-send the command on the next session",
         ));
     }
-    let validated = validate(command, gate.limits)?;
+    Arrival::Fresh
+}
+
+/// Steps 4 (validation's answer) to 9 of the order. `gate` is read when
+/// validation has answered, so the deadline and capacity are current.
+pub fn decide(
+    command: &Command,
+    validation: Result<ValidatedCommand, CommandError>,
+    gate: &Gate<'_>,
+    take_rate_token: impl FnOnce() -> Result<(), CommandError>,
+) -> Result<ValidatedCommand, CommandError> {
+    let validated = validation?;
     let action = validated.action_name();
     if command.deadline_unix_ms != 0 && command.deadline_unix_ms <= gate.now_unix_ms {
         return Err(CommandError::DeadlineExceeded(format!(

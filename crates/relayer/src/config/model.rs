@@ -134,6 +134,8 @@ pub struct CommandsConfig {
     #[serde(with = "crate::config::units::duration")]
     pub dedup_retention: Duration,
     pub dedup_max_entries: u64,
+    #[serde(with = "crate::config::units::bytes")]
+    pub dedup_max_bytes: u64,
     pub allowed_namespaces: Vec<String>,
     pub denied_kinds: Vec<String>,
     pub allowed_actions: Vec<String>,
@@ -161,6 +163,7 @@ impl Default for CommandsConfig {
             default_timeout: Duration::from_secs(60),
             dedup_retention: Duration::from_secs(600),
             dedup_max_entries: 100_000,
+            dedup_max_bytes: 64 * 1024 * 1024,
             allowed_namespaces: vec!["*".to_string()],
             denied_kinds: vec!["Secret".to_string()],
             allowed_actions: ALL_ACTIONS.iter().map(|a| a.to_string()).collect(),

@@ -174,6 +174,13 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         1,
         10_000_000,
     );
+    bytes_within(
+        e,
+        "commands.dedup_max_bytes",
+        cmds.dedup_max_bytes,
+        64 * KIB,
+        4 * GIB,
+    );
     duration_within(
         e,
         "commands.default_timeout",
@@ -720,6 +727,13 @@ mod tests {
                 1,
                 10_000_000,
                 "",
+            ),
+            (
+                "commands.dedup_max_bytes",
+                |c, v| c.commands.dedup_max_bytes = v,
+                64 * KIB,
+                4 * GIB,
+                "B",
             ),
             (
                 "telemetry.buffer_bytes",

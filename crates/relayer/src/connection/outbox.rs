@@ -16,6 +16,16 @@
 //! a result or event of an admitted command is always kept — pending
 //! telemetry is evicted to make room, and if that is not enough the result
 //! goes over the capacity by at most its own size rather than being lost.
+//!
+//! Answers that are not results of an admitted command are bounded too,
+//! because the backend decides how many there are:
+//! - a **duplicate's cached result** goes in only below the command limit;
+//! - a **refusal** (REJECTED) goes in only within the capacity, using the
+//!   headroom; beyond it the answer is not queued (the caller counts it, and
+//!   the backend re-sends after a reconnect);
+//! - the **control queue** (`CommandAccepted`, heartbeats) holds at most
+//!   [`MAX_CONTROL_FRAMES`]; beyond it a frame is not queued (a lost
+//!   `CommandAccepted` only makes the backend re-send, which dedup answers).
 
 use std::collections::VecDeque;
 
@@ -25,6 +35,20 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::FrameCounters;
 use crate::proto::{relayer_frame::Body, RelayerFrame};
+
+/// Control frames queued at most: far more than one session writes between
+/// two reads of a healthy stream, and 1024 small frames are a few tens of KiB.
+pub const MAX_CONTROL_FRAMES: usize = 1024;
+
+/// What became of a control frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPush {
+    Queued,
+    /// No session is open: control frames belong to one session.
+    NoSession,
+    /// The control queue holds [`MAX_CONTROL_FRAMES`] already.
+    Full,
+}
 
 /// Outbound priority classes, highest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,14 +188,44 @@ impl Outbox {
     /// Queues a per-session control frame; dropped when no session is open
     /// (a lost `CommandAccepted` makes the backend re-send the command, which
     /// the dedup cache answers).
-    pub fn push_control(&mut self, body: Body) -> bool {
+    pub fn push_control(&mut self, body: Body) -> ControlPush {
         if !self.session_open {
-            return false;
+            return ControlPush::NoSession;
+        }
+        if self.control.len() >= MAX_CONTROL_FRAMES {
+            return ControlPush::Full;
         }
         self.control.push_back(RelayerFrame {
             seq: 0,
             body: Some(body),
         });
+        ControlPush::Queued
+    }
+
+    pub fn control_frames(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Queues a duplicate's cached result if it fits below the command
+    /// limit, like the result of a newly admitted command would; `false`
+    /// (nothing queued) otherwise.
+    pub fn push_cached_result(&mut self, body: Body) -> bool {
+        let bytes = body_len(&body);
+        if self.bytes + bytes > self.command_limit() {
+            return false;
+        }
+        self.push_result(body);
+        true
+    }
+
+    /// Queues a refusal if it fits within the capacity (the headroom is kept
+    /// for it); `false` (nothing queued) otherwise.
+    pub fn push_refusal(&mut self, body: Body) -> bool {
+        let bytes = body_len(&body);
+        if self.bytes + bytes > self.capacity {
+            return false;
+        }
+        self.push_result(body);
         true
     }
 
@@ -502,9 +556,12 @@ mod tests {
     #[test]
     fn control_frames_dropped_without_session() {
         let mut outbox = Outbox::new(1 << 20);
-        assert!(!outbox.push_control(Body::Accepted(CommandAccepted {
-            command_id: "x".into()
-        })));
+        assert_eq!(
+            outbox.push_control(Body::Accepted(CommandAccepted {
+                command_id: "x".into()
+            })),
+            ControlPush::NoSession
+        );
         outbox.begin_session();
         outbox.push_control(Body::Accepted(CommandAccepted {
             command_id: "x".into(),
@@ -512,6 +569,56 @@ mod tests {
         outbox.end_session();
         open(&mut outbox, 0);
         assert!(drain(&mut outbox).is_empty());
+    }
+
+    #[test]
+    fn the_control_queue_is_bounded() {
+        let mut outbox = Outbox::new(1 << 20);
+        outbox.begin_session();
+        let accepted = || {
+            Body::Accepted(CommandAccepted {
+                command_id: "x".into(),
+            })
+        };
+        for _ in 0..MAX_CONTROL_FRAMES {
+            assert_eq!(outbox.push_control(accepted()), ControlPush::Queued);
+        }
+        assert_eq!(outbox.push_control(accepted()), ControlPush::Full);
+        assert_eq!(outbox.control_frames(), MAX_CONTROL_FRAMES);
+        outbox.next_frame();
+        assert_eq!(outbox.push_control(accepted()), ControlPush::Queued);
+    }
+
+    #[test]
+    fn duplicates_and_refusals_never_push_past_their_bounds() {
+        // 1 MiB: headroom 128 KiB; the command limit is 896 KiB.
+        let capacity = 1 << 20;
+        let mut outbox = Outbox::new(capacity);
+        let big = |id: &str| {
+            Body::Result(CommandResult {
+                command_id: id.into(),
+                output_json: vec![b'x'; 100 * 1024].into(),
+                ..Default::default()
+            })
+        };
+        let mut cached = 0;
+        while outbox.push_cached_result(big("dup")) {
+            cached += 1;
+            assert!(cached < 100, "unbounded");
+        }
+        assert!(outbox.bytes <= outbox.command_limit(), "{}", outbox.bytes);
+        assert_eq!(cached, 8, "900 KiB of cached results fit below 896 KiB + slack");
+        let mut refusals = 0;
+        while outbox.push_refusal(result("r")) {
+            refusals += 1;
+            assert!(refusals < 100_000, "unbounded");
+        }
+        assert!(outbox.bytes <= capacity, "refusals stay within the capacity");
+        assert!(refusals > 100, "the headroom takes many refusals: {refusals}");
+        assert!(!outbox.push_cached_result(result("dup")));
+        // A result of an admitted command is still always kept.
+        outbox.push_result(result("ran"));
+        assert_eq!(outbox.stats().pending_frames, cached + refusals + 1);
     }
 
     #[test]

@@ -14,9 +14,32 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::outbox::{BufferFull, FrameClass, Outbox, OutboxStats};
+use super::outbox::{BufferFull, ControlPush, FrameClass, Outbox, OutboxStats};
 use crate::metrics::Metrics;
 use crate::proto::{relayer_frame::Body, RelayerFrame};
+
+/// The answers to one batch of commands, by how each is bounded.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// `CommandAccepted` frames (control).
+    pub accepted: Vec<Body>,
+    /// Results of commands that ran: always kept.
+    pub results: Vec<Body>,
+    /// Each duplicate's cached result, and the busy refusal sent instead
+    /// when the cached result does not fit.
+    pub cached: Vec<(Body, Body)>,
+    /// Refusals (REJECTED): kept within the capacity.
+    pub refusals: Vec<Body>,
+}
+
+impl Answers {
+    pub fn is_empty(&self) -> bool {
+        self.accepted.is_empty()
+            && self.results.is_empty()
+            && self.cached.is_empty()
+            && self.refusals.is_empty()
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -50,35 +73,89 @@ impl OutboxHandle {
         self.metrics
             .replay_buffer_frames
             .set((stats.pending_frames + stats.unacked_frames) as i64);
+        self.metrics
+            .control_queue_frames
+            .set(outbox.control_frames() as i64);
     }
 
-    pub fn push_control(&self, body: Body) {
-        if self.inner.lock().outbox.push_control(body) {
-            self.ready.notify_one();
+    fn control(&self, outbox: &mut Outbox, body: Body) {
+        if outbox.push_control(body) == ControlPush::Full {
+            self.metrics.control_frames_dropped.inc();
         }
     }
 
-    /// Queues results (and their `CommandAccepted`, if any) in one lock.
-    pub fn push_results(
-        &self,
-        accepted: impl IntoIterator<Item = Body>,
-        results: impl IntoIterator<Item = Body>,
-    ) {
+    /// Queues a control frame (`CommandAccepted`, a heartbeat); with the
+    /// control queue full it is dropped and counted.
+    pub fn push_control(&self, body: Body) {
         {
             let mut inner = self.inner.lock();
-            for body in accepted {
-                inner.outbox.push_control(body);
-            }
-            for body in results {
-                inner.outbox.push_result(body);
-            }
+            self.control(&mut inner.outbox, body);
             self.publish(&inner.outbox);
         }
         self.ready.notify_one();
     }
 
+    /// Queues the answers of one batch of commands in one lock: each
+    /// `CommandAccepted`, each result of a command that ran (always kept),
+    /// each duplicate's cached result and each refusal (kept only within
+    /// their bounds; see `outbox`). A cached result that does not fit is
+    /// answered with `busy` instead, if that fits; whatever is left unsent is
+    /// counted in `answers_dropped`.
+    pub fn push_answers(&self, answers: Answers) {
+        let mut dropped = (0u64, 0u64);
+        {
+            let mut inner = self.inner.lock();
+            for body in answers.accepted {
+                self.control(&mut inner.outbox, body);
+            }
+            for body in answers.results {
+                inner.outbox.push_result(body);
+            }
+            for (cached, busy) in answers.cached {
+                if !inner.outbox.push_cached_result(cached) {
+                    dropped.0 += 1;
+                    if !inner.outbox.push_refusal(busy) {
+                        dropped.1 += 1;
+                    }
+                }
+            }
+            for body in answers.refusals {
+                if !inner.outbox.push_refusal(body) {
+                    dropped.1 += 1;
+                }
+            }
+            self.publish(&inner.outbox);
+        }
+        self.metrics.count_answers_dropped("cached_result", dropped.0);
+        self.metrics.count_answers_dropped("refusal", dropped.1);
+        self.ready.notify_one();
+    }
+
+    /// Queues the result of a command that ran, or an event: always kept.
     pub fn push_result(&self, body: Body) {
-        self.push_results(None, Some(body));
+        {
+            let mut inner = self.inner.lock();
+            inner.outbox.push_result(body);
+            self.publish(&inner.outbox);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Queues one refusal within its bound; `false` (counted) when it did
+    /// not fit.
+    pub fn push_refusal(&self, body: Body) -> bool {
+        let queued = {
+            let mut inner = self.inner.lock();
+            let queued = inner.outbox.push_refusal(body);
+            self.publish(&inner.outbox);
+            queued
+        };
+        if queued {
+            self.ready.notify_one();
+        } else {
+            self.metrics.count_answers_dropped("refusal", 1);
+        }
+        queued
     }
 
     pub fn push_telemetry(&self, body: Body, items: u64) -> Result<(), BufferFull> {

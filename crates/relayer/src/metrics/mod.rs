@@ -30,6 +30,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabel {
     pub actor: String,
 }
@@ -68,8 +73,17 @@ pub struct Metrics {
     pub replay_buffer_capacity: Gauge,
     pub commands: Family<CommandLabels, Counter>,
     pub commands_in_flight: Gauge,
+    pub commands_validating: Gauge,
     pub dedup_entries: Gauge,
+    pub dedup_bytes: Gauge,
     pub dedup_evictions: Gauge<u64, AtomicU64>,
+    /// Answers to duplicates and refusals left unsent because the replay
+    /// buffer had no room (the backend re-sends after a reconnect).
+    pub answers_dropped: Family<KindLabel, Counter>,
+    /// Control frames (`CommandAccepted`, heartbeats) not queued because the
+    /// control queue was full.
+    pub control_frames_dropped: Counter,
+    pub control_queue_frames: Gauge,
     pub telemetry_batches_dropped: Gauge<u64, AtomicU64>,
     pub telemetry_items_dropped: Gauge<u64, AtomicU64>,
     pub actor_restarts: Family<ActorLabel, Gauge>,
@@ -178,6 +192,36 @@ impl Metrics {
             "Commands accepted and not finished",
             commands_in_flight.clone(),
         );
+        let commands_validating = Gauge::default();
+        registry.register(
+            "commands_validating",
+            "Apply commands waiting for or in manifest validation (off the actors' thread)",
+            commands_validating.clone(),
+        );
+        let dedup_bytes = Gauge::default();
+        registry.register(
+            "dedup_bytes",
+            "Bytes the finished results kept for dedup hold (bounded by commands.dedup_max_bytes)",
+            dedup_bytes.clone(),
+        );
+        let answers_dropped = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "answers_dropped",
+            "Answers left unsent because the replay buffer had no room: kind=cached_result (a duplicate's result) or refusal; the backend re-sends after a reconnect",
+            answers_dropped.clone(),
+        );
+        let control_frames_dropped = Counter::default();
+        registry.register(
+            "control_frames_dropped",
+            "CommandAccepted and heartbeat frames not queued because the control queue was full",
+            control_frames_dropped.clone(),
+        );
+        let control_queue_frames = Gauge::default();
+        registry.register(
+            "control_queue_frames",
+            "Control frames waiting to be written",
+            control_queue_frames.clone(),
+        );
         let dedup_entries = Gauge::default();
         registry.register(
             "dedup_entries",
@@ -187,7 +231,7 @@ impl Metrics {
         let dedup_evictions = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "dedup_evictions",
-            "Finished results evicted early because of commands.dedup_max_entries",
+            "Finished results evicted early because of commands.dedup_max_entries or commands.dedup_max_bytes",
             dedup_evictions.clone(),
         );
         let telemetry_batches_dropped = Gauge::<u64, AtomicU64>::default();
@@ -277,8 +321,13 @@ impl Metrics {
             replay_buffer_capacity,
             commands,
             commands_in_flight,
+            commands_validating,
             dedup_entries,
+            dedup_bytes,
             dedup_evictions,
+            answers_dropped,
+            control_frames_dropped,
+            control_queue_frames,
             telemetry_batches_dropped,
             telemetry_items_dropped,
             actor_restarts,
@@ -302,6 +351,17 @@ impl Metrics {
                     state: state.to_string(),
                 })
                 .set(i64::from(*state == current));
+        }
+    }
+
+    /// Counts answers left unsent for want of replay-buffer room.
+    pub fn count_answers_dropped(&self, kind: &str, count: u64) {
+        if count > 0 {
+            self.answers_dropped
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc_by(count);
         }
     }
 
