@@ -147,7 +147,9 @@ impl CommandRouter {
             record_last(&span, out);
             return;
         }
-        let ticket = rc.ledger.ticket(&command, action, Stage::Validating, span.clone());
+        let ticket = rc
+            .ledger
+            .ticket(&command, action, Stage::Validating, span.clone());
         tokio::spawn(validate_off_thread(rc, command, action, span, ticket));
     }
 
@@ -195,7 +197,9 @@ impl CommandRouter {
                         ticket.advance(Stage::Admitted);
                         ticket
                     }
-                    None => rc.ledger.ticket(&command, action, Stage::Admitted, span.clone()),
+                    None => rc
+                        .ledger
+                        .ticket(&command, action, Stage::Admitted, span.clone()),
                 };
                 let Some(executor) = rc.directory.executor() else {
                     ticket.refuse(&CommandError::busy(
@@ -227,7 +231,13 @@ impl CommandRouter {
     }
 
     /// A REJECTED answer decided here, before any ticket.
-    fn refuse(&mut self, command: &Command, action: &'static str, error: &CommandError, out: &mut Answers) {
+    fn refuse(
+        &mut self,
+        command: &Command,
+        action: &'static str,
+        error: &CommandError,
+        out: &mut Answers,
+    ) {
         tracing::info!(target: "audit", command_id = %command.command_id, action, outcome = "rejected", code = ?error.code(), "command");
         tracing::debug!(command_id = %command.command_id, action, code = ?error.code(), %error, "command rejected");
         self.count(action, "rejected");
@@ -371,7 +381,9 @@ mod tests {
     use crate::actors::workload_executor::WorkloadExecutor;
     use crate::config::RelayerConfig;
     use crate::metrics::MailboxGauge;
-    use crate::proto::{command::Action, command_result::Status, error::Code, GetClusterInfo, Ping};
+    use crate::proto::{
+        command::Action, command_result::Status, error::Code, GetClusterInfo, Ping,
+    };
     use crate::supervisor::{spawn_actor, ExitReporter, StatusBoard};
 
     fn child(name: &str) -> ChildContext {

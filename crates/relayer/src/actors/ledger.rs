@@ -52,7 +52,9 @@ impl CommandLedger {
 
     /// Dedup's verdict on `command_id`; a new id is marked in flight.
     pub fn check_and_begin(&self, command_id: &str) -> Seen {
-        self.dedup.lock().check_and_begin(command_id, Instant::now())
+        self.dedup
+            .lock()
+            .check_and_begin(command_id, Instant::now())
     }
 
     pub fn is_in_flight(&self, command_id: &str) -> bool {
@@ -286,19 +288,58 @@ mod tests {
         // (id, what happens to the ticket, status, code, cached)
         type Fate = fn(CommandTicket);
         let table: &[(&str, Stage, Fate, Status, i32, bool)] = &[
-            ("settled", Stage::Running, |t| {
-                let result = succeeded(&command("settled"), &serde_json::json!({}), 0);
-                t.settle(result)
-            }, Status::Succeeded, 0, true),
-            ("refused", Stage::Admitted, |t| t.refuse(&CommandError::busy("busy")), Status::Rejected, Code::Unavailable as i32, false),
-            ("dropped-validating", Stage::Validating, drop, Status::Rejected, Code::Unavailable as i32, false),
-            ("dropped-admitted", Stage::Admitted, drop, Status::Rejected, Code::Unavailable as i32, false),
-            ("dropped-running", Stage::Running, drop, Status::Failed, Code::Internal as i32, true),
+            (
+                "settled",
+                Stage::Running,
+                |t| {
+                    let result = succeeded(&command("settled"), &serde_json::json!({}), 0);
+                    t.settle(result)
+                },
+                Status::Succeeded,
+                0,
+                true,
+            ),
+            (
+                "refused",
+                Stage::Admitted,
+                |t| t.refuse(&CommandError::busy("busy")),
+                Status::Rejected,
+                Code::Unavailable as i32,
+                false,
+            ),
+            (
+                "dropped-validating",
+                Stage::Validating,
+                drop,
+                Status::Rejected,
+                Code::Unavailable as i32,
+                false,
+            ),
+            (
+                "dropped-admitted",
+                Stage::Admitted,
+                drop,
+                Status::Rejected,
+                Code::Unavailable as i32,
+                false,
+            ),
+            (
+                "dropped-running",
+                Stage::Running,
+                drop,
+                Status::Failed,
+                Code::Internal as i32,
+                true,
+            ),
         ];
         for &(id, stage, fate, status, code, cached) in table {
             assert_eq!(ledger.check_and_begin(id), Seen::New);
-            let mut ticket =
-                ledger.ticket(&command(id), "get", Stage::Validating, tracing::Span::none());
+            let mut ticket = ledger.ticket(
+                &command(id),
+                "get",
+                Stage::Validating,
+                tracing::Span::none(),
+            );
             if stage != Stage::Validating {
                 ticket.advance(Stage::Admitted);
             }
@@ -315,7 +356,10 @@ mod tests {
             assert_eq!(metrics.commands_validating.get(), 0, "{id}");
             let seen = ledger.check_and_begin(id);
             assert_eq!(matches!(seen, Seen::Finished(_)), cached, "{id}: cached");
-            assert!(!matches!(seen, Seen::InFlight), "{id}: never stuck in flight");
+            assert!(
+                !matches!(seen, Seen::InFlight),
+                "{id}: never stuck in flight"
+            );
         }
     }
 }

@@ -93,7 +93,12 @@ pub fn admit(
         Arrival::DuplicateFinished(result) => Admission::DuplicateFinished(result),
         Arrival::Refused(error) => Admission::Refused(error),
         Arrival::Fresh => {
-            match decide(command, validate(command, gate.limits), gate, take_rate_token) {
+            match decide(
+                command,
+                validate(command, gate.limits),
+                gate,
+                take_rate_token,
+            ) {
                 Ok(validated) => Admission::Admitted(validated),
                 Err(error) => Admission::Refused(error),
             }
@@ -106,7 +111,10 @@ pub fn admit(
 /// `max_frame_bytes` of YAML). Every other action's validation is a few
 /// field checks.
 pub fn validates_off_thread(command: &Command) -> bool {
-    matches!(command.action, Some(crate::proto::command::Action::Apply(_)))
+    matches!(
+        command.action,
+        Some(crate::proto::command::Action::Apply(_))
+    )
 }
 
 /// What the first half of the order says of a command just read.

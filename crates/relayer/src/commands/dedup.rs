@@ -7,22 +7,28 @@
 //! commands that ran are cached: a REJECTED command may be retried under the
 //! same id.
 //!
-//! **Results are stored compactly**: as the encoded protobuf frame (without
-//! its `command_id`, which is the key) in one boxed slice, the id in one
-//! `Arc<str>` shared by the map and the age queue. A cached ping costs about
-//! 200 bytes instead of the kilobyte a tree of owned structs took.
+//! **Results are stored compactly**: each finished command is one slot in a
+//! queue in finishing order — one allocation holding the id and the encoded
+//! result frame (without its `command_id`), and the time it finished —
+//! found through an index from the id's hash to the slot's sequence number.
+//! A cached ping costs about 130 bytes; a map of owned result structs took
+//! a kilobyte. The index is keyed by a keyed hash (SipHash, random per
+//! process), and a lookup compares the stored id, so a collision can only
+//! make a duplicate run again (every action is idempotent), never answer
+//! with another command's result.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
 use crate::proto::CommandResult;
 
-/// What one finished entry costs beyond its id and frame bytes: the map
-/// slot, the age-queue slot and the two allocations' headers. Counted in
-/// `dedup_max_bytes` so the bound is about memory, not payload.
+/// What one finished entry costs beyond its id and frame bytes: its queue
+/// slot, its index entry (with the table's spare room) and the
+/// allocation's header. Counted in `dedup_max_bytes`, so the bound is about
+/// memory, not payload.
 pub const ENTRY_OVERHEAD_BYTES: usize = 128;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,25 +41,48 @@ pub enum Seen {
     Finished(CommandResult),
 }
 
+/// One finished command: `data` is the id's bytes, then the encoded result.
 #[derive(Debug)]
-enum Entry {
-    InFlight,
-    Finished {
-        /// The result encoded, `command_id` left empty.
-        frame: Box<[u8]>,
-        at: Instant,
-    },
+struct Slot {
+    data: Box<[u8]>,
+    /// Ids are at most 128 bytes (admission refuses longer ones); an id
+    /// longer than 255 is never cached.
+    id_len: u8,
+    /// Empty once the slot was replaced by a later finish of the same id.
+    live: bool,
+    at: Instant,
+}
+
+impl Slot {
+    fn id(&self) -> &[u8] {
+        &self.data[..usize::from(self.id_len)]
+    }
+
+    fn frame(&self) -> &[u8] {
+        &self.data[usize::from(self.id_len)..]
+    }
+
+    fn cost(&self) -> usize {
+        self.data.len() + ENTRY_OVERHEAD_BYTES
+    }
 }
 
 #[derive(Debug)]
 pub struct DedupCache {
-    entries: HashMap<Arc<str>, Entry>,
-    /// Finished ids in finishing order, for expiry and eviction.
-    finished_order: VecDeque<(Instant, Arc<str>)>,
+    /// Ids running now (bounded by `max_in_flight` plus manifests waiting
+    /// for validation).
+    in_flight: HashSet<Box<str>>,
+    /// Finished commands, oldest first; slot `i` has sequence number
+    /// `first_seq + i`.
+    slots: VecDeque<Slot>,
+    first_seq: u64,
+    /// Hash of a finished id → its slot's sequence number.
+    index: HashMap<u64, u64>,
+    hasher: RandomState,
     retention: Duration,
     max_entries: usize,
     max_bytes: usize,
-    /// Bytes the finished entries hold (ids, frames and overhead).
+    /// Bytes the live slots hold, as `dedup_max_bytes` counts them.
     bytes: usize,
     finished: usize,
     evicted: u64,
@@ -62,8 +91,11 @@ pub struct DedupCache {
 impl DedupCache {
     pub fn new(retention: Duration, max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            entries: HashMap::new(),
-            finished_order: VecDeque::new(),
+            in_flight: HashSet::new(),
+            slots: VecDeque::new(),
+            first_seq: 0,
+            index: HashMap::new(),
+            hasher: RandomState::new(),
             retention,
             max_entries: max_entries.max(1),
             max_bytes,
@@ -73,50 +105,77 @@ impl DedupCache {
         }
     }
 
+    fn hash(&self, command_id: &str) -> u64 {
+        self.hasher.hash_one(command_id)
+    }
+
+    /// The live slot holding `command_id`, if any.
+    fn slot_of(&self, command_id: &str) -> Option<&Slot> {
+        let seq = *self.index.get(&self.hash(command_id))?;
+        let slot = self
+            .slots
+            .get(usize::try_from(seq - self.first_seq).ok()?)?;
+        (slot.live && slot.id() == command_id.as_bytes()).then_some(slot)
+    }
+
     /// Looks `command_id` up and, if new, marks it in flight.
     pub fn check_and_begin(&mut self, command_id: &str, now: Instant) -> Seen {
         self.expire(now);
-        match self.entries.get(command_id) {
-            Some(Entry::InFlight) => Seen::InFlight,
-            Some(Entry::Finished { frame, .. }) => Seen::Finished(decode(command_id, frame)),
-            None => {
-                self.entries.insert(Arc::from(command_id), Entry::InFlight);
-                Seen::New
-            }
+        if self.in_flight.contains(command_id) {
+            return Seen::InFlight;
         }
+        if let Some(slot) = self.slot_of(command_id) {
+            return Seen::Finished(decode(command_id, slot.frame()));
+        }
+        self.in_flight.insert(Box::from(command_id));
+        Seen::New
     }
 
     /// Whether `command_id` is running now.
     pub fn is_in_flight(&self, command_id: &str) -> bool {
-        matches!(self.entries.get(command_id), Some(Entry::InFlight))
+        self.in_flight.contains(command_id)
     }
 
     /// The command ran to an end: keep its result for duplicates, within
     /// the bounds (a result larger than `dedup_max_bytes` on its own is not
     /// kept, and counts as evicted).
     pub fn finish(&mut self, result: &CommandResult, now: Instant) {
-        let id: Arc<str> = Arc::from(result.command_id.as_str());
-        let frame = encode(result);
-        let cost = entry_cost(&id, &frame);
-        if let Some(Entry::Finished { frame, .. }) = self.entries.remove(&id) {
-            // Finished twice (never by design): replace, keeping the counts true.
-            self.bytes -= entry_cost(&id, &frame);
-            self.finished -= 1;
-        }
-        if cost > self.max_bytes {
+        let id = result.command_id.as_str();
+        self.in_flight.remove(id);
+        let Ok(id_len) = u8::try_from(id.len()) else {
+            self.evicted += 1;
+            return;
+        };
+        let mut data = Vec::with_capacity(id.len() + result.encoded_len());
+        data.extend_from_slice(id.as_bytes());
+        encode_without_id(result, &mut data);
+        let slot = Slot {
+            data: data.into_boxed_slice(),
+            id_len,
+            live: true,
+            at: now,
+        };
+        if slot.cost() > self.max_bytes {
             self.evicted += 1;
             return;
         }
-        self.entries
-            .insert(id.clone(), Entry::Finished { frame, at: now });
-        self.finished_order.push_back((now, id));
-        self.bytes += cost;
+        let hash = self.hash(id);
+        if let Some(old) = self.index.get(&hash).copied() {
+            // Finished twice, or a hash collision: the older slot goes.
+            let index = (old - self.first_seq) as usize;
+            if let Some(old) = self.slots.get_mut(index).filter(|s| s.live) {
+                old.live = false;
+                self.bytes -= old.cost();
+                self.finished -= 1;
+            }
+        }
+        self.bytes += slot.cost();
         self.finished += 1;
+        self.index
+            .insert(hash, self.first_seq + self.slots.len() as u64);
+        self.slots.push_back(slot);
         while self.finished > self.max_entries || self.bytes > self.max_bytes {
-            let Some((at, oldest)) = self.finished_order.pop_front() else {
-                break;
-            };
-            if self.remove_finished(&oldest, at) {
+            if self.pop_oldest() {
                 self.evicted += 1;
             }
         }
@@ -124,38 +183,46 @@ impl DedupCache {
 
     /// The command was refused before it ran: forget it so a retry may run.
     pub fn forget(&mut self, command_id: &str) {
-        if matches!(self.entries.get(command_id), Some(Entry::InFlight)) {
-            self.entries.remove(command_id);
-        }
+        self.in_flight.remove(command_id);
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((at, _)) = self.finished_order.front() {
-            if now.duration_since(*at) < self.retention {
+        while let Some(oldest) = self.slots.front() {
+            if now.duration_since(oldest.at) < self.retention {
                 break;
             }
-            if let Some((at, id)) = self.finished_order.pop_front() {
-                self.remove_finished(&id, at);
-            }
+            self.pop_oldest();
         }
     }
 
-    /// Removes `id`'s finished entry if it is the one finished at `at` (an
-    /// older age-queue slot of a re-finished id is stale and removes nothing).
-    fn remove_finished(&mut self, id: &str, at: Instant) -> bool {
-        if !matches!(self.entries.get(id), Some(Entry::Finished { at: current, .. }) if *current == at)
-        {
+    /// Drops the oldest slot; true if it was live.
+    fn pop_oldest(&mut self) -> bool {
+        let Some(slot) = self.slots.pop_front() else {
+            return false;
+        };
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        if !slot.live {
             return false;
         }
-        if let Some((key, Entry::Finished { frame, .. })) = self.entries.remove_entry(id) {
-            self.bytes -= entry_cost(&key, &frame);
-            self.finished -= 1;
+        self.bytes -= slot.cost();
+        self.finished -= 1;
+        let hash = self
+            .hasher
+            .hash_one(std::str::from_utf8(slot.id()).unwrap_or_default());
+        if self.index.get(&hash) == Some(&seq) {
+            self.index.remove(&hash);
+        }
+        if self.slots.is_empty() {
+            // Give back the queue's and the index's room after a burst.
+            self.slots.shrink_to(1024);
+            self.index.shrink_to(1024);
         }
         true
     }
 
     pub fn in_flight(&self) -> usize {
-        self.entries.len() - self.finished
+        self.in_flight.len()
     }
 
     pub fn finished(&self) -> usize {
@@ -163,11 +230,11 @@ impl DedupCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.in_flight.len() + self.finished
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Bytes the finished results hold, as `dedup_max_bytes` counts them.
@@ -182,20 +249,17 @@ impl DedupCache {
     }
 }
 
-fn entry_cost(id: &str, frame: &[u8]) -> usize {
-    id.len() + frame.len() + ENTRY_OVERHEAD_BYTES
-}
-
-fn encode(result: &CommandResult) -> Box<[u8]> {
+fn encode_without_id(result: &CommandResult, out: &mut Vec<u8>) {
     let without_id = CommandResult {
         command_id: String::new(),
         ..result.clone()
     };
-    without_id.encode_to_vec().into_boxed_slice()
+    // A Vec grows as needed: encoding into it cannot fail.
+    let _ = without_id.encode(out);
 }
 
 fn decode(command_id: &str, frame: &[u8]) -> CommandResult {
-    // The frame was encoded by `encode` in this process: it always decodes.
+    // The frame was encoded by `encode_without_id` in this process: it always decodes.
     let mut result = CommandResult::decode(frame).unwrap_or_default();
     result.command_id = command_id.to_string();
     result
@@ -264,7 +328,7 @@ mod tests {
     #[test]
     fn oldest_evicted_beyond_either_bound_and_counted() {
         // (max_entries, max_bytes, ids finished, ids left, evicted)
-        let one = entry_cost("a", &encode(&result("a")));
+        let one = cost_of("a");
         let table: &[(usize, usize, &[&str], &[&str], u64)] = &[
             (3, MIB, &["a", "b", "c", "d", "e"], &["c", "d", "e"], 2),
             (100, 2 * one, &["a", "b", "c", "d"], &["c", "d"], 2),
@@ -302,11 +366,36 @@ mod tests {
         assert!(cache.is_in_flight("running"));
     }
 
+    fn cost_of(id: &str) -> usize {
+        let mut cache = cache(10, MIB);
+        cache.finish(&result(id), Instant::now());
+        cache.bytes()
+    }
+
     #[test]
     fn a_cached_ping_is_compact() {
         let uuid = "6f1c2a7e-2b7a-4b1e-9a55-3f0e8a6d9c41";
-        let frame = encode(&result(uuid));
-        assert!(!frame.windows(uuid.len()).any(|w| w == uuid.as_bytes()), "the id is not stored twice");
-        assert!(entry_cost(uuid, &frame) < 256, "{}", entry_cost(uuid, &frame));
+        let mut frame = Vec::new();
+        encode_without_id(&result(uuid), &mut frame);
+        assert!(
+            !frame.windows(uuid.len()).any(|w| w == uuid.as_bytes()),
+            "the id is not stored twice"
+        );
+        assert!(cost_of(uuid) < 256, "{}", cost_of(uuid));
+    }
+
+    #[test]
+    fn finishing_twice_keeps_one_entry_and_true_counts() {
+        let mut cache = cache(10, MIB);
+        let t = Instant::now();
+        cache.finish(&result("a"), t);
+        cache.finish(&result("a"), t);
+        assert_eq!(cache.finished(), 1);
+        assert_eq!(cache.bytes(), cost_of("a"));
+        assert!(matches!(cache.check_and_begin("a", t), Seen::Finished(_)));
+        // Expiry of the replaced slot leaves the live one alone.
+        let later = t + Duration::from_secs(700);
+        assert_eq!(cache.check_and_begin("a", later), Seen::New);
+        assert_eq!(cache.bytes(), 0);
     }
 }

@@ -392,13 +392,19 @@ impl Outbox {
     }
 }
 
+/// What a frame costs the buffer: its encoded size (which is also about
+/// what its strings and bytes take on the heap) plus the slot it takes in a
+/// queue. Counting the slot makes `replay_buffer_bytes` a bound on memory:
+/// a 60-byte ping result takes several hundred bytes once queued, so
+/// counting only the wire size let a buffer of small frames take five times
+/// its configured size.
 fn body_len(body: &Body) -> usize {
     // seq (up to 10 bytes + tag) plus the oneof field itself.
     let frame = RelayerFrame {
         seq: u64::MAX,
         body: None,
     };
-    frame.encoded_len() + body.encoded_len()
+    frame.encoded_len() + body.encoded_len() + std::mem::size_of::<Sequenced>()
 }
 
 #[cfg(test)]
@@ -511,7 +517,7 @@ mod tests {
 
     #[test]
     fn telemetry_refused_at_soft_limit_and_evicted_for_results() {
-        let capacity = 8 * 1024;
+        let capacity = 32 * 1024;
         let mut outbox = Outbox::new(capacity);
         let mut accepted = 0;
         while outbox.push_telemetry(telemetry(500), 3).is_ok() {
@@ -540,7 +546,8 @@ mod tests {
             stats.telemetry_items_dropped,
             stats.telemetry_batches_dropped * 3
         );
-        assert!(stats.bytes <= capacity + 200);
+        // Over by at most one result (its wire size and its queue slot).
+        assert!(stats.bytes <= capacity + 200 + std::mem::size_of::<Sequenced>());
         assert!(
             stats.telemetry_bytes < stats.bytes,
             "evictions leave the telemetry count"
@@ -607,14 +614,23 @@ mod tests {
             assert!(cached < 100, "unbounded");
         }
         assert!(outbox.bytes <= outbox.command_limit(), "{}", outbox.bytes);
-        assert_eq!(cached, 8, "900 KiB of cached results fit below 896 KiB + slack");
+        assert_eq!(
+            cached, 8,
+            "900 KiB of cached results fit below 896 KiB + slack"
+        );
         let mut refusals = 0;
         while outbox.push_refusal(result("r")) {
             refusals += 1;
             assert!(refusals < 100_000, "unbounded");
         }
-        assert!(outbox.bytes <= capacity, "refusals stay within the capacity");
-        assert!(refusals > 100, "the headroom takes many refusals: {refusals}");
+        assert!(
+            outbox.bytes <= capacity,
+            "refusals stay within the capacity"
+        );
+        assert!(
+            refusals > 100,
+            "the headroom takes many refusals: {refusals}"
+        );
         assert!(!outbox.push_cached_result(result("dup")));
         // A result of an admitted command is still always kept.
         outbox.push_result(result("ran"));

@@ -126,7 +126,8 @@ impl OutboxHandle {
             }
             self.publish(&inner.outbox);
         }
-        self.metrics.count_answers_dropped("cached_result", dropped.0);
+        self.metrics
+            .count_answers_dropped("cached_result", dropped.0);
         self.metrics.count_answers_dropped("refusal", dropped.1);
         self.ready.notify_one();
     }

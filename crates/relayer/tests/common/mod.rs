@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) mod chart_tools;
 pub(crate) mod register;
+pub(crate) mod scripted;
 
 use consonant_dev_backend::{self as devbackend, DevBackendHandle, DevBackendOptions};
 use consonant_relayer::credentials::Secret;
@@ -80,9 +81,14 @@ pub(crate) struct RelayerOptions {
 
 impl RelayerOptions {
     pub(crate) fn new(backend: &DevBackendHandle) -> Self {
+        Self::to(&backend.grpc_url(), &backend.http_url())
+    }
+
+    /// Options for a backend at these URLs (e.g. a `scripted` one).
+    pub(crate) fn to(grpc_url: &str, http_url: &str) -> Self {
         Self {
-            grpc_url: backend.grpc_url(),
-            http_url: backend.http_url(),
+            grpc_url: grpc_url.to_string(),
+            http_url: http_url.to_string(),
             token: TOKEN.to_string(),
             cluster_id: CLUSTER_ID.to_string(),
             credentials_extra: String::new(),
@@ -248,11 +254,27 @@ format = "text"
     /// The relayer process's resident memory in KiB, read from `/proc` (a
     /// bound measured from outside, not from the relayer's own counters).
     pub(crate) fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// The relayer's anonymous resident memory (`RssAnon`: heap and stacks,
+    /// not the binary's mapped code), in KiB. A debug binary maps tens of
+    /// MiB of code, so bounds on what the relayer allocates use this.
+    pub(crate) fn anon_rss_kib(&self) -> u64 {
+        self.proc_status_kib("RssAnon:")
+    }
+
+    /// The relayer's peak resident memory so far (`VmHWM`), in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("the relayer runs").id();
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }

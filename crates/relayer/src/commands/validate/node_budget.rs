@@ -86,7 +86,8 @@ impl NodeBudget {
     /// `Err` only when the budget is spent; a document the parser refuses
     /// counts as within budget, and the real parse reports its error.
     pub fn count_document(&self, text: &str) -> Result<(), OverBudget> {
-        let counted = Counter { budget: self }.deserialize(serde_yaml_ng::Deserializer::from_str(text));
+        let counted =
+            Counter { budget: self }.deserialize(serde_yaml_ng::Deserializer::from_str(text));
         match (counted, self.exceeded.get()) {
             (_, Some(over)) => Err(over),
             _ => Ok(()),
@@ -224,8 +225,16 @@ mod tests {
         let table: &[(&str, &str, usize)] = &[
             ("scalar", "x\n", 1),
             ("mapping", "a: 1\nb: [x, y]\n", 1 + 2 + 1 + 3),
-            ("alias replays its anchor", "a: &l [1, 2]\nb: *l\n", 1 + 1 + 3 + 1 + 3),
-            ("merge key", "base: &b {k: v}\nobj:\n  <<: *b\n  n: 1\n", 1 + 1 + 3 + 1 + 1 + 1 + 3 + 2),
+            (
+                "alias replays its anchor",
+                "a: &l [1, 2]\nb: *l\n",
+                1 + 1 + 3 + 1 + 3,
+            ),
+            (
+                "merge key",
+                "base: &b {k: v}\nobj:\n  <<: *b\n  n: 1\n",
+                1 + 1 + 3 + 1 + 1 + 1 + 3 + 2,
+            ),
             ("tagged value", "a: !Custom {k: v}\n", 1 + 1 + 1 + 3),
             ("null", "~\n", 1),
         ];
@@ -244,14 +253,19 @@ mod tests {
         let mut laughs = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
         for i in 1..10 {
             let p = i - 1;
-            laughs.push_str(&format!("l{i}: &l{i} [*l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}]\n"));
+            laughs.push_str(&format!(
+                "l{i}: &l{i} [*l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}]\n"
+            ));
         }
         assert!(matches!(count(&laughs), Err(OverBudget::Aliasing { .. })));
     }
 
     #[test]
     fn modest_aliasing_and_large_plain_manifests_pass() {
-        assert!(count(&bomb(50, 50)).is_ok(), "2,500 aliased nodes are a template, not a bomb");
+        assert!(
+            count(&bomb(50, 50)).is_ok(),
+            "2,500 aliased nodes are a template, not a bomb"
+        );
         let many = "- x\n".repeat(100_000);
         assert_eq!(count(&many), Ok(100_001));
     }
@@ -278,6 +292,9 @@ mod tests {
         let budget = NodeBudget::for_manifest(0);
         let doc = "[".to_string() + &"0,".repeat(6_000) + "0]";
         assert!(budget.count_document(&doc).is_ok());
-        assert!(budget.count_document(&doc).is_err(), "two halves over the budget");
+        assert!(
+            budget.count_document(&doc).is_err(),
+            "two halves over the budget"
+        );
     }
 }
