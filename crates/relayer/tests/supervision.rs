@@ -135,3 +135,119 @@ async fn restart_intensity_exceeded_escalates_and_the_process_exits_non_zero() {
     assert_eq!(status.code(), Some(70), "{}", relayer.output());
     assert!(relayer.output().contains("restart intensity exceeded"));
 }
+
+/// The invariant actors.md states: every command that ran gets exactly one
+/// result, whatever restarts happen in between, and the in-flight gauges
+/// return to zero. Kubernetes commands against the real API server are held
+/// running (`executor-run-delay`) while the router panics (its batch is
+/// lost and re-sent by the backend), the WorkloadExecutor panics on an
+/// `Execute` (its command was never run: REJECTED/UNAVAILABLE, retried by
+/// this test as a backend would), and the ConnectionActor panics at a drain.
+#[tokio::test]
+async fn every_command_that_ran_gets_exactly_one_result_whatever_restarts() {
+    use consonant_kube_testenv::ControlPlane;
+    use consonant_relayer::proto::{command, Command};
+    let plane = ControlPlane::shared();
+    let backend = backend().await;
+    let relayer = Relayer::start(
+        RelayerOptions::new(&backend)
+            .kubernetes(&plane.kubeconfig, false)
+            .env(
+                "FAILPOINTS",
+                "executor-run-delay=return(400);router-incoming=4*off->1*panic->off;executor-execute=7*off->1*panic->off;connection-session-ended=1*panic->off",
+            ),
+    );
+    relayer.wait_connected().await;
+    let shared = backend.state().clone();
+    let submit = move |id: String| {
+        let state = shared.clone();
+        async move {
+            // Retry what was refused retryably (never run), as a backend does.
+            let mut answers = Vec::new();
+            for _ in 0..60 {
+                let waiter = state
+                    .submit_command(
+                        CLUSTER_ID,
+                        Command {
+                            command_id: id.clone(),
+                            action: Some(command::Action::ClusterInfo(Default::default())),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                let result = tokio::time::timeout(Duration::from_secs(60), waiter)
+                    .await
+                    .expect("every command is answered")
+                    .unwrap();
+                let retry = result.status == Status::Rejected as i32
+                    && result.error.as_ref().is_some_and(|e| e.retryable);
+                answers.push(result);
+                if !retry {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (id, answers)
+        }
+    };
+    let mut waves = Vec::new();
+    for wave in 0..4 {
+        let ids: Vec<String> = (0..6).map(|i| format!("inv-{wave}-{i}")).collect();
+        waves.push(tokio::spawn(futures::future::join_all(
+            ids.into_iter().map(submit.clone()),
+        )));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if wave == 2 {
+            // The session ends while commands run: the ConnectionActor panics.
+            backend.state().drain(CLUSTER_ID, 0).unwrap();
+        }
+    }
+    let mut outcomes = Vec::new();
+    for wave in waves {
+        outcomes.extend(wave.await.unwrap());
+    }
+    let output = relayer.output();
+    for (id, answers) in &outcomes {
+        let last = answers.last().unwrap();
+        assert_eq!(
+            last.status,
+            Status::Succeeded as i32,
+            "{id}: {answers:?}\n{output}"
+        );
+        let ran = output
+            .lines()
+            .filter(|line| {
+                line.contains("audit")
+                    && line.contains(&format!("command_id={id} "))
+                    && line.contains("succeeded")
+            })
+            .count();
+        assert_eq!(ran, 1, "{id} ran {ran} times\n{output}");
+    }
+    let restarts = |name: &'static str| {
+        let relayer = &relayer;
+        async move {
+            relayer
+                .metric(
+                    "consonant_relayer_actor_restarts",
+                    &format!("actor=\"{name}\""),
+                )
+                .await
+        }
+    };
+    assert!(restarts("CommandRouter").await >= 1.0, "{output}");
+    assert!(restarts("WorkloadExecutor").await >= 1.0, "{output}");
+    assert!(restarts("ConnectionActor").await >= 1.0, "{output}");
+    let settled = eventually_async(Duration::from_secs(10), || async {
+        relayer
+            .metric("consonant_relayer_commands_in_flight", "")
+            .await
+            == 0.0
+            && relayer
+                .metric("consonant_relayer_commands_validating", "")
+                .await
+                == 0.0
+    })
+    .await;
+    assert!(settled, "the in-flight gauges return to zero\n{output}");
+}
