@@ -14,6 +14,8 @@ pub mod config;
 pub mod connection;
 pub mod credentials;
 pub mod error_chain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod kube;
 pub mod logging;

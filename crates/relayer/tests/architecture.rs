@@ -34,6 +34,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("http", 5),
     ("relayer", 6),
     ("cli", 7),
+    // Fuzz harnesses (feature `fuzzing`): drive commands, config and
+    // telemetry (and later the session and router) from outside.
+    ("fuzzing", 7),
 ];
 
 fn src() -> PathBuf {

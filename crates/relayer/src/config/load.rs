@@ -42,12 +42,23 @@ pub fn load_with_env(
         path: path.to_path_buf(),
         source,
     })?;
+    parse_str(&text, path, env)
+}
+
+/// [`load_with_env`] after the file is read: `text` is the TOML, `path`
+/// only names it in errors. Public so the config can be loaded from memory
+/// (the `fuzzing` harness feeds it arbitrary text).
+pub fn parse_str(
+    text: &str,
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RelayerConfig, ConfigError> {
     let origins = Origins {
         file: path.display().to_string(),
         env: env_overrides(env),
     };
 
-    let mut builder = Config::builder().add_source(File::from_str(&text, FileFormat::Toml));
+    let mut builder = Config::builder().add_source(File::from_str(text, FileFormat::Toml));
     for o in &origins.env {
         if o.key.split('.').any(str::is_empty) {
             return Err(ConfigError::Parse {

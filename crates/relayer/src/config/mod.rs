@@ -12,6 +12,6 @@ pub mod validate;
 
 pub use derived::{GrpcTarget, DEFAULT_GRPC_PORT};
 pub use error::{ConfigError, Invalid};
-pub use load::{load, load_with_env, redacted_toml, ENV_PREFIX};
+pub use load::{load, load_with_env, parse_str, redacted_toml, ENV_PREFIX};
 pub use model::*;
 pub use validate::validate;

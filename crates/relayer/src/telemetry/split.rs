@@ -17,6 +17,20 @@ use super::count::{data_points, ItemCount};
 /// one tag byte and a length varint of at most five bytes.
 const EMBED_OVERHEAD: usize = 6;
 
+/// Exact size of a message of `len` bytes embedded as a field numbered
+/// below 16 (every level here: `resource_*` = 1, `scope_*` = 2, items = 2):
+/// one tag byte, the length varint, the message.
+fn embedded_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Exact encoded size of a request holding one item with its scope and
+/// resource, from their sizes without children: what decides whether the
+/// item fits a frame alone.
+fn alone_len(resource: usize, scope: usize, item: usize) -> usize {
+    embedded_len(resource + embedded_len(scope + embedded_len(item)))
+}
+
 /// One serialized export request and its item count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
@@ -194,13 +208,20 @@ fn split_levels<R: Levels>(mut request: R, limit: usize) -> Split {
     let mut chunk = Chunk::<R>::new();
     for mut resource in std::mem::take(request.resources()) {
         let scopes = std::mem::take(R::scopes(&mut resource));
-        let resource_shell = resource.encoded_len() + EMBED_OVERHEAD;
+        let resource_len = resource.encoded_len();
+        let resource_shell = resource_len + EMBED_OVERHEAD;
         for mut scope in scopes {
             let items = std::mem::take(R::items(&mut scope));
-            let scope_shell = scope.encoded_len() + EMBED_OVERHEAD;
+            let scope_len = scope.encoded_len();
+            let scope_shell = scope_len + EMBED_OVERHEAD;
             for item in items {
-                let item_bytes = item.encoded_len() + EMBED_OVERHEAD;
-                if resource_shell + scope_shell + item_bytes > limit {
+                let item_len = item.encoded_len();
+                let item_bytes = item_len + EMBED_OVERHEAD;
+                // Exact, not the packing's upper bound: an item that fits a
+                // frame alone is never left out (the upper bound overstates
+                // by up to 12 bytes, which refused items that fit). A lone
+                // item in a fresh piece is then exactly this size.
+                if alone_len(resource_len, scope_len, item_len) > limit {
                     out.rejected_items += R::count(&item);
                     out.largest_rejected_bytes = out.largest_rejected_bytes.max(item.encoded_len());
                     continue;
@@ -369,6 +390,26 @@ mod tests {
             let decoded = ExportMetricsServiceRequest::decode(piece.otlp.clone()).unwrap();
             assert_eq!(decoded.item_count(), piece.items);
         }
+    }
+
+    /// An item within a dozen bytes of the limit fits a frame alone and
+    /// must be carried, not rejected (the fuzz seed logs-split.bin: a log
+    /// record whose one-item request is 149 bytes was refused at 150).
+    #[test]
+    fn an_item_that_fits_a_frame_exactly_alone_is_carried() {
+        let request = traces(1, 1, 3, 40);
+        let alone = traces(1, 1, 1, 40).encoded_len();
+        assert!(request.encoded_len() > alone);
+        let split = request.split(alone);
+        assert_eq!(split.rejected_items, 0, "{split:?}");
+        assert_eq!(split.pieces.len(), 3);
+        for piece in &split.pieces {
+            assert_eq!(piece.otlp.len(), alone);
+        }
+        assert_eq!(check(&split, alone).item_count(), 3);
+        let split = traces(1, 1, 3, 40).split(alone - 1);
+        assert_eq!(split.rejected_items, 3);
+        assert!(split.pieces.is_empty());
     }
 
     fn flatten(request: &ExportTraceServiceRequest) -> Vec<(u32, String, usize)> {
