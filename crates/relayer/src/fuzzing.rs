@@ -39,8 +39,15 @@ pub struct Target {
     pub harness: fn(&[u8]),
 }
 
+mod backend_frames;
+pub use backend_frames::{backend_frames, encode_input as encode_backend_frames};
+
 /// Every target, for the corpus replay test.
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "backend_frames",
+        harness: backend_frames,
+    },
     Target {
         name: "manifest",
         harness: manifest,

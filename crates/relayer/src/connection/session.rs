@@ -421,19 +421,21 @@ impl Pump<'_> {
     }
 }
 
+/// The frames of one read, sorted by what they ask (the fuzz harness
+/// drives it too).
 #[derive(Default)]
-struct InboundBatch {
-    frames: usize,
-    max_ack: Option<u64>,
-    commands: Vec<crate::proto::Command>,
-    after_drain: Vec<crate::proto::Command>,
-    cancels: Vec<String>,
-    drain: Option<crate::proto::Drain>,
-    rotate: Option<crate::proto::RotateCredentials>,
+pub(crate) struct InboundBatch {
+    pub(crate) frames: usize,
+    pub(crate) max_ack: Option<u64>,
+    pub(crate) commands: Vec<crate::proto::Command>,
+    pub(crate) after_drain: Vec<crate::proto::Command>,
+    pub(crate) cancels: Vec<String>,
+    pub(crate) drain: Option<crate::proto::Drain>,
+    pub(crate) rotate: Option<crate::proto::RotateCredentials>,
 }
 
 impl InboundBatch {
-    fn add(&mut self, frame: BackendFrame, metrics: &Metrics) {
+    pub(crate) fn add(&mut self, frame: BackendFrame, metrics: &Metrics) {
         use backend_frame::Body as B;
         self.frames += 1;
         match frame.body {
