@@ -428,3 +428,41 @@ async fn an_alias_bomb_is_refused_in_bounded_memory_while_pings_go_on() {
         relayer.output()
     );
 }
+
+/// The node budget bounds what any manifest within the frame limit costs:
+/// the largest one it admits (99,000 nodes, 4 MiB of text) validates with
+/// the peak memory raised by less than 48 MiB, and one more node past the
+/// budget is refused before anything is built.
+#[tokio::test]
+async fn the_largest_manifest_the_budget_admits_validates_in_bounded_memory() {
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend));
+    relayer.wait_connected().await;
+    let before = relayer.peak_rss_kib();
+    let manifest = |items: usize| {
+        let mut m = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\ndata:\n  list:\n",
+        );
+        for _ in 0..items {
+            m.push_str("  - abcdefghijklmnopqrstuvwxyz0123456789\n");
+        }
+        m
+    };
+    let admitted = run_command(&backend, apply("big", &manifest(99_000))).await;
+    let error = admitted.error.unwrap();
+    // Valid: it passed validation and met the Kubernetes switch.
+    assert_eq!(error.code, Code::Unavailable as i32, "{}", error.message);
+    let grown = relayer.peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 48 * MIB,
+        "validating it raised the peak by {grown} KiB"
+    );
+    let refused = run_command(&backend, apply("bigger", &manifest(101_000))).await;
+    let error = refused.error.unwrap();
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert!(
+        error.message.contains("more than 100000 YAML nodes"),
+        "{}",
+        error.message
+    );
+}

@@ -45,14 +45,14 @@ const REPLAY_BYTES: u64 = 1 << 20;
 
 /// Credential files every run shares (read only when dialing, never here).
 fn credentials_dir() -> &'static std::path::Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("clusterId"), "cls_fuzz").expect("write");
-        std::fs::write(dir.path().join("clusterToken"), "fuzz-token-fuzz-token").expect("write");
+        let dir = std::env::temp_dir().join(format!("consonant-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the credentials dir");
+        std::fs::write(dir.join("clusterId"), "cls_fuzz").expect("write");
+        std::fs::write(dir.join("clusterToken"), "fuzz-token-fuzz-token").expect("write");
         dir
     })
-    .path()
 }
 
 /// Splits `data` into frames: `u16` LE length, then that many bytes.
