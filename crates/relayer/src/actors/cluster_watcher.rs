@@ -25,6 +25,8 @@ use crate::watch::{lease_name, LeaderElection};
 
 /// Events waiting between the watchers and the outbox.
 const EVENT_CHANNEL: usize = 256;
+/// How often a cluster event waiting for replay-buffer room looks again.
+const EVENT_ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How often to look for the Kubernetes client while it is being built.
 const CLIENT_POLL: Duration = Duration::from_millis(500);
 
@@ -151,6 +153,12 @@ impl ClusterWatcher {
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 tracing::debug!(kind = %event.kind, "cluster event");
+                // Events are never dropped, so they wait for room: with acks
+                // withheld the bounded channel fills and the watch backs up,
+                // instead of the replay buffer growing without bound.
+                while !rc.outbox.has_room_for_result() {
+                    tokio::time::sleep(EVENT_ROOM_POLL).await;
+                }
                 rc.outbox.push_result(Body::Event(event));
                 sent.fetch_add(1, Ordering::Relaxed);
             }
