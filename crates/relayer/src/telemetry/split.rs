@@ -3,7 +3,15 @@
 //! nothing); a larger one is split between its items (spans, metrics, log
 //! records), keeping each item's resource and scope. An item that cannot fit
 //! a frame even alone is left out and reported, so the receiver can answer
-//! with OTLP partial success instead of dropping it silently. Pure; no I/O.
+//! with OTLP partial success instead of dropping it silently.
+//!
+//! Every piece repeats the resource and scope of the items it carries, so a
+//! request whose resource nearly fills a frame would come out as one piece
+//! per item, each a frame large: a 16 MiB request of tiny spans under a
+//! 4 MiB resource, gigabytes. The pieces together are therefore kept to at
+//! most twice the request plus one frame; items beyond that are left out
+//! and reported like oversized ones. Ordinary requests (resources far
+//! smaller than a frame) never come near it. Pure; no I/O.
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -42,10 +50,15 @@ pub struct Piece {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Split {
     pub pieces: Vec<Piece>,
-    /// Items larger than a frame on their own, left out.
+    /// Items left out: larger than a frame on their own, or beyond the
+    /// repetition budget (`over_budget_items`).
     pub rejected_items: u64,
-    /// The largest such item's encoded size, for the error message.
+    /// The largest item left out for its size, for the error message.
     pub largest_rejected_bytes: usize,
+    /// Of `rejected_items`, those that fit a frame but were left out because
+    /// repeating their resource and scope would have made the pieces more
+    /// than twice the request plus one frame.
+    pub over_budget_items: u64,
 }
 
 /// Items a receiver left out of an accepted request, for OTLP's
@@ -67,10 +80,21 @@ impl Rejected {
                     super::Signal::Metrics => "metric data point(s)",
                     super::Signal::Logs => "log record(s)",
                 };
-                format!(
-                    "{} {items} left out: the largest item is {} bytes encoded, more than the {limit} bytes one relay frame carries (connection.max_frame_bytes, or less if the backend asks)",
-                    split.rejected_items, split.largest_rejected_bytes
-                )
+                let too_large = split.rejected_items - split.over_budget_items;
+                let mut reasons = Vec::new();
+                if too_large > 0 {
+                    reasons.push(format!(
+                        "{too_large} {items} left out: the largest item is {} bytes encoded, more than the {limit} bytes one relay frame carries (connection.max_frame_bytes, or less if the backend asks)",
+                        split.largest_rejected_bytes
+                    ));
+                }
+                if split.over_budget_items > 0 {
+                    reasons.push(format!(
+                        "{} {items} left out: their resource and scope are so large against the {limit} bytes one relay frame carries that repeating them in every piece would make the request more than twice its size; send smaller resource attributes or fewer items per request",
+                        split.over_budget_items
+                    ));
+                }
+                reasons.join("; ")
             }),
         }
     }
@@ -197,7 +221,8 @@ impl<R: Levels> Chunk<R> {
 
 fn split_levels<R: Levels>(mut request: R, limit: usize) -> Split {
     let mut out = Split::default();
-    if request.encoded_len() <= limit {
+    let request_len = request.encoded_len();
+    if request_len <= limit {
         let items = request_items(&mut request);
         out.pieces.push(Piece {
             otlp: Bytes::from(request.encode_to_vec()),
@@ -205,6 +230,11 @@ fn split_levels<R: Levels>(mut request: R, limit: usize) -> Split {
         });
         return out;
     }
+    // What the pieces may add up to (see the module doc), and an upper
+    // bound of what they hold so far: each item's exact embedding plus
+    // every resource and scope shell opened, with EMBED_OVERHEAD.
+    let budget = request_len.saturating_mul(2).saturating_add(limit);
+    let mut spent = 0usize;
     let mut chunk = Chunk::<R>::new();
     for mut resource in std::mem::take(request.resources()) {
         let scopes = std::mem::take(R::scopes(&mut resource));
@@ -233,9 +263,19 @@ fn split_levels<R: Levels>(mut request: R, limit: usize) -> Split {
                 if !chunk.scope_open {
                     needed += scope_shell;
                 }
-                if chunk.bytes + needed > limit {
-                    chunk.take(&mut out);
+                let fresh = chunk.bytes + needed > limit;
+                if fresh {
                     needed = item_bytes + resource_shell + scope_shell;
+                }
+                let cost = needed - item_bytes + embedded_len(item_len);
+                if spent + cost > budget {
+                    out.rejected_items += R::count(&item);
+                    out.over_budget_items += R::count(&item);
+                    continue;
+                }
+                spent += cost;
+                if fresh {
+                    chunk.take(&mut out);
                 }
                 if !chunk.resource_open {
                     chunk.request.resources().push(resource.clone());
@@ -410,6 +450,43 @@ mod tests {
         let split = traces(1, 1, 3, 40).split(alone - 1);
         assert_eq!(split.rejected_items, 3);
         assert!(split.pieces.is_empty());
+    }
+
+    /// The fuzz finding in fuzz/regressions/otlp_split/: a resource nearly
+    /// a frame large made every small item a piece of its own, each
+    /// repeating the resource (568 bytes came out as 1,449; 16 MiB of tiny
+    /// spans under a 4 MiB resource would have come out as terabytes).
+    #[test]
+    fn repeating_a_large_resource_is_bounded_and_what_it_leaves_out_reported() {
+        let limit = 2_000;
+        let mut request = traces(1, 1, 200, 1);
+        request.resource_spans[0].resource = Some(Resource {
+            attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+                key: "k".repeat(limit - 60),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let request_len = request.encoded_len();
+        let split = request.split(limit);
+        let total: usize = split.pieces.iter().map(|p| p.otlp.len()).sum();
+        assert!(
+            total <= 2 * request_len + limit,
+            "{total} from {request_len}"
+        );
+        assert!(split.over_budget_items > 0, "{split:?}");
+        assert_eq!(split.rejected_items, split.over_budget_items);
+        let carried = check(&split, limit).item_count();
+        assert_eq!(carried + split.rejected_items, 200);
+        assert!(carried > 0);
+        let message = Rejected::of(&split, super::super::Signal::Traces, limit)
+            .message()
+            .unwrap();
+        assert!(
+            message.contains("repeating them in every piece"),
+            "{message}"
+        );
+        assert!(!message.contains("the largest item"), "{message}");
     }
 
     fn flatten(request: &ExportTraceServiceRequest) -> Vec<(u32, String, usize)> {
