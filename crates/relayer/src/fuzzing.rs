@@ -82,7 +82,11 @@ const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// inside the manifest. Bounded time and memory are checked by the fuzzer's
 /// own timeout and RSS limit.
 pub fn manifest(data: &[u8]) {
-    let namespace = if data.len().is_multiple_of(2) { "" } else { "team-a" };
+    let namespace = if data.len().is_multiple_of(2) {
+        ""
+    } else {
+        "team-a"
+    };
     let command = Command {
         action: Some(Action::Apply(ApplyManifest {
             manifest: data.to_vec().into(),

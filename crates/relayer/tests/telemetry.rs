@@ -429,3 +429,43 @@ async fn slow_otlp_http_clients_are_cut_off() {
     assert!(body.starts_with("HTTP/1.1 408"), "{body}");
     assert!(body.contains("stalled"), "{body}");
 }
+
+/// The OTLP/gRPC receiver serves at most 256 connections at once
+/// (protocol.md, edge cases: the receivers cap concurrent connections): a
+/// client that opens 256 idle connections holds every slot, so an export on
+/// one more connection waits in the backlog — and is served as soon as one
+/// of the idle connections closes. The held connections cost the relayer
+/// no more than a few MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_connections_are_capped_and_freed() {
+    let backend = backend().await;
+    let (options, grpc, _) = telemetry_options(&backend, "");
+    let relayer = Relayer::start(options);
+    relayer.wait_connected().await;
+    let addr = grpc.trim_start_matches("http://").to_string();
+    let before = relayer.anon_rss_kib();
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let export = tokio::spawn(async move {
+        let mut client = TraceServiceClient::connect(grpc).await.unwrap();
+        client.export(spans(2, 0)).await.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !export.is_finished(),
+        "a 257th connection was served while 256 were held"
+    );
+    let grown = relayer.anon_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "256 idle connections grew the relayer by {grown} KiB"
+    );
+    idle.pop();
+    let served = tokio::time::timeout(Duration::from_secs(20), export)
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+}
