@@ -327,9 +327,16 @@ mod tests {
 
     #[test]
     fn oldest_evicted_beyond_either_bound_and_counted() {
-        // (max_entries, max_bytes, ids finished, ids left, evicted)
         let one = cost_of("a");
-        let table: &[(usize, usize, &[&str], &[&str], u64)] = &[
+        /// (max_entries, max_bytes, ids finished, ids left, evicted)
+        type Row = (
+            usize,
+            usize,
+            &'static [&'static str],
+            &'static [&'static str],
+            u64,
+        );
+        let table: &[Row] = &[
             (3, MIB, &["a", "b", "c", "d", "e"], &["c", "d", "e"], 2),
             (100, 2 * one, &["a", "b", "c", "d"], &["c", "d"], 2),
             (2, 3 * one, &["a", "b", "c"], &["b", "c"], 1),
