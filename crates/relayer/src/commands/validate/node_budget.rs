@@ -9,14 +9,16 @@
 //! parser's own event list (linear in the document's size); time is at most
 //! the budget.
 //!
-//! Two limits, both over the whole manifest:
+//! Three limits, over the whole manifest:
 //! - **expansion**: aliases may not make the manifest larger than it is
 //!   written. Written out, every node takes at least one byte, so a manifest
 //!   may expand to at most one node per byte of its text, plus
 //!   [`ALIAS_ALLOWANCE`] for the small templates people really write
 //!   (`<<: *defaults`);
 //! - **total**: at most [`MAX_MANIFEST_NODES`] nodes, which bounds the
-//!   memory of the trees built afterwards whatever the manifest's size.
+//!   memory of the trees built afterwards whatever the manifest's size;
+//! - **depth**: collections nested at most [`MAX_DEPTH`] deep, which bounds
+//!   the recursion of everything that walks the tree afterwards.
 
 use std::cell::Cell;
 use std::fmt;
@@ -33,6 +35,10 @@ pub const MAX_MANIFEST_NODES: usize = 100_000;
 /// Nodes aliases may add beyond one per byte of text.
 pub const ALIAS_ALLOWANCE: usize = 10_000;
 
+/// Collections nested in one another, at most. A CRD's schema nests about
+/// 40 deep; the YAML parser itself stops at 128.
+pub const MAX_DEPTH: usize = 100;
+
 /// Why a manifest's documents may not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverBudget {
@@ -40,6 +46,8 @@ pub enum OverBudget {
     Aliasing { limit: usize },
     /// More nodes than any manifest may hold.
     TooManyNodes { limit: usize },
+    /// Collections nested deeper than [`MAX_DEPTH`].
+    TooDeep { limit: usize },
 }
 
 impl OverBudget {
@@ -50,6 +58,9 @@ impl OverBudget {
             ),
             OverBudget::TooManyNodes { limit } => format!(
                 "it holds more than {limit} YAML nodes: split it into several apply commands"
+            ),
+            OverBudget::TooDeep { limit } => format!(
+                "it nests lists and mappings more than {limit} levels deep: no Kubernetes object needs that"
             ),
         }
     }
@@ -88,8 +99,11 @@ impl NodeBudget {
     /// `Err` only when the budget is spent; a document the parser refuses
     /// counts as within budget, and the real parse reports its error.
     pub fn count_document(&self, text: &str) -> Result<(), OverBudget> {
-        let counted =
-            Counter { budget: self }.deserialize(serde_yaml_ng::Deserializer::from_str(text));
+        let counted = Counter {
+            budget: self,
+            depth: 0,
+        }
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text));
         match (counted, self.exceeded.get()) {
             (_, Some(over)) => Err(over),
             _ => Ok(()),
@@ -115,6 +129,8 @@ impl NodeBudget {
 #[derive(Clone, Copy)]
 struct Counter<'a> {
     budget: &'a NodeBudget,
+    /// Collections around the node being counted.
+    depth: usize,
 }
 
 impl Counter<'_> {
@@ -124,6 +140,20 @@ impl Counter<'_> {
         } else {
             Err(E::custom("node budget exceeded"))
         }
+    }
+
+    /// The counter for the elements of a collection at this node.
+    fn inside<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_DEPTH {
+            self.budget
+                .exceeded
+                .set(Some(OverBudget::TooDeep { limit: MAX_DEPTH }));
+            return Err(E::custom("nesting budget exceeded"));
+        }
+        Ok(Counter {
+            budget: self.budget,
+            depth: self.depth + 1,
+        })
     }
 }
 
@@ -181,14 +211,16 @@ impl<'de> Visitor<'de> for Counter<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.node()?;
-        while seq.next_element_seed(self)?.is_some() {}
+        let inner = self.inside()?;
+        while seq.next_element_seed(inner)?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.node()?;
-        while map.next_key_seed(self)?.is_some() {
-            map.next_value_seed(self)?;
+        let inner = self.inside()?;
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
         }
         Ok(())
     }
@@ -280,6 +312,22 @@ mod tests {
             Err(OverBudget::TooManyNodes {
                 limit: MAX_MANIFEST_NODES
             })
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
+        assert!(count(&nested(MAX_DEPTH)).is_ok());
+        assert_eq!(
+            count(&nested(MAX_DEPTH + 1)),
+            Err(OverBudget::TooDeep { limit: MAX_DEPTH })
+        );
+        let mappings =
+            (0..=MAX_DEPTH).fold(String::from("x"), |inner, _| format!("{{a: {inner}}}"));
+        assert_eq!(
+            count(&mappings),
+            Err(OverBudget::TooDeep { limit: MAX_DEPTH })
         );
     }
 
