@@ -1804,3 +1804,44 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
         "the chart's RBAC covers what the relayer does:\n{log}"
     );
 }
+
+/// Issue 13, item 7: a PodDisruptionBudget never blocks a node drain. One
+/// replica gets none (a budget over one pod blocks every drain) and NOTES
+/// says why; with more, the budget lets unhealthy pods be evicted, and
+/// `maxUnavailable` replaces `minAvailable` when set.
+#[test]
+fn the_pod_disruption_budget_never_blocks_a_drain() {
+    let pdb = |extra: &[&str]| {
+        let docs = documents(&render(&quick_start(), extra));
+        all(&docs, "PodDisruptionBudget")
+            .first()
+            .map(|pdb| pdb["spec"].clone())
+    };
+    assert_eq!(pdb(&["--set", "relayer.replicas=1"]), None);
+    let two = pdb(&[]).expect("two replicas get a budget");
+    assert_eq!(two["minAvailable"], 1);
+    assert_eq!(two["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    let by_max = pdb(&[
+        "--set",
+        "relayer.replicas=4",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    ])
+    .unwrap();
+    assert_eq!(by_max["maxUnavailable"], 1);
+    assert!(by_max.get("minAvailable").is_none(), "{by_max}");
+    // helm template prints no NOTES: a client-side dry run of install does.
+    let case = quick_start();
+    let out = run(Command::new(&tools().helm)
+        .args(["install", RELEASE])
+        .arg(repo().join(CHART))
+        .args(["--namespace", case.namespace, "--dry-run=client"])
+        .args(&case.args)
+        .args(["--set", "relayer.replicas=1"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let notes = text(&out.stdout);
+    assert!(
+        notes.contains("no PodDisruptionBudget with relayer.replicas 1"),
+        "{notes}"
+    );
+}
