@@ -421,7 +421,7 @@ spec:
             fieldRef:
               fieldPath: spec.nodeName
         - name: GOMEMLIMIT
-          value: {{ printf "%dMiB" (int $o.memoryLimitMiB) | quote }}
+          value: {{ printf "%sMiB" (include "consonant-relayer.collectorLimitMiB" .) | quote }}
       ports:
         - name: otlp-grpc
           containerPort: 4317
@@ -463,4 +463,55 @@ spec:
         items:
           - key: config.yaml
             path: config.yaml
+{{- end -}}
+
+{{/*
+A memory quantity ("512Mi", "1Gi", "1.5G", "268435456") in whole MiB.
+*/}}
+{{- define "consonant-relayer.quantityMiB" -}}
+{{- $q := toString . -}}
+{{- if hasSuffix "Ti" $q -}}{{ mulf (float64 (trimSuffix "Ti" $q)) 1048576 | int }}
+{{- else if hasSuffix "Gi" $q -}}{{ mulf (float64 (trimSuffix "Gi" $q)) 1024 | int }}
+{{- else if hasSuffix "Mi" $q -}}{{ float64 (trimSuffix "Mi" $q) | int }}
+{{- else if hasSuffix "Ki" $q -}}{{ divf (float64 (trimSuffix "Ki" $q)) 1024 | int }}
+{{- else if hasSuffix "T" $q -}}{{ divf (mulf (float64 (trimSuffix "T" $q)) 1000000000000) 1048576 | int }}
+{{- else if hasSuffix "G" $q -}}{{ divf (mulf (float64 (trimSuffix "G" $q)) 1000000000) 1048576 | int }}
+{{- else if hasSuffix "M" $q -}}{{ divf (mulf (float64 (trimSuffix "M" $q)) 1000000) 1048576 | int }}
+{{- else if hasSuffix "k" $q -}}{{ divf (mulf (float64 (trimSuffix "k" $q)) 1000) 1048576 | int }}
+{{- else -}}{{ divf (float64 $q) 1048576 | int }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The collector's memory_limiter limit in MiB: otelCollector.memoryLimitMiB
+when set, else 80% of the container's memory limit (so the limiter acts
+before the kernel's OOM killer does), else 400. A set value at or above the
+container limit is refused.
+*/}}
+{{- define "consonant-relayer.collectorLimitMiB" -}}
+{{- $o := .Values.otelCollector -}}
+{{- $container := 0 -}}
+{{- with (($o.resources).limits).memory }}{{ $container = include "consonant-relayer.quantityMiB" . | int }}{{ end -}}
+{{- if $o.memoryLimitMiB -}}
+{{- if and $container (ge (int $o.memoryLimitMiB) $container) -}}
+{{- fail (printf "otelCollector.memoryLimitMiB (%d) is not below the collector's memory limit (otelCollector.resources.limits.memory %s = %d MiB): the kernel would kill it before memory_limiter acts; lower it, or leave it 0 to use 80%% of the limit" (int $o.memoryLimitMiB) (toString $o.resources.limits.memory) $container) -}}
+{{- end -}}
+{{- int $o.memoryLimitMiB -}}
+{{- else if $container -}}
+{{- div (mul $container 80) 100 -}}
+{{- else -}}
+400
+{{- end -}}
+{{- end -}}
+
+{{/*
+memory_limiter's spike limit: otelCollector.memorySpikeLimitMiB when set,
+else a quarter of the limit.
+*/}}
+{{- define "consonant-relayer.collectorSpikeMiB" -}}
+{{- if .Values.otelCollector.memorySpikeLimitMiB -}}
+{{- int .Values.otelCollector.memorySpikeLimitMiB -}}
+{{- else -}}
+{{- div (include "consonant-relayer.collectorLimitMiB" . | int) 4 -}}
+{{- end -}}
 {{- end -}}

@@ -1845,3 +1845,70 @@ fn the_pod_disruption_budget_never_blocks_a_drain() {
         "{notes}"
     );
 }
+
+/// Issue 13, item 8: the collector's memory_limiter and GOMEMLIMIT follow
+/// its container memory limit (80% of it, spike a quarter of that), so the
+/// limiter refuses data before the kernel kills the pod; an explicit limit
+/// at or above the container's is refused, naming both values.
+#[test]
+fn collector_memory_follows_its_container_limit() {
+    let limits = |extra: &[&str]| {
+        let docs = documents(&render(&quick_start(), extra));
+        let config: Value = serde_yaml_ng::from_str(
+            find(&docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let limiter = &config["processors"]["memory_limiter"];
+        let ds = find(&docs, "DaemonSet", "consonant-relayer-otel");
+        let env = &container(&ds["spec"]["template"]["spec"], "otel-collector")["env"];
+        let gomemlimit = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "GOMEMLIMIT")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (
+            limiter["limit_mib"].as_i64().unwrap(),
+            limiter["spike_limit_mib"].as_i64().unwrap(),
+            gomemlimit,
+        )
+    };
+    // (container limit, limit_mib, spike_limit_mib, GOMEMLIMIT)
+    let table: &[(&str, i64, i64, &str)] = &[
+        ("512Mi", 409, 102, "409MiB"),
+        ("256Mi", 204, 51, "204MiB"),
+        ("1Gi", 819, 204, "819MiB"),
+        ("1.5Gi", 1228, 307, "1228MiB"),
+        // 500M is 476 MiB.
+        ("500M", 380, 95, "380MiB"),
+    ];
+    for &(limit, limit_mib, spike, gomemlimit) in table {
+        let set = format!("otelCollector.resources.limits.memory={limit}");
+        assert_eq!(
+            limits(&["--set", &set]),
+            (limit_mib, spike, gomemlimit.to_string()),
+            "{limit}"
+        );
+    }
+    assert_eq!(
+        limits(&[
+            "--set",
+            "otelCollector.memoryLimitMiB=300",
+            "--set",
+            "otelCollector.memorySpikeLimitMiB=50"
+        ]),
+        (300, 50, "300MiB".to_string())
+    );
+    refuses(
+        &[
+            "otelCollector.resources.limits.memory=256Mi",
+            "otelCollector.memoryLimitMiB=400",
+        ],
+        &["otelCollector.memoryLimitMiB (400) is not below", "256 MiB"],
+    );
+}
