@@ -515,3 +515,15 @@ else a quarter of the limit.
 {{- div (include "consonant-relayer.collectorLimitMiB" . | int) 4 -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when the collector is deployed: enabled, and it has somewhere to
+send — the relayer (telemetry.enabled) or a pipeline of
+otelCollector.extraPipelines. A collector exporting to nothing is not
+rendered (NOTES says so).
+*/}}
+{{- define "consonant-relayer.collectorOn" -}}
+{{- if and .Values.otelCollector.enabled (or .Values.telemetry.enabled .Values.otelCollector.extraPipelines) -}}
+true
+{{- end -}}
+{{- end -}}

@@ -1912,3 +1912,98 @@ fn collector_memory_follows_its_container_limit() {
         &["otelCollector.memoryLimitMiB (400) is not below", "256 MiB"],
     );
 }
+
+/// Issue 13, item 10: the collector can also send to an external system
+/// (extra exporters on the relayer pipelines, or pipelines of its own, with
+/// NetworkPolicy egress for them); with `telemetry.enabled=false` it keeps
+/// only the extra pipelines, and with none it is not deployed at all
+/// (NOTES says why). `/debug/actors` is off by default.
+#[test]
+fn the_collector_takes_extra_exporters_and_never_exports_to_nothing() {
+    let collector_config = |docs: &[Value]| -> Value {
+        serde_yaml_ng::from_str(
+            find(docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let vendor = [
+        "--set",
+        "otelCollector.extraExporters.otlphttp/vendor.endpoint=https://otlp.vendor.example",
+        "--set",
+        "otelCollector.extraPipelineExporters.traces[0]=otlphttp/vendor",
+        "--set",
+        "otelCollector.extraEgress[0].ports[0].port=443",
+    ];
+    let docs = documents(&render(&quick_start(), &vendor));
+    let config = collector_config(&docs);
+    assert_eq!(
+        config["exporters"]["otlphttp/vendor"]["endpoint"],
+        "https://otlp.vendor.example"
+    );
+    assert_eq!(
+        strings(&config["service"]["pipelines"]["traces"]["exporters"]),
+        ["otlp", "otlphttp/vendor"]
+    );
+    assert_eq!(
+        strings(&config["service"]["pipelines"]["logs"]["exporters"]),
+        ["otlp"]
+    );
+    let policy = find(&docs, "NetworkPolicy", "consonant-relayer-otel");
+    assert!(egress_ports(policy).contains(&vec![443]), "{policy}");
+
+    // Telemetry off: only the extra pipeline, nothing to the relayer.
+    let own = [
+        "--set",
+        "telemetry.enabled=false",
+        "--set",
+        "otelCollector.extraExporters.otlphttp/vendor.endpoint=https://otlp.vendor.example",
+        "--set",
+        "otelCollector.extraPipelines.traces/vendor.receivers[0]=otlp",
+        "--set",
+        "otelCollector.extraPipelines.traces/vendor.processors[0]=memory_limiter",
+        "--set",
+        "otelCollector.extraPipelines.traces/vendor.exporters[0]=otlphttp/vendor",
+    ];
+    let docs = documents(&render(&quick_start(), &own));
+    let pipelines = collector_config(&docs)["service"]["pipelines"].clone();
+    let names: Vec<_> = pipelines.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names, ["traces/vendor"]);
+
+    // Telemetry off and nowhere else to send: no collector at all.
+    let docs = documents(&render(
+        &quick_start(),
+        &["--set", "telemetry.enabled=false"],
+    ));
+    for kind in [
+        "DaemonSet",
+        "Deployment",
+        "ConfigMap",
+        "Service",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            all(&docs, kind)
+                .iter()
+                .all(|d| d["metadata"]["name"] != "consonant-relayer-otel"),
+            "{kind} rendered for a collector with nowhere to send"
+        );
+    }
+    let case = quick_start();
+    let out = run(Command::new(&tools().helm)
+        .args(["install", RELEASE])
+        .arg(repo().join(CHART))
+        .args(["--namespace", case.namespace, "--dry-run=client"])
+        .args(&case.args)
+        .args(["--set", "telemetry.enabled=false"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("the OpenTelemetry Collector is not deployed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let docs = documents(&render(&quick_start(), &[]));
+    assert!(relayer_toml(&docs, true).contains("debug_actors = false"));
+}
