@@ -1254,7 +1254,7 @@ fn helm_test_pod_checks_health() {
     let args = strings(&container(&pod["spec"], "health")["args"]);
     assert_eq!(
         args.last().unwrap(),
-        "http://consonant-relayer.consonant-system.svc:8080/health"
+        "http://consonant-relayer.consonant-system.svc:8080/health?connected=true"
     );
 }
 

@@ -553,3 +553,27 @@ async fn huge_command_ids_are_refused_without_keeping_or_logging_them() {
     );
     assert_eq!(relayer.wait_connected().await["grpc"]["connected"], true);
 }
+
+/// `/health?connected=true` answers 503 while the stream to the backend is
+/// down (the body is the same), so a check — `helm test` — fails for a
+/// relayer that is up but cut off; plain `/health` always answers 200.
+#[tokio::test]
+async fn health_can_require_a_connected_stream() {
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend));
+    relayer.wait_connected().await;
+    let status = |path: &'static str| {
+        let relayer = &relayer;
+        async move { relayer.get(path).await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(status("/health?connected=true").await, Some(200));
+    backend.shutdown().await;
+    let cut_off = eventually_async(Duration::from_secs(15), || async {
+        status("/health?connected=true").await == Some(503)
+    })
+    .await;
+    assert!(cut_off, "{}", relayer.output());
+    assert_eq!(status("/health").await, Some(200));
+    let body = relayer.json("/health?connected=true").await.unwrap();
+    assert_eq!(body["grpc"]["connected"], false, "{body}");
+}

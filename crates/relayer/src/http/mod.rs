@@ -55,16 +55,34 @@ where
     }
 }
 
-async fn health(State(routes): State<Routes>) -> Response {
-    match ask(&routes, GetHealth, |inbox| &inbox.health).await {
-        Ok(body) => Json(body).into_response(),
-        Err(why) => Json(json!({
+/// `/health`'s query: `?connected=true` turns "the stream to the backend is
+/// not connected" into 503 (the body is the same), for checks that must
+/// fail while the relayer is up but cut off — `helm test` uses it.
+#[derive(Debug, Default, serde::Deserialize)]
+struct HealthQuery {
+    #[serde(default)]
+    connected: bool,
+}
+
+async fn health(
+    State(routes): State<Routes>,
+    axum::extract::Query(query): axum::extract::Query<HealthQuery>,
+) -> Response {
+    let body = match ask(&routes, GetHealth, |inbox| &inbox.health).await {
+        Ok(body) => body,
+        Err(why) => json!({
             "status": "unhealthy",
             "grpc": {"connected": false, "clusterId": null, "state": "Unknown", "lastError": why},
             "version": env!("CARGO_PKG_VERSION"),
-        }))
-        .into_response(),
-    }
+        }),
+    };
+    let connected = body["grpc"]["connected"].as_bool().unwrap_or(false);
+    let status = if query.connected && !connected {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn livez(State(routes): State<Routes>) -> Response {
