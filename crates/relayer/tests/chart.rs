@@ -2007,3 +2007,37 @@ fn the_collector_takes_extra_exporters_and_never_exports_to_nothing() {
     let docs = documents(&render(&quick_start(), &[]));
     assert!(relayer_toml(&docs, true).contains("debug_actors = false"));
 }
+
+/// Issue 13, item 9: the collector DaemonSet runs on tainted nodes (GPU
+/// nodes running agents usually are), so the Service's
+/// `internalTrafficPolicy: Local` never leaves a node's agents without a
+/// collector; `Cluster` is a value away.
+#[test]
+fn the_collector_runs_on_tainted_nodes() {
+    let docs = documents(&render(&quick_start(), &[]));
+    let ds = find(&docs, "DaemonSet", "consonant-relayer-otel");
+    let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
+    let effects: Vec<_> = tolerations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["operator"].as_str().unwrap(),
+                t["effect"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        effects,
+        [("Exists", "NoSchedule"), ("Exists", "PreferNoSchedule")]
+    );
+    let docs = documents(&render(
+        &quick_start(),
+        &["--set", "otelCollector.internalTrafficPolicy=Cluster"],
+    ));
+    assert_eq!(
+        find(&docs, "Service", "consonant-relayer-otel")["spec"]["internalTrafficPolicy"],
+        "Cluster"
+    );
+}
