@@ -2041,3 +2041,45 @@ fn the_collector_runs_on_tainted_nodes() {
         "Cluster"
     );
 }
+
+/// Issue 13, item 3: DNS egress reaches resolvers that are not pods —
+/// NodeLocal DNSCache (169.254.20.10) and GKE's metadata DNS
+/// (169.254.169.254) — on port 53 only, for the relayer, the collector and
+/// the registration hook alike; the metadata server's HTTP port stays shut.
+#[test]
+fn dns_egress_reaches_node_local_and_metadata_resolvers_on_port_53_only() {
+    let docs = documents(&render(&quick_start(), &[]));
+    for name in [
+        "consonant-relayer",
+        "consonant-relayer-otel",
+        "consonant-relayer-register",
+    ] {
+        let policy = find(&docs, "NetworkPolicy", name);
+        let rules = policy["spec"]["egress"].as_array().unwrap();
+        let dns = rules
+            .iter()
+            .find(|rule| rule.to_string().contains("169.254.20.10/32"))
+            .unwrap_or_else(|| panic!("{name}: no NodeLocal DNSCache egress\n{policy}"));
+        assert!(
+            dns.to_string().contains("169.254.169.254/32"),
+            "{name}: {dns}"
+        );
+        let ports: Vec<_> = dns["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert!(ports.iter().all(|&p| p == 53), "{name}: {ports:?}");
+        let metadata_http = rules.iter().any(|rule| {
+            rule.to_string().contains("169.254.169.254")
+                && rule["ports"]
+                    .as_array()
+                    .is_some_and(|ports| ports.iter().any(|p| p["port"] == 80))
+        });
+        assert!(
+            !metadata_http,
+            "{name}: the metadata server's HTTP port is open"
+        );
+    }
+}
