@@ -325,9 +325,12 @@ helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- include "consonant-relayer.componentName" (dict "root" . "suffix" "register") -}}
 {{- end -}}
 
-{{/* Labels the register command puts on the credentials Secret (stable across upgrades). */}}
+{{/* Labels the register command puts on the credentials Secret (stable
+across upgrades). Not app.kubernetes.io/instance: Argo CD's label tracking
+would count the Secret as part of the app but missing from its manifests,
+show it OutOfSync and prune it — and the bootstrap token is single-use. */}}
 {{- define "consonant-relayer.credentialsLabels" -}}
-{{- $labels := dict "app.kubernetes.io/name" (include "consonant-relayer.name" .) "app.kubernetes.io/instance" .Release.Name "app.kubernetes.io/part-of" "consonant" "app.kubernetes.io/component" "credentials" -}}
+{{- $labels := dict "app.kubernetes.io/name" (include "consonant-relayer.name" .) "consonant.xyz/release" .Release.Name "app.kubernetes.io/part-of" "consonant" "app.kubernetes.io/component" "credentials" -}}
 {{- toJson $labels -}}
 {{- end -}}
 

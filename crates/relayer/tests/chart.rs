@@ -879,11 +879,12 @@ fn registration_hook_follows_the_register_interface() {
         "--secret-label",
         "app.kubernetes.io/component=credentials",
         "--secret-label",
-        "app.kubernetes.io/instance=consonant-relayer",
-        "--secret-label",
         "app.kubernetes.io/name=consonant-relayer",
         "--secret-label",
         "app.kubernetes.io/part-of=consonant",
+        // Not app.kubernetes.io/instance: Argo CD would prune the Secret.
+        "--secret-label",
+        "consonant.xyz/release=consonant-relayer",
         "--delete-bootstrap-secret",
         "consonant-relayer-bootstrap",
         "--timeout",
@@ -1627,7 +1628,11 @@ async fn an_install_registers_with_the_hook_and_the_relayer_connects() {
     let cluster_id = secret_key(&secret, "clusterId");
     assert!(cluster_id.starts_with("cls_"), "{cluster_id}");
     let labels = &secret["metadata"]["labels"];
-    assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(labels["consonant.xyz/release"], RELEASE);
+    assert!(
+        labels.get("app.kubernetes.io/instance").is_none(),
+        "Argo CD's tracking label would get the Secret pruned: {labels}"
+    );
     assert_eq!(labels["app.kubernetes.io/component"], "credentials");
     assert_eq!(
         managers(&secret),
