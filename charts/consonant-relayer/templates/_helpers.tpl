@@ -166,7 +166,7 @@ rule for --skip-schema-validation). Every message names the value and the fix.
 {{- if and .Values.backend.tlsVerify (hasPrefix "http://" .Values.backend.grpcEndpoint) -}}
 {{- fail (printf "backend.grpcEndpoint %q is plaintext: use grpcs:// or https:// (grpc:// follows backend.url), or set backend.tlsVerify=false for development" .Values.backend.grpcEndpoint) -}}
 {{- end -}}
-{{- if .Values.registration.enabled -}}
+{{- if include "consonant-relayer.registers" . -}}
 {{- if and (not .Values.auth.bearerToken) (not .Values.auth.existingSecret) -}}
 {{- fail "auth: neither auth.bearerToken nor auth.existingSecret is set: the registration hook needs the bootstrap token. Create a Secret (kubectl create secret generic consonant-bootstrap --from-literal=token=...) and set auth.existingSecret=consonant-bootstrap, or pass --set auth.bearerToken=... (kept in Helm's release record)" -}}
 {{- end -}}
@@ -527,6 +527,28 @@ rendered (NOTES says so).
 */}}
 {{- define "consonant-relayer.collectorOn" -}}
 {{- if and .Values.otelCollector.enabled (or .Values.telemetry.enabled .Values.otelCollector.extraPipelines) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+"true" on an upgrade whose credentials Secret already holds clusterId and
+clusterToken (looked up in the cluster; `helm template` sees none): the
+registration hook is then not rendered and no bootstrap token is needed, so
+the one-time token is not asked for — nor kept — in later revisions.
+*/}}
+{{- define "consonant-relayer.alreadyRegistered" -}}
+{{- if .Release.IsUpgrade -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "consonant-relayer.credentialsSecretName" .) -}}
+{{- if and $secret (($secret.data).clusterId) (($secret.data).clusterToken) -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when this install or upgrade runs the registration hook. */}}
+{{- define "consonant-relayer.registers" -}}
+{{- if and .Values.registration.enabled (not (include "consonant-relayer.alreadyRegistered" .)) -}}
 true
 {{- end -}}
 {{- end -}}

@@ -248,23 +248,57 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
         "{leader} in {relayer_pods:?}"
     );
 
-    // helm upgrade re-runs the hook, which finds the Secret and calls no one.
-    let upgrade: Vec<String> = install
-        .iter()
-        .map(|arg| {
-            if arg == "install" {
-                "upgrade".to_string()
-            } else {
-                arg.clone()
+    // helm upgrade without the one-time token: the chart finds the
+    // credentials Secret, renders no registration hook and asks for no token,
+    // so no later revision keeps it.
+    let token = format!("auth.bearerToken={BOOTSTRAP}");
+    let mut upgrade: Vec<String> = Vec::new();
+    for arg in &install {
+        match arg.as_str() {
+            "install" => upgrade.push("upgrade".to_string()),
+            "--create-namespace" => {}
+            _ if *arg == token => {
+                upgrade.pop(); // its "--set"
             }
-        })
-        .filter(|arg| arg != "--create-namespace")
-        .collect();
-    helm(plane, &namespace, &upgrade).await;
+            _ => upgrade.push(arg.clone()),
+        }
+    }
+    assert!(
+        !upgrade.iter().any(|a| a.contains("bearerToken")),
+        "{upgrade:?}"
+    );
+    let upgraded = helm(plane, &namespace, &upgrade).await;
+    assert!(
+        upgraded.contains("This cluster is already registered"),
+        "{upgraded}"
+    );
     assert_eq!(
         backend.state().list_clusters().len(),
         1,
         "no second registration"
+    );
+    let get = |what: &'static str| {
+        let namespace = namespace.clone();
+        async move {
+            helm(
+                plane,
+                &namespace,
+                &["get", what, RELEASE, "--namespace", &namespace]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .await
+        }
+    };
+    let hooks = get("hooks").await;
+    assert!(
+        !hooks.contains("-register"),
+        "the upgrade rendered the registration hook:\n{hooks}"
+    );
+    assert!(
+        !get("values").await.contains(BOOTSTRAP),
+        "the new revision keeps the token"
     );
 
     // helm uninstall leaves the credentials Secret (the chart's README says so).
