@@ -350,7 +350,8 @@ show it OutOfSync and prune it — and the bootstrap token is single-use. */}}
 {{- $np := .Values.networkPolicy -}}
 {{- $dns := dict "to" $np.dns.to "ports" (include "consonant-relayer.npPorts" (dict "ports" $np.dns.ports "protocols" (list "UDP" "TCP")) | fromJsonArray) -}}
 {{- $api := dict "ports" (include "consonant-relayer.npPorts" (dict "ports" $np.kubernetesApi.ports "protocols" (list "TCP")) | fromJsonArray) -}}
-{{- with $np.kubernetesApi.cidrs -}}
+{{- $cidrs := include "consonant-relayer.apiServerCidrs" . | fromJsonArray -}}
+{{- with $cidrs -}}
 {{- $to := list -}}
 {{- range . }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
 {{- $_ := set $api "to" $to -}}
@@ -551,4 +552,24 @@ true
 {{- if and .Values.registration.enabled (not (include "consonant-relayer.alreadyRegistered" .)) -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/*
+Where the API server is, for NetworkPolicy egress: networkPolicy.kubernetesApi.cidrs
+when set; else the addresses of the `kubernetes` EndpointSlice in `default`,
+looked up at install/upgrade time (one /32 or /128 each); else nothing, and
+the rule allows any address on the API ports (NOTES warns). `helm template`
+(and so Argo CD) cannot look up: set the CIDRs there.
+*/}}
+{{- define "consonant-relayer.apiServerCidrs" -}}
+{{- $cidrs := .Values.networkPolicy.kubernetesApi.cidrs -}}
+{{- if not $cidrs -}}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" -}}
+{{- range ($slice.endpoints | default list) -}}
+{{- range .addresses -}}
+{{- $cidrs = append $cidrs (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($cidrs | default list) -}}
 {{- end -}}

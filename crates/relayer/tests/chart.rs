@@ -2088,3 +2088,59 @@ fn dns_egress_reaches_node_local_and_metadata_resolvers_on_port_53_only() {
         );
     }
 }
+
+/// Issue 13, item 4: the API-server egress rule has a destination when one
+/// is known (`networkPolicy.kubernetesApi.cidrs`, or the `kubernetes`
+/// EndpointSlice at install time); without one, NOTES warns that the API
+/// ports are open to any address and says how to close them.
+#[test]
+fn api_server_egress_has_a_destination_or_a_warning() {
+    let api_rule = |docs: &[Value], name: &str| -> Value {
+        find(docs, "NetworkPolicy", name)["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["ports"].to_string().contains("6443"))
+            .cloned()
+            .unwrap()
+    };
+    let pinned = [
+        "--set",
+        "networkPolicy.kubernetesApi.cidrs[0]=10.96.0.1/32",
+        "--set",
+        "networkPolicy.kubernetesApi.cidrs[1]=172.18.0.2/32",
+    ];
+    let docs = documents(&render(&quick_start(), &pinned));
+    for name in [
+        "consonant-relayer",
+        "consonant-relayer-otel",
+        "consonant-relayer-register",
+    ] {
+        let rule = api_rule(&docs, name);
+        let cidrs: Vec<_> = rule["to"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no destination: {rule}"))
+            .iter()
+            .map(|peer| peer["ipBlock"]["cidr"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(cidrs, ["10.96.0.1/32", "172.18.0.2/32"], "{name}");
+    }
+    let notes = |extra: &[&str]| {
+        let case = quick_start();
+        let out = run(Command::new(&tools().helm)
+            .args(["install", RELEASE])
+            .arg(repo().join(CHART))
+            .args(["--namespace", case.namespace, "--dry-run=client"])
+            .args(&case.args)
+            .args(extra));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let open = notes(&[]);
+    assert!(
+        open.contains("the API server's addresses are unknown")
+            && open.contains("networkPolicy.kubernetesApi.cidrs"),
+        "{open}"
+    );
+    assert!(!notes(&pinned).contains("addresses are unknown"));
+}

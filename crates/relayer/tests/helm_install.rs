@@ -159,6 +159,28 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
 
+    // The API server's EndpointSlice, which this control plane (no endpoint
+    // reconciler) does not write itself: the chart looks it up at install
+    // time to give its NetworkPolicies' API-server rule a destination.
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(plane.client().await, "default");
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "addressType": "IPv4",
+            // A documentation address (loopback is refused); nothing dials it:
+        // without a CNI the policy is not enforced here.
+        "endpoints": [{"addresses": ["192.0.2.10"]}],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+        }))
+        .unwrap();
+    slices
+        .create(&kube::api::PostParams::default(), &slice)
+        .await
+        .expect("create the kubernetes EndpointSlice");
+
     // The seed's quick-start line, with the backend on loopback (plain
     // HTTP, so tlsVerify=false as the schema demands) and three replicas.
     let install: Vec<String> = [
@@ -204,6 +226,27 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
     let clusters = backend.state().list_clusters();
     assert_eq!(clusters.len(), 1, "{clusters:?}");
     assert_eq!(clusters[0].name, "production-us-east-1");
+
+    // The API-server egress rule points at the looked-up address only.
+    let policies: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        kube::Api::namespaced(client.clone(), &namespace);
+    let policy = policies
+        .get(RELEASE)
+        .await
+        .expect("the relayer's NetworkPolicy");
+    let api_rule = serde_json::to_value(&policy.spec.unwrap().egress.unwrap_or_default())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["ports"].to_string().contains("6443"))
+        .cloned()
+        .expect("an API-server rule");
+    assert_eq!(
+        api_rule["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "192.0.2.10/32"}}]),
+        "{api_rule}"
+    );
 
     // Three replicas connect; exactly one leads, and it holds the Lease.
     let settled = eventually(Duration::from_secs(60), || {
