@@ -59,16 +59,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* repository:tag, or repository@digest when a digest is set. */}}
+{{/*
+An image reference. `registry` (global.imageRegistry, for a mirror) replaces
+the repository's registry host, or is put in front of a Docker Hub name.
+*/}}
 {{- define "consonant-relayer.imageRef" -}}
-{{- if .image.digest -}}
-{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- $repo := .image.repository -}}
+{{- with .registry -}}
+{{- $parts := splitList "/" $repo -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repo = join "/" (prepend (rest $parts) (trimSuffix "/" .)) -}}
 {{- else -}}
-{{- printf "%s:%s" .image.repository (toString (default .appVersion .image.tag)) -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
+{{- end -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (toString (default .appVersion .image.tag)) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "consonant-relayer.image" -}}
-{{- include "consonant-relayer.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) -}}
+{{- include "consonant-relayer.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion "registry" .Values.global.imageRegistry) -}}
 {{- end -}}
 
 {{- define "consonant-relayer.serviceAccountName" -}}
@@ -116,7 +130,7 @@ where ["*"] with rbac.scope namespaced means the release namespace.
 {{- define "consonant-relayer.commandNamespaces" -}}
 {{- $ns := .Values.commands.allowedNamespaces -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (has "*" $ns) -}}
-{{- $ns = list .Release.Namespace -}}
+{{- $ns = list (include "consonant-relayer.namespace" .) -}}
 {{- end -}}
 {{- toJson $ns -}}
 {{- end -}}
@@ -219,7 +233,7 @@ client_key_file = {{ ternary (printf "%s/tls.key" (include "consonant-relayer.cl
 cluster_id_file = {{ printf "%s/clusterId" (include "consonant-relayer.credentialsDir" .) | toJson }}
 cluster_token_file = {{ printf "%s/clusterToken" (include "consonant-relayer.credentialsDir" .) | toJson }}
 secret_name = {{ include "consonant-relayer.credentialsSecretName" . | toJson }}
-secret_namespace = {{ .Release.Namespace | toJson }}
+secret_namespace = {{ (include "consonant-relayer.namespace" .) | toJson }}
 
 [connection]
 connect_timeout = {{ include "consonant-relayer.tomlUnit" $v.connection.connectTimeout }}
@@ -412,7 +426,7 @@ spec:
   {{- end }}
   containers:
     - name: otel-collector
-      image: {{ include "consonant-relayer.imageRef" (dict "image" $o.image "appVersion" "latest") }}
+      image: {{ include "consonant-relayer.imageRef" (dict "image" $o.image "appVersion" "latest" "registry" .Values.global.imageRegistry) }}
       imagePullPolicy: {{ $o.image.pullPolicy }}
       args: ["--config=/conf/config.yaml"]
       env:
@@ -540,7 +554,7 @@ the one-time token is not asked for — nor kept — in later revisions.
 */}}
 {{- define "consonant-relayer.alreadyRegistered" -}}
 {{- if .Release.IsUpgrade -}}
-{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "consonant-relayer.credentialsSecretName" .) -}}
+{{- $secret := lookup "v1" "Secret" (include "consonant-relayer.namespace" .) (include "consonant-relayer.credentialsSecretName" .) -}}
 {{- if and $secret (($secret.data).clusterId) (($secret.data).clusterToken) -}}
 true
 {{- end -}}
@@ -572,4 +586,9 @@ the rule allows any address on the API ports (NOTES warns). `helm template`
 {{- end -}}
 {{- end -}}
 {{- toJson ($cidrs | default list) -}}
+{{- end -}}
+
+{{/* The namespace everything goes in: namespaceOverride, else the release's. */}}
+{{- define "consonant-relayer.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride -}}
 {{- end -}}

@@ -2144,3 +2144,93 @@ fn api_server_egress_has_a_destination_or_a_warning() {
     );
     assert!(!notes(&pinned).contains("addresses are unknown"));
 }
+
+/// Issue 13, item 11: the conventions the opentelemetry-collector,
+/// cert-manager and ingress-nginx charts share — namespaceOverride, a
+/// global image registry, extraObjects, extra env/args/volumes, probe
+/// overrides, revisionHistoryLimit, ServiceMonitor relabelings — each take
+/// effect.
+#[test]
+fn common_chart_conventions_take_effect() {
+    let extra = [
+        "--set",
+        "namespaceOverride=tools",
+        "--set",
+        "global.imageRegistry=mirror.corp:5000",
+        "--set-json",
+        r#"extraObjects=["apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: '{{ .Release.Name }}-extra'\n  namespace: tools\n"]"#,
+        "--set-json",
+        r#"relayer.extraArgs=["--log-level","debug"]"#,
+        "--set-json",
+        r#"relayer.extraEnvFrom=[{"secretRef":{"name":"proxy-env"}}]"#,
+        "--set-json",
+        r#"relayer.extraVolumes=[{"name":"ca","configMap":{"name":"corp-ca"}}]"#,
+        "--set-json",
+        r#"relayer.extraVolumeMounts=[{"name":"ca","mountPath":"/etc/corp-ca","readOnly":true}]"#,
+        "--set",
+        "relayer.revisionHistoryLimit=2",
+        "--set",
+        "relayer.probes.liveness.periodSeconds=20",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set-json",
+        r#"metrics.serviceMonitor.relabelings=[{"action":"labeldrop","regex":"pod"}]"#,
+    ];
+    let docs = documents(&render(&quick_start(), &extra));
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap();
+        if matches!(kind, "ClusterRole" | "ClusterRoleBinding") {
+            continue;
+        }
+        assert_eq!(
+            doc["metadata"]["namespace"], "tools",
+            "{kind} {}",
+            doc["metadata"]["name"]
+        );
+    }
+    let deploy = find(&docs, "Deployment", "consonant-relayer");
+    assert_eq!(deploy["spec"]["revisionHistoryLimit"], 2);
+    let spec = &deploy["spec"]["template"]["spec"];
+    let relayer = container(spec, "relayer");
+    assert!(relayer["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("mirror.corp:5000/consonant/consonant-relayer:"));
+    assert_eq!(
+        strings(&relayer["args"]),
+        [
+            "run",
+            "--config",
+            "/etc/consonant/relayer.toml",
+            "--log-level",
+            "debug"
+        ]
+    );
+    assert_eq!(relayer["envFrom"][0]["secretRef"]["name"], "proxy-env");
+    assert!(relayer["volumeMounts"].to_string().contains("/etc/corp-ca"));
+    assert!(spec["volumes"].to_string().contains("corp-ca"));
+    assert_eq!(relayer["livenessProbe"]["periodSeconds"], 20);
+    assert_eq!(
+        relayer["livenessProbe"]["httpGet"]["path"], "/livez",
+        "merged, not replaced"
+    );
+    let otel = find(&docs, "DaemonSet", "consonant-relayer-otel");
+    assert!(
+        container(&otel["spec"]["template"]["spec"], "otel-collector")["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("mirror.corp:5000/otel/")
+    );
+    find(&docs, "ConfigMap", "consonant-relayer-extra");
+    let monitor = find(&docs, "ServiceMonitor", "consonant-relayer");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["relabelings"][0]["action"],
+        "labeldrop"
+    );
+    assert!(
+        find(&docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("consonant-relayer.tools.svc:4317")
+    );
+}
