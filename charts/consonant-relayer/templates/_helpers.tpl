@@ -326,6 +326,15 @@ podAntiAffinity:
   resources: ["pods/log"]
   verbs: ["get"]
 {{- end }}
+{{- /* Pods are read, never written, unless rbac.podsAndServiceAccounts. */}}
+{{- $podReads := list }}
+{{- if has "get" $actions }}{{ $podReads = append $podReads "get" }}{{ end }}
+{{- if has "list" $actions }}{{ $podReads = concat $podReads (list "list" "watch") }}{{ end }}
+{{- if and $podReads (not .podsAndServiceAccounts) }}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: {{ toJson $podReads }}
+{{- end }}
 {{- end }}
 
 {{/* Annotations of a registration hook resource with the given weight. */}}

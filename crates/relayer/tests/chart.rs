@@ -1007,8 +1007,73 @@ fn existing_secret_replaces_the_bootstrap_secret() {
 
 #[test]
 fn relayer_rbac_mirrors_the_command_policy() {
-    // Cluster scope (default): every action's verbs, cluster-wide.
+    // Namespaced scope (default): a Role in the release namespace only,
+    // nothing writable on Pods or ServiceAccounts, and no warning.
     let docs = documents(&render(&quick_start(), &[]));
+    assert!(
+        docs.iter().all(|d| !(d["kind"] == "ClusterRole"
+            && d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("relayer-workloads"))),
+        "no cluster-wide workload rights by default"
+    );
+    let role = find(&docs, "Role", "consonant-relayer-workloads");
+    assert_eq!(role["metadata"]["namespace"], "consonant-system");
+    let rules = role["rules"].as_array().unwrap();
+    for rule in rules {
+        let resources = strings(&rule["resources"]);
+        let verbs = strings(&rule["verbs"]);
+        if resources
+            .iter()
+            .any(|r| r == "pods" || r == "serviceaccounts")
+        {
+            assert!(
+                verbs
+                    .iter()
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+                    && !resources.contains(&"serviceaccounts".to_string()),
+                "pods are read only, serviceaccounts absent: {rule}"
+            );
+        }
+    }
+    assert!(rules.iter().any(|r| strings(&r["resources"]) == ["pods"]));
+    // Opting in: pods and serviceaccounts get the command verbs, NOTES warns.
+    let docs = documents(&render(
+        &quick_start(),
+        &["--set", "rbac.podsAndServiceAccounts=true"],
+    ));
+    let role = find(&docs, "Role", "consonant-relayer-workloads");
+    assert!(role["rules"].as_array().unwrap().iter().any(|r| {
+        strings(&r["resources"]) == ["pods", "serviceaccounts"]
+            && strings(&r["verbs"]).contains(&"create".into())
+    }));
+    let case = quick_start();
+    let notes = |extra: &[&str]| {
+        let out = run(Command::new(&tools().helm)
+            .args(["install", RELEASE])
+            .arg(repo().join(CHART))
+            .args(["--namespace", case.namespace, "--dry-run=client"])
+            .args(&case.args)
+            .args(extra));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(
+        !notes(&[]).contains("WARNING: rbac."),
+        "no RBAC warning by default"
+    );
+    assert!(notes(&["--set", "rbac.podsAndServiceAccounts=true"])
+        .contains("WARNING: rbac.podsAndServiceAccounts=true"));
+    let cluster_notes = notes(&["--set", "rbac.scope=cluster"]);
+    assert!(
+        cluster_notes.contains("WARNING: rbac.scope=cluster")
+            && cluster_notes.contains("kube-system included"),
+        "{cluster_notes}"
+    );
+
+    // Cluster scope: every action's verbs, cluster-wide.
+    let docs = documents(&render(&quick_start(), &["--set", "rbac.scope=cluster"]));
     let own = find(&docs, "Role", "consonant-relayer");
     let text = own["rules"].to_string();
     assert!(

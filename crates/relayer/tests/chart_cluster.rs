@@ -626,10 +626,10 @@ async fn a_pod_template_that_breaks_restricted_is_caught() {
 /// The chart's `rbac.scope` variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RbacScope {
-    /// The default: ClusterRole(Binding)s.
+    /// `rbac.scope=cluster`: ClusterRole(Binding)s.
     Cluster,
-    /// `rbac.scope=namespaced` with `allowedNamespaces: ["*"]`: a Role in
-    /// the release namespace.
+    /// The default (`rbac.scope=namespaced` with `allowedNamespaces:
+    /// ["*"]`): a Role in the release namespace.
     NamespacedRelease,
     /// `ci/namespaced-rbac-values.yaml`: Roles in two listed namespaces, no
     /// delete, no cluster_info, no cluster-wide watch.
@@ -1011,12 +1011,13 @@ async fn setup(scope: RbacScope, extra: &[String]) -> Setup {
     let own = restricted_namespace(plane, "rbac").await;
     let other = plane.namespace("other").await;
     let (mut args, work, second) = match scope {
-        RbacScope::Cluster => (quick_start(), own.clone(), own.clone()),
-        RbacScope::NamespacedRelease => {
+        RbacScope::Cluster => {
             let mut args = quick_start();
-            args.extend(set(&["rbac.scope=namespaced"]));
+            args.extend(set(&["rbac.scope=cluster"]));
             (args, own.clone(), own.clone())
         }
+        // The chart's defaults, as the quick start installs them.
+        RbacScope::NamespacedRelease => (quick_start(), own.clone(), own.clone()),
         RbacScope::NamespacedListed => {
             let a = restricted_namespace(plane, "team-a").await;
             let b = restricted_namespace(plane, "team-b").await;
@@ -1170,6 +1171,8 @@ async fn least_privilege(scope: RbacScope) {
     let web = deployment("web");
     let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: sneaky\nrules: []\n";
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: planted\nstringData:\n  a: b\n";
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: planted\nspec:\n  serviceAccountName: default\n  containers:\n    - name: app\n      image: nginx:1.27\n";
+    let account = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: planted\n";
     let namespace =
         |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n");
     let escape = format!("escape-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -1199,7 +1202,12 @@ async fn least_privilege(scope: RbacScope) {
         ("list Secrets in the release namespace", list("v1", "Secret", own), DENIED_KINDS),
         ("get a Secret in another namespace", get("v1", "Secret", other, "elsewhere"), DENIED_KINDS),
         ("apply a Secret where it works", apply(work, secret), DENIED_KINDS),
-        // Kinds outside rbac.resources, where the policy lets them through.
+        // Kinds outside rbac.resources, where the policy lets them through:
+        // a Pod or ServiceAccount could run as (or be) any identity of the
+        // namespace, so they are not writable by default.
+        ("apply a Pod where it works", apply(work, pod), Rbac),
+        ("apply a ServiceAccount where it works", apply(work, account), Rbac),
+        ("get a Pod where it works", get("v1", "Pod", work, probe), Ok_),
         ("apply a Role where it works", apply(work, role), Rbac),
         ("list Leases where it works", list("coordination.k8s.io/v1", "Lease", work), Rbac),
         // Cluster-scoped kinds.
@@ -1244,12 +1252,17 @@ async fn least_privilege(scope: RbacScope) {
         ("patch", "apps", "deployments/scale", work, "web", true),
         ("get", "", "pods/log", work, "probe", true),
         ("create", "", "pods/exec", work, "probe", false),
-        // Creating pods is part of the workload rights wherever they reach
-        // (with rbac.scope=cluster: every namespace, kube-system included).
-        // A pod may run as any ServiceAccount of its namespace and mount any
-        // of its Secrets, so "no Secrets" holds for direct access only.
-        ("create", "", "pods", work, "", true),
-        ("create", "", "pods", "kube-system", "", per_scope(scope, [true, false, false])),
+        // No Pods or ServiceAccounts are writable (rbac.podsAndServiceAccounts
+        // is off): a Pod may run as any ServiceAccount of its namespace and
+        // mount its Secrets. Pods stay readable.
+        ("create", "", "pods", work, "", false),
+        ("patch", "", "pods", work, "probe", false),
+        ("create", "", "pods", "kube-system", "", false),
+        ("get", "", "pods", work, "probe", true),
+        ("create", "", "serviceaccounts", work, "", false),
+        ("patch", "", "serviceaccounts", work, "default", false),
+        // Workloads reach kube-system only with rbac.scope=cluster.
+        ("create", "apps", "deployments", "kube-system", "", per_scope(scope, [true, false, false])),
         ("create", "", "serviceaccounts/token", work, "default", false),
         ("delete", "apps", "deployments", work, "web", per_scope(scope, [true, true, false])),
         ("get", "apps", "deployments", other, "theirs", per_scope(scope, [true, false, false])),
@@ -1399,6 +1412,8 @@ async fn least_privilege(scope: RbacScope) {
     // Only with rbac.clusterWideWatch=false do the leader's cluster-wide
     // watches fail, as values.yaml says ("no cluster events are reported").
     let mut expected: BTreeSet<&str> = [
+        "patch pods",
+        "patch serviceaccounts",
         "patch roles",
         "list leases",
         "get secrets",
