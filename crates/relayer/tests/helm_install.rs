@@ -234,7 +234,7 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
         .get(RELEASE)
         .await
         .expect("the relayer's NetworkPolicy");
-    let api_rule = serde_json::to_value(&policy.spec.unwrap().egress.unwrap_or_default())
+    let api_rule = serde_json::to_value(policy.spec.unwrap().egress.unwrap_or_default())
         .unwrap()
         .as_array()
         .unwrap()
