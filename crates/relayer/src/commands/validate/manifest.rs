@@ -160,10 +160,14 @@ fn parse_document(
 ) -> Result<Option<ManifestObject>, CommandError> {
     let at = |line: usize| format!("apply.manifest document {index} (line {line})");
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(chunk.text).map_err(|e| {
-        // The error's line is within the chunk; report it within the manifest.
+        // The error's line is within the chunk; report it within the
+        // manifest. At the end of input the parser can place the error a
+        // line past the text (found by fuzzing): cite the line where the
+        // text ends instead.
+        let last_line = chunk.first_line + chunk.text.matches('\n').count();
         let line = e
             .location()
-            .map(|loc| chunk.first_line + loc.line().saturating_sub(1))
+            .map(|loc| (chunk.first_line + loc.line().saturating_sub(1)).min(last_line))
             .unwrap_or(line);
         invalid(format!("{}: {}", at(line), yaml_problem(&e)))
     })?;
@@ -423,6 +427,8 @@ mod tests {
             (&bomb, "", Err("apply.manifest document 2 (line 6): its YAML aliases expand to more than")),
             (&broken, "", Err("apply.manifest document 2 (line 10): mapping values are not allowed")),
             ("a: [1, 2\n", "", Err("apply.manifest document 1 (line 2)")),
+            // Fuzzing found the parser citing line 3 of this two-line manifest.
+            ("apiVersion: v1\nkin{d:\"", "", Err("apply.manifest document 1 (line 2)")),
             ("- a\n- b\n", "", Err("document 1 (line 1) is a list, not an object")),
             ("just text\n", "", Err("document 1 (line 1) is a string, not an object")),
             ("kind: ConfigMap\nmetadata: {name: a}\n", "", Err("document 1 (line 1) has no apiVersion")),
