@@ -1048,17 +1048,7 @@ fn relayer_rbac_mirrors_the_command_policy() {
         strings(&r["resources"]) == ["pods", "serviceaccounts"]
             && strings(&r["verbs"]).contains(&"create".into())
     }));
-    let case = quick_start();
-    let notes = |extra: &[&str]| {
-        let out = run(Command::new(&tools().helm)
-            .args(["install", RELEASE])
-            .arg(repo().join(CHART))
-            .args(["--namespace", case.namespace, "--dry-run=client"])
-            .args(&case.args)
-            .args(extra));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let notes = |extra: &[&str]| install_notes(&quick_start(), extra);
     assert!(
         !notes(&[]).contains("WARNING: rbac."),
         "no RBAC warning by default"
@@ -1324,18 +1314,22 @@ fn helm_test_pod_checks_health() {
     );
 }
 
+/// The install's NOTES for `case` plus `extra` helm arguments: `helm
+/// template` prints no NOTES, a client-side dry run of install does.
+fn install_notes(case: &Case, extra: &[&str]) -> String {
+    let out = run(Command::new(&tools().helm)
+        .args(["install", RELEASE])
+        .arg(repo().join(CHART))
+        .args(["--namespace", case.namespace, "--dry-run=client"])
+        .args(&case.args)
+        .args(extra));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 #[test]
 fn notes_warn_about_insecure_settings() {
-    let notes = |case: &Case| -> String {
-        // helm template prints no NOTES: a client-side dry run of install does.
-        let out = run(Command::new(&tools().helm)
-            .args(["install", RELEASE])
-            .arg(repo().join(CHART))
-            .args(["--namespace", case.namespace, "--dry-run=client"])
-            .args(&case.args));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let notes = |case: &Case| install_notes(case, &[]);
     let dev = notes(&file_case("seed-dev-values.yaml", "consonant-dev", true));
     assert!(dev.contains("backend.tlsVerify is false"), "{dev}");
     assert!(dev.contains("networkPolicy.enabled is false"), "{dev}");
@@ -1900,16 +1894,7 @@ fn the_pod_disruption_budget_never_blocks_a_drain() {
     .unwrap();
     assert_eq!(by_max["maxUnavailable"], 1);
     assert!(by_max.get("minAvailable").is_none(), "{by_max}");
-    // helm template prints no NOTES: a client-side dry run of install does.
-    let case = quick_start();
-    let out = run(Command::new(&tools().helm)
-        .args(["install", RELEASE])
-        .arg(repo().join(CHART))
-        .args(["--namespace", case.namespace, "--dry-run=client"])
-        .args(&case.args)
-        .args(["--set", "relayer.replicas=1"]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let notes = text(&out.stdout);
+    let notes = install_notes(&quick_start(), &["--set", "relayer.replicas=1"]);
     assert!(
         notes.contains("no PodDisruptionBudget with relayer.replicas 1"),
         "{notes}"
@@ -2060,18 +2045,10 @@ fn the_collector_takes_extra_exporters_and_never_exports_to_nothing() {
             "{kind} rendered for a collector with nowhere to send"
         );
     }
-    let case = quick_start();
-    let out = run(Command::new(&tools().helm)
-        .args(["install", RELEASE])
-        .arg(repo().join(CHART))
-        .args(["--namespace", case.namespace, "--dry-run=client"])
-        .args(&case.args)
-        .args(["--set", "telemetry.enabled=false"]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let notes = install_notes(&quick_start(), &["--set", "telemetry.enabled=false"]);
     assert!(
-        text(&out.stdout).contains("the OpenTelemetry Collector is not deployed"),
-        "{}",
-        text(&out.stdout)
+        notes.contains("the OpenTelemetry Collector is not deployed"),
+        "{notes}"
     );
 
     let docs = documents(&render(&quick_start(), &[]));
@@ -2190,17 +2167,7 @@ fn api_server_egress_has_a_destination_or_a_warning() {
             .collect();
         assert_eq!(cidrs, ["10.96.0.1/32", "172.18.0.2/32"], "{name}");
     }
-    let notes = |extra: &[&str]| {
-        let case = quick_start();
-        let out = run(Command::new(&tools().helm)
-            .args(["install", RELEASE])
-            .arg(repo().join(CHART))
-            .args(["--namespace", case.namespace, "--dry-run=client"])
-            .args(&case.args)
-            .args(extra));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let notes = |extra: &[&str]| install_notes(&quick_start(), extra);
     let open = notes(&[]);
     assert!(
         open.contains("the API server's addresses are unknown")

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::context::RelayContext;
 use super::ledger::{CommandTicket, Stage};
-use super::messages::{Cancel, Execute, Validated};
+use super::messages::{Execute, Validated};
 use crate::clock::now_unix_ms;
 use crate::commands::admission::{arrive, decide, validates_off_thread, Arrival, Gate};
 use crate::commands::outcome::{action_name, rejected, succeeded, CommandError};
@@ -347,16 +347,17 @@ impl Handler<Validated> for CommandRouter {
 impl Handler<CancelCommands> for CommandRouter {
     type Result = ();
 
+    /// Cancels running commands through their tokens in the `RelayContext`:
+    /// no message per cancel, so however many the backend sends, nothing
+    /// queues. A command not running (unknown, finished, or still on its
+    /// way to the executor) is ignored.
     fn handle(&mut self, msg: CancelCommands, _: &mut Context<Self>) {
+        let running = self.rc.running.lock();
         for command_id in msg.0 {
-            if !self.rc.ledger.is_in_flight(&command_id) {
-                tracing::debug!(%command_id, "cancel for an unknown or finished command: ignored");
-                continue;
-            }
-            match self.rc.directory.executor() {
-                Some(executor) => executor.cancel.do_send(Cancel { command_id }),
+            match running.get(&command_id) {
+                Some(token) => token.cancel(),
                 None => {
-                    tracing::debug!(%command_id, "cancel for a command whose executor is restarting")
+                    tracing::debug!(%command_id, "cancel for a command that is not running: ignored")
                 }
             }
         }

@@ -10,7 +10,7 @@ use actix::{Actor, Addr, Context, Handler, Recipient};
 use parking_lot::RwLock;
 
 use super::messages::{
-    Alive, Cancel, Execute, GetActors, GetHealth, GetReadiness, LeadershipChanged, RenderMetrics,
+    Alive, Execute, GetActors, GetHealth, GetReadiness, LeadershipChanged, RenderMetrics,
     Validated, WriteBackToken,
 };
 use crate::connection::messages::{CancelCommands, IncomingCommands};
@@ -47,17 +47,15 @@ impl RouterInbox {
 #[derive(Clone)]
 pub struct ExecutorInbox {
     pub execute: Recipient<Execute>,
-    pub cancel: Recipient<Cancel>,
 }
 
 impl ExecutorInbox {
     pub fn of<A>(addr: Addr<A>) -> Self
     where
-        A: Actor<Context = Context<A>> + Handler<Execute> + Handler<Cancel>,
+        A: Actor<Context = Context<A>> + Handler<Execute>,
     {
         Self {
-            execute: addr.clone().recipient(),
-            cancel: addr.recipient(),
+            execute: addr.recipient(),
         }
     }
 }

@@ -40,13 +40,6 @@ pub struct Validated {
     pub ticket: CommandTicket,
 }
 
-/// Cancel a running command.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Cancel {
-    pub command_id: String,
-}
-
 // ClusterWatcher → ConnectionActor.
 /// This replica won or lost the leader Lease: the backend learns it from
 /// `Hello.leader`, so a live stream is re-opened to announce it.

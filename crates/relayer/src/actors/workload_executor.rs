@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::RelayContext;
 use super::ledger::Stage;
-use super::messages::{Cancel, Execute};
+use super::messages::Execute;
 use crate::clock::now_unix_ms;
 use crate::commands::outcome::{ended, status_name, succeeded, CommandError};
 use crate::config::ALL_ACTIONS;
@@ -199,19 +199,6 @@ impl Handler<Execute> for WorkloadExecutor {
         };
         tokio::spawn(task.instrument(task_span));
         self.publish();
-    }
-}
-
-impl Handler<Cancel> for WorkloadExecutor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Cancel, _: &mut Context<Self>) {
-        match self.rc.running.lock().get(&msg.command_id) {
-            Some(token) => token.cancel(),
-            None => {
-                tracing::debug!(command_id = %msg.command_id, "cancel for a command that is not running: ignored")
-            }
-        }
     }
 }
 
