@@ -1161,6 +1161,20 @@ fn relayer_rbac_mirrors_the_command_policy() {
     assert!(own.to_string().contains("relayer-credentials-from-eso"));
 }
 
+/// The collector release `tools/otel-collector/go.mod` pins (its
+/// `go.opentelemetry.io/collector/otelcol` version, without the `v`).
+fn built_collector_release() -> String {
+    let go_mod = std::fs::read_to_string(repo().join("tools/otel-collector/go.mod")).unwrap();
+    go_mod
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("go.opentelemetry.io/collector/otelcol v")
+        })
+        .expect("tools/otel-collector/go.mod requires go.opentelemetry.io/collector/otelcol")
+        .to_string()
+}
+
 #[test]
 fn otel_collector_daemonset_and_deployment() {
     let docs = documents(&render(&quick_start(), &[]));
@@ -1168,10 +1182,15 @@ fn otel_collector_daemonset_and_deployment() {
     assert_eq!(labels(ds)["app.kubernetes.io/component"], "otel-collector");
     let spec = &ds["spec"]["template"]["spec"];
     let c = container(spec, "otel-collector");
-    assert!(c["image"]
-        .as_str()
-        .unwrap()
-        .starts_with("otel/opentelemetry-collector-contrib:0."));
+    // The image is the upstream Kubernetes distribution at the very release
+    // tools/otel-collector builds for the tests, so the tests run what ships.
+    assert_eq!(
+        c["image"],
+        format!(
+            "otel/opentelemetry-collector-k8s:{}",
+            built_collector_release()
+        )
+    );
     assert!(
         !c.to_string().contains("hostPort"),
         "no hostPort by default"
@@ -1195,12 +1214,12 @@ fn otel_collector_daemonset_and_deployment() {
         let p = &config["service"]["pipelines"][pipeline];
         assert_eq!(
             strings(&p["processors"]),
-            ["memory_limiter", "k8sattributes", "batch"]
+            ["memory_limiter", "k8s_attributes", "batch"]
         );
-        assert_eq!(strings(&p["exporters"]), ["otlp"]);
+        assert_eq!(strings(&p["exporters"]), ["otlp_grpc/relayer"]);
     }
     assert_eq!(
-        config["exporters"]["otlp"]["endpoint"],
+        config["exporters"]["otlp_grpc/relayer"]["endpoint"],
         "consonant-relayer.consonant-system.svc:4317"
     );
     let role = find(
@@ -1985,25 +2004,25 @@ fn the_collector_takes_extra_exporters_and_never_exports_to_nothing() {
     };
     let vendor = [
         "--set",
-        "otelCollector.extraExporters.otlphttp/vendor.endpoint=https://otlp.vendor.example",
+        "otelCollector.extraExporters.otlp_http/vendor.endpoint=https://otlp.vendor.example",
         "--set",
-        "otelCollector.extraPipelineExporters.traces[0]=otlphttp/vendor",
+        "otelCollector.extraPipelineExporters.traces[0]=otlp_http/vendor",
         "--set",
         "otelCollector.extraEgress[0].ports[0].port=443",
     ];
     let docs = documents(&render(&quick_start(), &vendor));
     let config = collector_config(&docs);
     assert_eq!(
-        config["exporters"]["otlphttp/vendor"]["endpoint"],
+        config["exporters"]["otlp_http/vendor"]["endpoint"],
         "https://otlp.vendor.example"
     );
     assert_eq!(
         strings(&config["service"]["pipelines"]["traces"]["exporters"]),
-        ["otlp", "otlphttp/vendor"]
+        ["otlp_grpc/relayer", "otlp_http/vendor"]
     );
     assert_eq!(
         strings(&config["service"]["pipelines"]["logs"]["exporters"]),
-        ["otlp"]
+        ["otlp_grpc/relayer"]
     );
     let policy = find(&docs, "NetworkPolicy", "consonant-relayer-otel");
     assert!(egress_ports(policy).contains(&vec![443]), "{policy}");
@@ -2013,13 +2032,13 @@ fn the_collector_takes_extra_exporters_and_never_exports_to_nothing() {
         "--set",
         "telemetry.enabled=false",
         "--set",
-        "otelCollector.extraExporters.otlphttp/vendor.endpoint=https://otlp.vendor.example",
+        "otelCollector.extraExporters.otlp_http/vendor.endpoint=https://otlp.vendor.example",
         "--set",
         "otelCollector.extraPipelines.traces/vendor.receivers[0]=otlp",
         "--set",
         "otelCollector.extraPipelines.traces/vendor.processors[0]=memory_limiter",
         "--set",
-        "otelCollector.extraPipelines.traces/vendor.exporters[0]=otlphttp/vendor",
+        "otelCollector.extraPipelines.traces/vendor.exporters[0]=otlp_http/vendor",
     ];
     let docs = documents(&render(&quick_start(), &own));
     let pipelines = collector_config(&docs)["service"]["pipelines"].clone();
@@ -2264,5 +2283,117 @@ fn common_chart_conventions_take_effect() {
             .as_str()
             .unwrap()
             .contains("consonant-relayer.tools.svc:4317")
+    );
+}
+
+/// The collector config the chart renders is one the real collector
+/// (`scripts/build-otel-collector`: the chart's image release, built from
+/// the collector's Go modules) accepts: every component exists under the
+/// name used, every setting is valid, every pipeline is wired. For the
+/// default DaemonSet, the Deployment, extra exporters on the relayer
+/// pipelines, and extra pipelines alone; and a pipeline naming an exporter
+/// that is not defined is refused, so the check can fail.
+#[test]
+fn the_real_collector_accepts_the_rendered_config() {
+    let collector = common::otel_collector::otel_collector();
+    assert_eq!(collector.release, built_collector_release());
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |extra: &[&str]| -> Output {
+        let docs = documents(&render(&quick_start(), extra));
+        let config = find(&docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        Command::new(&collector.binary)
+            .arg("validate")
+            .arg(format!("--config={}", path.display()))
+            // What the pod spec sets from the downward API.
+            .env("MY_POD_IP", "127.0.0.1")
+            .env("K8S_NODE_NAME", "node-1")
+            .output()
+            .expect("run otelcol validate")
+    };
+    let vendor_exporter =
+        "otelCollector.extraExporters.otlp_http/vendor.endpoint=https://otlp.vendor.example";
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("default daemonset", vec![]),
+        ("deployment", vec!["--set", "otelCollector.type=deployment"]),
+        (
+            "extra exporter on the relayer pipelines",
+            vec![
+                "--set",
+                vendor_exporter,
+                "--set",
+                "otelCollector.extraPipelineExporters.traces[0]=otlp_http/vendor",
+                "--set",
+                "otelCollector.extraProcessors.batch/vendor.timeout=5s",
+            ],
+        ),
+        (
+            "extra pipelines only",
+            vec![
+                "--set",
+                "telemetry.enabled=false",
+                "--set",
+                vendor_exporter,
+                "--set",
+                "otelCollector.extraPipelines.logs/vendor.receivers[0]=otlp",
+                "--set",
+                "otelCollector.extraPipelines.logs/vendor.processors[0]=memory_limiter",
+                "--set",
+                "otelCollector.extraPipelines.logs/vendor.exporters[0]=otlp_http/vendor",
+            ],
+        ),
+    ];
+    for (name, extra) in &cases {
+        let out = validate(extra);
+        assert!(
+            out.status.success(),
+            "the collector refused the {name} config:\n{}",
+            text(&out.stderr)
+        );
+    }
+    // Every component goes by its current name, not a deprecated alias
+    // (`otlp` for `otlp_grpc`, `k8sattributes` for `k8s_attributes`), which
+    // `validate` accepts silently but a later release drops: each type must
+    // be one `otelcol components` lists.
+    let listed = Command::new(&collector.binary)
+        .arg("components")
+        .output()
+        .expect("run otelcol components");
+    let listed: Value = serde_yaml_ng::from_slice(&listed.stdout).unwrap();
+    let docs = documents(&render(&quick_start(), &[]));
+    let config: Value = serde_yaml_ng::from_str(
+        find(&docs, "ConfigMap", "consonant-relayer-otel")["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    for kind in ["receivers", "processors", "exporters", "extensions"] {
+        let names: Vec<&str> = listed[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for id in config[kind].as_object().unwrap().keys() {
+            let component_type = id.split('/').next().unwrap();
+            assert!(
+                names.contains(&component_type),
+                "{kind}: {id} is not a current component name ({names:?})"
+            );
+        }
+    }
+    let out = validate(&[
+        "--set",
+        "otelCollector.extraPipelineExporters.traces[0]=otlp_http/missing",
+    ]);
+    assert!(!out.status.success(), "an undefined exporter must be refused");
+    assert!(
+        text(&out.stderr).contains("otlp_http/missing"),
+        "{}",
+        text(&out.stderr)
     );
 }

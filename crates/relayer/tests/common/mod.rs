@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) mod chart_tools;
+pub(crate) mod otel_collector;
 pub(crate) mod register;
 pub(crate) mod scripted;
 
