@@ -2390,7 +2390,10 @@ fn the_real_collector_accepts_the_rendered_config() {
         "--set",
         "otelCollector.extraPipelineExporters.traces[0]=otlp_http/missing",
     ]);
-    assert!(!out.status.success(), "an undefined exporter must be refused");
+    assert!(
+        !out.status.success(),
+        "an undefined exporter must be refused"
+    );
     assert!(
         text(&out.stderr).contains("otlp_http/missing"),
         "{}",

@@ -1,5 +1,5 @@
 //! Command handling logic without I/O: admission (the protocol's check
-//! order), dedup, validation and the result builders the CommandRouter and
+//! order), the cluster lock (signed commands), dedup, validation and the result builders the CommandRouter and
 //! WorkloadExecutor share, the command policy and the command rate limit.
 
 pub mod admission;
@@ -7,4 +7,6 @@ pub mod dedup;
 pub mod outcome;
 pub mod policy;
 pub mod rate;
+pub mod signature;
+pub mod signer;
 pub mod validate;

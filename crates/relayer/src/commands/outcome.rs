@@ -36,6 +36,11 @@ pub enum CommandError {
     Unsupported(String),
     #[error("{0}")]
     Cancelled(String),
+    /// The cluster lock refuses it (protocol.md "Signed commands"): a
+    /// signature required, missing, unknown, bad, expired or for another
+    /// cluster. Not retryable, not cached.
+    #[error("{0}")]
+    SignatureInvalid(String),
 }
 
 impl CommandError {
@@ -51,6 +56,7 @@ impl CommandError {
             CommandError::Internal(_) => Code::Internal,
             CommandError::Unsupported(_) => Code::Unsupported,
             CommandError::Cancelled(_) => Code::Cancelled,
+            CommandError::SignatureInvalid(_) => Code::SignatureInvalid,
         }
     }
 

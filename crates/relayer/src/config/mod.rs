@@ -9,6 +9,7 @@ pub mod load;
 pub mod model;
 pub mod units;
 pub mod validate;
+pub mod verify_keys;
 
 pub use derived::{GrpcTarget, DEFAULT_GRPC_PORT};
 pub use error::{ConfigError, Invalid};

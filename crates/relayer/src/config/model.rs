@@ -139,7 +139,16 @@ pub struct CommandsConfig {
     pub allowed_namespaces: Vec<String>,
     pub denied_kinds: Vec<String>,
     pub allowed_actions: Vec<String>,
+    /// The cluster lock (protocol.md "Signed commands"): key id →
+    /// `"ed25519:<base64 of the 32-byte public key>"`; empty = off.
+    pub verify_keys: BTreeMap<String, String>,
+    /// Actions that must be signed while `verify_keys` is set.
+    pub signed_actions: Vec<String>,
 }
+
+/// The actions `signed_actions` lists by default: those that change the
+/// cluster.
+pub const DEFAULT_SIGNED_ACTIONS: [&str; 4] = ["apply", "delete", "scale", "restart"];
 
 /// Every action name the protocol defines, in IDL order.
 pub const ALL_ACTIONS: [&str; 9] = [
@@ -167,6 +176,11 @@ impl Default for CommandsConfig {
             allowed_namespaces: vec!["*".to_string()],
             denied_kinds: vec!["Secret".to_string()],
             allowed_actions: ALL_ACTIONS.iter().map(|a| a.to_string()).collect(),
+            verify_keys: BTreeMap::new(),
+            signed_actions: DEFAULT_SIGNED_ACTIONS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         }
     }
 }

@@ -214,6 +214,28 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         }
     }
 
+    for action in &cmds.signed_actions {
+        if !ALL_ACTIONS.contains(&action.as_str()) {
+            e.push(Invalid::new(
+                "commands.signed_actions",
+                quote(action),
+                format!("is not an action: use any of {}", ALL_ACTIONS.join(", ")),
+            ));
+        }
+    }
+    for (id, key) in &cmds.verify_keys {
+        if let Err(problem) = super::verify_keys::check_key_id(id) {
+            e.push(Invalid::new("commands.verify_keys", quote(id), problem));
+        }
+        if let Err(problem) = super::verify_keys::parse_public_key(key) {
+            e.push(Invalid::new(
+                &format!("commands.verify_keys.{id}"),
+                quote(key),
+                problem,
+            ));
+        }
+    }
+
     if cfg.kubernetes.lease_duration < Duration::from_secs(3) {
         e.push(Invalid::new(
             "kubernetes.lease_duration",
@@ -841,6 +863,34 @@ mod tests {
         check(
             |c| c.commands.allowed_actions = vec!["ping".into(), "exec".into()],
             &[("commands.allowed_actions", "\"exec\"", "ping, apply")],
+        );
+        check(
+            |c| c.commands.signed_actions = vec!["scale".into(), "exec".into()],
+            &[("commands.signed_actions", "\"exec\"", "ping, apply")],
+        );
+        let key = "ed25519:".to_string() + &"A".repeat(43) + "=";
+        check(
+            |c| {
+                c.commands.verify_keys = [("ops-1".to_string(), key.clone())].into();
+            },
+            &[],
+        );
+        check(
+            |c| {
+                c.commands.verify_keys = [
+                    ("ops 1".to_string(), key.clone()),
+                    ("kms".to_string(), "ed25519:AAAA".to_string()),
+                ]
+                .into();
+            },
+            &[
+                (
+                    "commands.verify_keys.kms",
+                    "\"ed25519:AAAA\"",
+                    "decodes to 3 bytes",
+                ),
+                ("commands.verify_keys", "\"ops 1\"", "not a key id"),
+            ],
         );
     }
 
