@@ -1,6 +1,6 @@
 //! `CommandRouter`: takes every command the session reads, decides its fate
-//! in the protocol's order (`commands::admission`) — dedup, validation,
-//! deadline, policy, rate, capacity — answers Ping itself, hands Kubernetes
+//! in the protocol's order (`commands::admission`) — dedup, signature,
+//! validation, deadline, policy, rate, capacity — answers Ping itself, hands Kubernetes
 //! actions to the WorkloadExecutor, and queues each answer
 //! (`CommandAccepted`, results, refusals) in the outbox.
 //!
@@ -25,8 +25,11 @@ use super::context::RelayContext;
 use super::ledger::{CommandTicket, Stage};
 use super::messages::{Execute, Validated};
 use crate::clock::now_unix_ms;
-use crate::commands::admission::{arrive, decide, validates_off_thread, Arrival, Gate};
+use crate::commands::admission::{
+    arrive, decide, validates_off_thread, Arrival, Arriving, Gate,
+};
 use crate::commands::outcome::{action_name, rejected, succeeded, CommandError};
+use crate::commands::signature::{command_to_run, verified_key_id};
 use crate::commands::validate::{validate, ValidatedCommand};
 use crate::connection::messages::{CancelCommands, IncomingCommands};
 use crate::connection::outbox_handle::Answers;
@@ -86,7 +89,6 @@ impl CommandRouter {
         Gate {
             policy: &rc.policy,
             limits: &rc.limits,
-            draining: false,
             kubernetes_enabled: rc.config.kubernetes.enabled,
             in_flight: rc.metrics.commands_in_flight.get(),
             max_in_flight: rc.config.commands.max_in_flight,
@@ -97,13 +99,33 @@ impl CommandRouter {
 
     /// The first half of admission for one command just read.
     fn route(&mut self, mut command: Command, draining: bool, out: &mut Answers) {
-        let action = action_name(&command).unwrap_or("none");
+        // A signed command's action is inside it: "signed" until unwrapped.
+        let action = action_name(&command).unwrap_or(match command.signed {
+            Some(_) => "signed",
+            None => "none",
+        });
         let rc = self.rc.clone();
-        match arrive(&command, draining, |id| rc.ledger.check_and_begin(id)) {
+        // Signatures are bound to the cluster id this session announced.
+        let cluster_id = match command.signed {
+            Some(_) => rc.link.read().cluster_id.clone().unwrap_or_default(),
+            None => String::new(),
+        };
+        let arriving = Arriving {
+            draining,
+            lock: &rc.lock,
+            cluster_id: &cluster_id,
+            now_unix_ms: now_unix_ms(),
+        };
+        let opened = match arrive(
+            &command,
+            &arriving,
+            |id| rc.ledger.check_and_begin(id),
+            |id| rc.ledger.check_replay(id, arriving.now_unix_ms),
+        ) {
             Arrival::Unidentified(error) => {
                 // Answered with an empty id: an unusable one never goes on.
                 command.command_id.clear();
-                self.refuse(&command, action, &error, out);
+                self.refuse(&command, action, None, &error, out);
                 return;
             }
             Arrival::DuplicateInFlight => {
@@ -123,12 +145,16 @@ impl CommandRouter {
                 // The span's context goes into the answer (see `observability`).
                 let span = rc.command_tracing.start(&mut command, action);
                 rc.ledger.forget(&command.command_id);
-                self.refuse(&command, action, &error, out);
+                self.refuse(&command, action, None, &error, out);
                 record_last(&span, out);
                 return;
             }
-            Arrival::Fresh => {}
-        }
+            Arrival::Fresh(opened) => opened,
+        };
+        // From here on the command is the one that runs: a signed command's
+        // inner one, marked with the key that verified it.
+        let mut command = command_to_run(command, opened);
+        let action = action_name(&command).unwrap_or("none");
         // From here the command gets one span, and its answers carry the
         // span's trace context (see `observability`).
         let span = rc.command_tracing.start(&mut command, action);
@@ -143,7 +169,7 @@ impl CommandRouter {
             let error = CommandError::busy(format!(
                 "{waiting} manifests are already waiting for validation (commands.max_in_flight); retry shortly"
             ));
-            self.refuse(&command, action, &error, out);
+            self.refuse(&command, action, verified_key_id(&command), &error, out);
             record_last(&span, out);
             return;
         }
@@ -173,7 +199,7 @@ impl CommandRouter {
                     Some(ticket) => ticket.refuse(&error),
                     None => {
                         rc.ledger.forget(&command.command_id);
-                        self.refuse(&command, action, &error, out);
+                        self.refuse(&command, action, verified_key_id(&command), &error, out);
                         record_last(&span, out);
                     }
                 }
@@ -183,11 +209,12 @@ impl CommandRouter {
         match validated {
             ValidatedCommand::Ping { payload_len } => {
                 let started = now_unix_ms();
+                rc.ledger.record_run(&command);
                 let result = succeeded(&command, &json!({ "payload_len": payload_len }), started);
                 record_result(&span, &result);
                 rc.ledger.cache(&result);
                 self.count(action, "succeeded");
-                tracing::info!(target: "audit", command_id = %command.command_id, action, target = "", outcome = "succeeded", duration_ms = 0u64, "command");
+                tracing::info!(target: "audit", command_id = %command.command_id, action, key_id = verified_key_id(&command), target = "", outcome = "succeeded", duration_ms = 0u64, "command");
                 out.accepted.push(accepted(&command));
                 out.results.push(Body::Result(result));
             }
@@ -230,15 +257,18 @@ impl CommandRouter {
         }
     }
 
-    /// A REJECTED answer decided here, before any ticket.
+    /// A REJECTED answer decided here, before any ticket. `key_id` is the
+    /// key that verified the command, once the lock let it through (never a
+    /// key id the backend merely claimed).
     fn refuse(
         &mut self,
         command: &Command,
         action: &'static str,
+        key_id: Option<&str>,
         error: &CommandError,
         out: &mut Answers,
     ) {
-        tracing::info!(target: "audit", command_id = %command.command_id, action, outcome = "rejected", code = ?error.code(), "command");
+        tracing::info!(target: "audit", command_id = %command.command_id, action, key_id, outcome = "rejected", code = ?error.code(), "command");
         tracing::debug!(command_id = %command.command_id, action, code = ?error.code(), %error, "command rejected");
         self.count(action, "rejected");
         out.refusals.push(Body::Result(rejected(command, error)));

@@ -156,6 +156,8 @@ impl ConnectionActor {
         for (key, value) in &cfg.cluster.labels {
             labels.insert(key.clone(), value.clone());
         }
+        // What the backend must sign (only when the cluster is locked).
+        labels.extend(self.rc.lock.hello_labels());
         let allowed = &cfg.commands.allowed_actions;
         let capabilities = std::iter::once("ping")
             .chain(

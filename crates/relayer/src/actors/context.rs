@@ -19,6 +19,7 @@ use super::ledger::CommandLedger;
 use crate::commands::dedup::DedupCache;
 use crate::commands::policy::CommandPolicy;
 use crate::commands::rate::CommandRateLimiter;
+use crate::commands::signature::{ClusterLock, ReplayGuard};
 use crate::commands::validate::ValidationLimits;
 use crate::config::RelayerConfig;
 use crate::connection::channel::Dialer;
@@ -119,6 +120,8 @@ pub struct RelayContext {
     /// The command policy, the rate limiter (its tokens survive a router
     /// restart, so a crash loop cannot reset the limit) and validation limits.
     pub policy: CommandPolicy,
+    /// The cluster lock: `verify_keys` and `signed_actions`.
+    pub lock: ClusterLock,
     pub rate: CommandRateLimiter,
     pub limits: ValidationLimits,
     /// The OTLP receivers' sink (coalescer and counters), made by the first
@@ -152,6 +155,7 @@ impl RelayContext {
         credentials: Arc<CredentialStore>,
     ) -> Result<Self, String> {
         let policy = CommandPolicy::from_config(&config.commands)?;
+        let lock = ClusterLock::from_config(&config.commands)?;
         let rate = CommandRateLimiter::from_config(&config.commands)?;
         let max_frame = config.connection.max_frame_bytes as usize;
         let limits = ValidationLimits {
@@ -168,7 +172,13 @@ impl RelayContext {
             config.commands.dedup_max_entries as usize,
             usize::try_from(config.commands.dedup_max_bytes).unwrap_or(usize::MAX),
         );
-        let ledger = Arc::new(CommandLedger::new(dedup, outbox.clone(), metrics.clone()));
+        let replay = ReplayGuard::new(config.commands.dedup_max_entries as usize);
+        let ledger = Arc::new(CommandLedger::new(
+            dedup,
+            replay,
+            outbox.clone(),
+            metrics.clone(),
+        ));
         let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
             format!(
                 "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
@@ -202,6 +212,7 @@ impl RelayContext {
             running: Mutex::new(HashMap::new()),
             leader: AtomicBool::new(leader),
             policy,
+            lock,
             rate,
             limits,
             telemetry,

@@ -13,6 +13,9 @@
 //! panicked — its `Drop` answers for it: REJECTED/UNAVAILABLE (retryable)
 //! if the command never started, FAILED/INTERNAL if it was running. Either
 //! way the gauges come down and the dedup entry leaves "in flight".
+//!
+//! It also holds the cluster lock's replay guard: a verified signed command
+//! is recorded there when it starts running, until its deadline.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +24,7 @@ use parking_lot::Mutex;
 
 use crate::commands::dedup::{DedupCache, Seen};
 use crate::commands::outcome::{ended, rejected, status_name, CommandError};
+use crate::commands::signature::{verified_key_id, ReplayGuard};
 use crate::connection::outbox_handle::OutboxHandle;
 use crate::metrics::Metrics;
 use crate::observability::command_span::record_result;
@@ -29,6 +33,7 @@ use crate::proto::{command_result::Status, relayer_frame::Body, Command, Command
 /// Dedup, gauges and answers for every command of this process.
 pub struct CommandLedger {
     dedup: Mutex<DedupCache>,
+    replay: Mutex<ReplayGuard>,
     outbox: OutboxHandle,
     metrics: Arc<Metrics>,
 }
@@ -42,9 +47,15 @@ pub struct DedupStats {
 }
 
 impl CommandLedger {
-    pub fn new(dedup: DedupCache, outbox: OutboxHandle, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        dedup: DedupCache,
+        replay: ReplayGuard,
+        outbox: OutboxHandle,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             dedup: Mutex::new(dedup),
+            replay: Mutex::new(replay),
             outbox,
             metrics,
         }
@@ -59,6 +70,21 @@ impl CommandLedger {
 
     pub fn is_in_flight(&self, command_id: &str) -> bool {
         self.dedup.lock().is_in_flight(command_id)
+    }
+
+    /// The replay guard's verdict on a verified signed command.
+    pub fn check_replay(&self, command_id: &str, now_unix_ms: i64) -> Result<(), CommandError> {
+        self.replay.lock().check(command_id, now_unix_ms)
+    }
+
+    /// A command starts running: a verified signed one is remembered until
+    /// its deadline.
+    pub fn record_run(&self, command: &Command) {
+        if verified_key_id(command).is_some() {
+            self.replay
+                .lock()
+                .record(&command.command_id, command.deadline_unix_ms);
+        }
     }
 
     /// A command refused before it got a ticket: a retry may run it.
@@ -85,6 +111,10 @@ impl CommandLedger {
             command: Command {
                 command_id: command.command_id.clone(),
                 trace: command.trace.clone(),
+                // The signer's key id (for the audit line) and the deadline
+                // (for the replay guard) of a signed command.
+                signed: command.signed.clone(),
+                deadline_unix_ms: command.deadline_unix_ms,
                 ..Default::default()
             },
             action,
@@ -164,6 +194,9 @@ impl CommandTicket {
 
     /// Moves the command on (validated → admitted, admitted → running).
     pub fn advance(&mut self, to: Stage) {
+        if to == Stage::Running {
+            self.ledger.record_run(&self.command);
+        }
         self.ledger.gauge(self.stage).dec();
         self.ledger.gauge(to).inc();
         self.stage = to;
@@ -180,7 +213,7 @@ impl CommandTicket {
     /// cached, queued within the refusal bound.
     pub fn refuse(mut self, error: &CommandError) {
         let result = rejected(&self.command, error);
-        tracing::info!(target: "audit", command_id = %self.command.command_id, action = self.action, outcome = "rejected", code = ?error.code(), "command");
+        tracing::info!(target: "audit", command_id = %self.command.command_id, action = self.action, key_id = verified_key_id(&self.command), outcome = "rejected", code = ?error.code(), "command");
         tracing::debug!(command_id = %self.command.command_id, action = self.action, code = ?error.code(), %error, "command rejected");
         self.close(result);
     }
@@ -252,7 +285,7 @@ mod tests {
         outbox.on_welcome(epoch, 0);
         let dedup = DedupCache::new(Duration::from_secs(600), 100, 1 << 20);
         (
-            Arc::new(CommandLedger::new(dedup, outbox.clone(), metrics.clone())),
+            Arc::new(CommandLedger::new(dedup, ReplayGuard::new(100), outbox.clone(), metrics.clone())),
             outbox,
             metrics,
             epoch,

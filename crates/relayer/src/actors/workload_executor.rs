@@ -190,6 +190,7 @@ impl Handler<Execute> for WorkloadExecutor {
                 target: "audit",
                 command_id = %command.command_id,
                 action,
+                key_id = crate::commands::signature::verified_key_id(&command),
                 target = %request.target_summary(),
                 outcome = status_name(result.status),
                 duration_ms = started.elapsed().as_millis() as u64,

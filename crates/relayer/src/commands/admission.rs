@@ -10,29 +10,37 @@
 //!    reaches the dedup cache or a log line);
 //! 2. **dedup**: in flight → accepted again; finished → the cached result;
 //! 3. draining → REJECTED UNAVAILABLE, retryable;
-//! 4. **validation** → REJECTED INVALID_ARGUMENT;
-//! 5. deadline already passed → REJECTED DEADLINE_EXCEEDED;
-//! 6. **policy** (`[commands]`) → REJECTED FORBIDDEN naming the key;
-//! 7. a Kubernetes action while `kubernetes.enabled = false` → REJECTED
+//! 4. **signature** (the cluster lock, `commands::signature`): a signed
+//!    command is unwrapped and, with `verify_keys` set, verified — bad,
+//!    unknown, missing where `signed_actions` requires one, expired or for
+//!    another cluster → REJECTED SIGNATURE_INVALID; an inconsistent
+//!    envelope → REJECTED INVALID_ARGUMENT; a verified one that already
+//!    ran within its deadline → REJECTED SIGNATURE_INVALID (the replay
+//!    guard). Everything after this step sees the inner command;
+//! 5. **validation** → REJECTED INVALID_ARGUMENT;
+//! 6. deadline already passed → REJECTED DEADLINE_EXCEEDED;
+//! 7. **policy** (`[commands]`) → REJECTED FORBIDDEN naming the key;
+//! 8. a Kubernetes action while `kubernetes.enabled = false` → REJECTED
 //!    UNAVAILABLE, not retryable;
-//! 8. **rate limit** → REJECTED RATE_LIMITED, retryable;
-//! 9. **capacity**: `commands.max_in_flight` Kubernetes commands running, or
-//!    the replay buffer past its command limit → REJECTED UNAVAILABLE,
+//! 9. **rate limit** → REJECTED RATE_LIMITED, retryable;
+//! 10. **capacity**: `commands.max_in_flight` Kubernetes commands running,
+//!    or the replay buffer past its command limit → REJECTED UNAVAILABLE,
 //!    retryable.
 //!
-//! Dedup and the rate limiter hold state, so they come in as two calls made
-//! at exactly their place in the order: a command refused by an earlier
-//! check is never marked in flight and uses no rate-limit token.
+//! Dedup, the replay guard and the rate limiter hold state, so they come in
+//! as calls made at exactly their place in the order: a command refused by
+//! an earlier check is never marked in flight and uses no rate-limit token.
 //!
 //! The decision comes in two halves around validation, because validating a
 //! manifest may take a while and runs off the actors' thread: [`arrive`]
-//! (steps 1–3) when the command is read, [`decide`] (steps 5–9) once
+//! (steps 1–4) when the command is read, [`decide`] (steps 5–10) once
 //! validation has answered. [`admit`] is the two with validation between
 //! them, as one call — the whole order, which the table test pins.
 
 use super::dedup::Seen;
 use super::outcome::CommandError;
 use super::policy::CommandPolicy;
+use super::signature::{command_to_run, ClusterLock, Opened};
 use super::validate::{validate, ValidatedCommand, ValidationLimits};
 use crate::proto::{Command, CommandResult};
 
@@ -48,8 +56,6 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct Gate<'a> {
     pub policy: &'a CommandPolicy,
     pub limits: &'a ValidationLimits,
-    /// The command arrived after `Drain` on its stream.
-    pub draining: bool,
     /// `kubernetes.enabled`.
     pub kubernetes_enabled: bool,
     /// Kubernetes commands running now, and `commands.max_in_flight`.
@@ -57,6 +63,17 @@ pub struct Gate<'a> {
     pub max_in_flight: u32,
     /// The replay buffer can take another command's result.
     pub replay_has_room: bool,
+    pub now_unix_ms: i64,
+}
+
+/// What the first half of admission reads of the relayer's state.
+#[derive(Debug, Clone, Copy)]
+pub struct Arriving<'a> {
+    /// The command arrived after `Drain` on its stream.
+    pub draining: bool,
+    pub lock: &'a ClusterLock,
+    /// This relayer's cluster id: signatures are bound to it.
+    pub cluster_id: &'a str,
     pub now_unix_ms: i64,
 }
 
@@ -74,32 +91,38 @@ pub enum Admission {
     /// Refused after dedup marked it in flight: REJECTED with this error,
     /// and the id is forgotten (it never ran, so the backend may retry it).
     Refused(CommandError),
-    /// Run it: inline for Ping, on the WorkloadExecutor otherwise.
-    Admitted(ValidatedCommand),
+    /// Run it: inline for Ping, on the WorkloadExecutor otherwise. `run`
+    /// is the command that runs (the inner one of a signed command).
+    Admitted {
+        run: Box<Command>,
+        validated: ValidatedCommand,
+    },
 }
 
 /// Decides one command. `dedup` is asked once the id is known to be
-/// present (and marks a new id in flight); `take_rate_token` only once every
-/// earlier check passed.
+/// present (and marks a new id in flight); `replay_check` only for a
+/// verified signed command; `take_rate_token` only once every earlier check
+/// passed.
 pub fn admit(
     command: &Command,
+    arriving: &Arriving<'_>,
     gate: &Gate<'_>,
     dedup: impl FnOnce(&str) -> Seen,
+    replay_check: impl FnOnce(&str) -> Result<(), CommandError>,
     take_rate_token: impl FnOnce() -> Result<(), CommandError>,
 ) -> Admission {
-    match arrive(command, gate.draining, dedup) {
+    match arrive(command, arriving, dedup, replay_check) {
         Arrival::Unidentified(error) => Admission::Unidentified(error),
         Arrival::DuplicateInFlight => Admission::DuplicateInFlight,
         Arrival::DuplicateFinished(result) => Admission::DuplicateFinished(result),
         Arrival::Refused(error) => Admission::Refused(error),
-        Arrival::Fresh => {
-            match decide(
-                command,
-                validate(command, gate.limits),
-                gate,
-                take_rate_token,
-            ) {
-                Ok(validated) => Admission::Admitted(validated),
+        Arrival::Fresh(opened) => {
+            let run = command_to_run(command.clone(), opened);
+            match decide(&run, validate(&run, gate.limits), gate, take_rate_token) {
+                Ok(validated) => Admission::Admitted {
+                    run: Box::new(run),
+                    validated,
+                },
                 Err(error) => Admission::Refused(error),
             }
         }
@@ -124,14 +147,21 @@ pub enum Arrival {
     Unidentified(CommandError),
     DuplicateInFlight,
     DuplicateFinished(CommandResult),
-    /// Refused after dedup marked it in flight (draining): forget the id.
+    /// Refused after dedup marked it in flight (draining, the cluster
+    /// lock): forget the id.
     Refused(CommandError),
-    /// New and marked in flight: validate it, then [`decide`].
-    Fresh,
+    /// New and marked in flight: run [`command_to_run`] of it through
+    /// validation, then [`decide`].
+    Fresh(Opened),
 }
 
-/// Steps 1 to 3 of the order: the id, dedup, draining.
-pub fn arrive(command: &Command, draining: bool, dedup: impl FnOnce(&str) -> Seen) -> Arrival {
+/// Steps 1 to 4 of the order: the id, dedup, draining, the signature.
+pub fn arrive(
+    command: &Command,
+    arriving: &Arriving<'_>,
+    dedup: impl FnOnce(&str) -> Seen,
+    replay_check: impl FnOnce(&str) -> Result<(), CommandError>,
+) -> Arrival {
     if command.command_id.is_empty() {
         return Arrival::Unidentified(CommandError::InvalidArgument(
             "command_id is empty: every command needs a UUID command_id (the idempotency key)"
@@ -149,15 +179,30 @@ pub fn arrive(command: &Command, draining: bool, dedup: impl FnOnce(&str) -> See
         Seen::Finished(result) => return Arrival::DuplicateFinished(result),
         Seen::New => {}
     }
-    if draining {
+    if arriving.draining {
         return Arrival::Refused(CommandError::busy(
             "the relayer is draining this stream; re-send the command on the next session",
         ));
     }
-    Arrival::Fresh
+    let opened = match arriving
+        .lock
+        .open(command, arriving.cluster_id, arriving.now_unix_ms)
+    {
+        Ok(opened) => opened,
+        Err(error) => return Arrival::Refused(error),
+    };
+    if let Opened::Signed {
+        key_id: Some(_), ..
+    } = &opened
+    {
+        if let Err(error) = replay_check(&command.command_id) {
+            return Arrival::Refused(error);
+        }
+    }
+    Arrival::Fresh(opened)
 }
 
-/// Steps 4 (validation's answer) to 9 of the order. `gate` is read when
+/// Steps 5 (validation's answer) to 10 of the order. `gate` is read when
 /// validation has answered, so the deadline and capacity are current.
 pub fn decide(
     command: &Command,
@@ -203,11 +248,19 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+    use crate::commands::signer::{generate, Signer};
     use crate::config::CommandsConfig;
     use crate::proto::command::Action;
-    use crate::proto::{error::Code, GetClusterInfo, Ping, ScaleWorkload};
+    use crate::proto::{error::Code, GetClusterInfo, ObjectRef, Ping, ScaleWorkload};
 
     const NOW: i64 = 1_700_000_000_000;
+    const CLUSTER: &str = "cls_admission";
+
+    /// The key `Row::locked` trusts, as "ops".
+    fn ops() -> &'static Signer {
+        static OPS: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
+        OPS.get_or_init(|| Signer::from_pem("ops", generate().unwrap().0.as_bytes()).unwrap())
+    }
 
     /// One row: the command, the state it meets, and what must come out.
     struct Row {
@@ -220,9 +273,15 @@ mod tests {
         replay_has_room: bool,
         rate_ok: bool,
         allowed_actions: &'static [&'static str],
+        /// `verify_keys` holds [`ops`]'s key.
+        locked: bool,
+        /// The replay guard says the command already ran.
+        replayed: bool,
         expect: Expect,
         /// Whether the rate limiter must have been asked.
         rate_asked: bool,
+        /// Whether the replay guard must have been asked.
+        replay_asked: bool,
     }
 
     #[derive(Debug, PartialEq)]
@@ -236,6 +295,8 @@ mod tests {
             mentions: &'static str,
         },
         Admitted(&'static str),
+        /// Admitted, signed by this key.
+        AdmittedSigned(&'static str, &'static str),
     }
 
     fn command(id: &str, action: Action) -> Command {
@@ -255,7 +316,7 @@ mod tests {
     }
 
     fn row(name: &'static str, command: Command, expect: Expect) -> Row {
-        let rate_asked = matches!(expect, Expect::Admitted(_));
+        let rate_asked = matches!(expect, Expect::Admitted(_) | Expect::AdmittedSigned(..));
         Row {
             name,
             command,
@@ -266,9 +327,35 @@ mod tests {
             replay_has_room: true,
             rate_ok: true,
             allowed_actions: &[],
+            locked: false,
+            replayed: false,
             expect,
             rate_asked,
+            replay_asked: false,
         }
+    }
+
+    fn scale(id: &str, deadline_unix_ms: i64) -> Command {
+        Command {
+            deadline_unix_ms,
+            ..command(
+                id,
+                Action::Scale(ScaleWorkload {
+                    target: Some(ObjectRef {
+                        api_version: "apps/v1".into(),
+                        kind: "Deployment".into(),
+                        namespace: "default".into(),
+                        name: "web".into(),
+                        ..Default::default()
+                    }),
+                    replicas: 2,
+                }),
+            )
+        }
+    }
+
+    fn signed(inner: Command) -> Command {
+        ops().sign(&inner, CLUSTER)
     }
 
     fn refused(code: Code, retryable: bool, mentions: &'static str) -> Expect {
@@ -285,15 +372,24 @@ mod tests {
             config.allowed_actions = row.allowed_actions.iter().map(|a| a.to_string()).collect();
         }
         config.max_in_flight = 2;
+        if row.locked {
+            config.verify_keys = [("ops".to_string(), ops().public_key())].into();
+        }
+        let lock = ClusterLock::from_config(&config).expect("lock");
         let policy = CommandPolicy::from_config(&config).expect("policy");
         let limits = ValidationLimits {
             max_manifest_bytes: 1 << 20,
             max_log_bytes: 1 << 20,
         };
+        let arriving = Arriving {
+            draining: row.draining,
+            lock: &lock,
+            cluster_id: CLUSTER,
+            now_unix_ms: NOW,
+        };
         let gate = Gate {
             policy: &policy,
             limits: &limits,
-            draining: row.draining,
             kubernetes_enabled: row.kubernetes_enabled,
             in_flight: row.in_flight,
             max_in_flight: config.max_in_flight,
@@ -302,13 +398,23 @@ mod tests {
         };
         let dedup_asked = Cell::new(false);
         let rate_asked = Cell::new(false);
+        let replay_asked = Cell::new(false);
         let seen = row.seen;
         let decision = admit(
             &row.command,
+            &arriving,
             &gate,
             |_| {
                 dedup_asked.set(true);
                 seen
+            },
+            |_| {
+                replay_asked.set(true);
+                if row.replayed {
+                    Err(CommandError::SignatureInvalid("replay: already ran".into()))
+                } else {
+                    Ok(())
+                }
             },
             || {
                 rate_asked.set(true);
@@ -344,7 +450,14 @@ mod tests {
                     mentions,
                 }
             }
-            Admission::Admitted(validated) => Expect::Admitted(validated.action_name()),
+            Admission::Admitted { run, validated } => {
+                assert_eq!(run.command_id, row.command.command_id, "{}", row.name);
+                match crate::commands::signature::verified_key_id(&run) {
+                    Some("ops") => Expect::AdmittedSigned(validated.action_name(), "ops"),
+                    Some(other) => panic!("{}: signed by {other}", row.name),
+                    None => Expect::Admitted(validated.action_name()),
+                }
+            }
         };
         assert_eq!(got, row.expect, "{}", row.name);
         assert_eq!(
@@ -355,6 +468,12 @@ mod tests {
             row.name
         );
         assert_eq!(rate_asked.get(), row.rate_asked, "{}: rate token", row.name);
+        assert_eq!(
+            replay_asked.get(),
+            row.replay_asked,
+            "{}: replay guard",
+            row.name
+        );
     }
 
     #[test]
@@ -402,7 +521,7 @@ mod tests {
                 )
             },
             row(
-                "4 invalid: scale without a target",
+                "5 invalid: scale without a target",
                 command("c1", Action::Scale(ScaleWorkload::default())),
                 refused(Code::InvalidArgument, false, "target"),
             ),
@@ -413,7 +532,7 @@ mod tests {
                     ..command("c1", Action::Scale(ScaleWorkload::default()))
                 },
                 ..row(
-                    "4 invalid beats a passed deadline",
+                    "5 invalid beats a passed deadline",
                     ping("c1"),
                     refused(Code::InvalidArgument, false, "target"),
                 )
@@ -424,7 +543,7 @@ mod tests {
                     ..info("c1")
                 },
                 ..row(
-                    "5 deadline passed",
+                    "6 deadline passed",
                     ping("c1"),
                     refused(Code::DeadlineExceeded, false, "deadline_unix_ms"),
                 )
@@ -435,7 +554,7 @@ mod tests {
                     ..info("c1")
                 },
                 ..row(
-                    "5 deadline ahead",
+                    "6 deadline ahead",
                     ping("c1"),
                     Expect::Admitted("cluster_info"),
                 )
@@ -445,7 +564,7 @@ mod tests {
                 // The policy comes before the Kubernetes switch.
                 kubernetes_enabled: false,
                 ..row(
-                    "6 policy: action not allowed",
+                    "7 policy: action not allowed",
                     info("c1"),
                     refused(Code::Forbidden, false, "allowed_actions"),
                 )
@@ -453,7 +572,7 @@ mod tests {
             Row {
                 kubernetes_enabled: false,
                 ..row(
-                    "7 Kubernetes off",
+                    "8 Kubernetes off",
                     info("c1"),
                     refused(Code::Unavailable, false, "kubernetes.enabled"),
                 )
@@ -461,7 +580,7 @@ mod tests {
             Row {
                 kubernetes_enabled: false,
                 ..row(
-                    "7 Kubernetes off: ping still runs",
+                    "8 Kubernetes off: ping still runs",
                     ping("c1"),
                     Expect::Admitted("ping"),
                 )
@@ -472,7 +591,7 @@ mod tests {
                 // The rate limit comes before capacity.
                 in_flight: 2,
                 ..row(
-                    "8 rate limited",
+                    "9 rate limited",
                     info("c1"),
                     refused(Code::RateLimited, true, "rate_per_second"),
                 )
@@ -481,7 +600,7 @@ mod tests {
                 in_flight: 2,
                 rate_asked: true,
                 ..row(
-                    "9 max_in_flight reached",
+                    "10 max_in_flight reached",
                     info("c1"),
                     refused(Code::Unavailable, true, "max_in_flight"),
                 )
@@ -489,7 +608,7 @@ mod tests {
             Row {
                 in_flight: 2,
                 ..row(
-                    "9 max_in_flight counts Kubernetes commands only",
+                    "10 max_in_flight counts Kubernetes commands only",
                     ping("c1"),
                     Expect::Admitted("ping"),
                 )
@@ -498,12 +617,108 @@ mod tests {
                 replay_has_room: false,
                 rate_asked: true,
                 ..row(
-                    "9 replay buffer full",
+                    "10 replay buffer full",
                     ping("c1"),
                     refused(Code::Unavailable, true, "replay buffer"),
                 )
             },
             row("admitted", info("c1"), Expect::Admitted("cluster_info")),
+            // 4: the cluster lock.
+            Row {
+                locked: true,
+                ..row(
+                    "4 locked: unsigned scale refused, no rate token",
+                    scale("c1", NOW + 60_000),
+                    refused(Code::SignatureInvalid, false, "must be signed"),
+                )
+            },
+            Row {
+                locked: true,
+                ..row("4 locked: unsigned read runs", info("c1"), Expect::Admitted("cluster_info"))
+            },
+            Row {
+                locked: true,
+                replay_asked: true,
+                ..row(
+                    "4 locked: signed scale runs, signed by ops",
+                    signed(scale("c1", NOW + 60_000)),
+                    Expect::AdmittedSigned("scale", "ops"),
+                )
+            },
+            Row {
+                locked: true,
+                replay_asked: true,
+                replayed: true,
+                ..row(
+                    "4 locked: a replay the dedup cache forgot is refused",
+                    signed(scale("c1", NOW + 60_000)),
+                    refused(Code::SignatureInvalid, false, "replay"),
+                )
+            },
+            Row {
+                locked: true,
+                ..row(
+                    "4 locked: an expired signature beats everything after it",
+                    signed(Command {
+                        deadline_unix_ms: NOW - 1,
+                        ..command("c1", Action::Scale(ScaleWorkload::default()))
+                    }),
+                    refused(Code::SignatureInvalid, false, "expired"),
+                )
+            },
+            Row {
+                locked: true,
+                replay_asked: true,
+                ..row(
+                    "5 locked: validation checks the inner command",
+                    signed(Command {
+                        deadline_unix_ms: NOW + 1000,
+                        ..command("c1", Action::Scale(ScaleWorkload::default()))
+                    }),
+                    refused(Code::InvalidArgument, false, "target"),
+                )
+            },
+            Row {
+                locked: true,
+                replay_asked: true,
+                allowed_actions: &["ping"],
+                ..row(
+                    "7 locked: the policy checks the inner action",
+                    signed(scale("c1", NOW + 60_000)),
+                    refused(Code::Forbidden, false, "allowed_actions"),
+                )
+            },
+            Row {
+                seen: Seen::Finished(CommandResult::default()),
+                locked: true,
+                ..row(
+                    "2 dedup comes before the signature",
+                    scale("c1", NOW + 60_000),
+                    Expect::DuplicateFinished,
+                )
+            },
+            Row {
+                draining: true,
+                locked: true,
+                ..row(
+                    "3 draining comes before the signature",
+                    scale("c1", NOW + 60_000),
+                    refused(Code::Unavailable, true, "draining"),
+                )
+            },
+            row(
+                "4 lock off: a signed command is unwrapped and runs unverified",
+                signed(scale("c1", 0)),
+                Expect::Admitted("scale"),
+            ),
+            row(
+                "4 an action beside signed is refused",
+                Command {
+                    action: Some(Action::Ping(Ping::default())),
+                    ..signed(scale("c1", 0))
+                },
+                refused(Code::InvalidArgument, false, "outer action"),
+            ),
         ];
         for row in rows {
             check(row);

@@ -245,11 +245,14 @@ pub fn verified_key_id(command: &Command) -> Option<&str> {
     command.signed.as_ref().map(|signed| signed.key_id.as_str())
 }
 
-/// The verified signed commands that are running or ran, each until its
-/// deadline: a replay within the deadline is refused even when the dedup
-/// cache no longer holds the result (evicted by its bounds). Bounded: when
-/// full, new signed commands are refused as busy (retryable) rather than
-/// forgetting one that could then run twice.
+/// The verified signed commands that ran, each until its deadline: a
+/// replay within the deadline is refused even when the dedup cache no
+/// longer holds the result (evicted by its bounds). A command is recorded
+/// when it starts running — one refused earlier may be retried — and while
+/// it runs dedup answers its copies as in flight. Bounded: when full, new
+/// signed commands are refused as busy (retryable) rather than forgetting
+/// one that could then run twice; commands already admitted may still add
+/// up to `commands.max_in_flight` beyond the bound.
 #[derive(Debug)]
 pub struct ReplayGuard {
     deadlines: HashMap<String, i64>,
@@ -266,14 +269,9 @@ impl ReplayGuard {
         }
     }
 
-    /// Records a verified signed command about to be decided; refuses it if
-    /// the same id already ran or runs within its deadline.
-    pub fn claim(
-        &mut self,
-        command_id: &str,
-        deadline_unix_ms: i64,
-        now_unix_ms: i64,
-    ) -> Result<(), CommandError> {
+    /// Whether a verified signed command may go on: not if the same id ran
+    /// within its deadline, nor while the guard is full.
+    pub fn check(&mut self, command_id: &str, now_unix_ms: i64) -> Result<(), CommandError> {
         self.expire(now_unix_ms);
         if self.deadlines.contains_key(command_id) {
             return Err(CommandError::SignatureInvalid(
@@ -283,22 +281,23 @@ impl ReplayGuard {
         }
         if self.deadlines.len() >= self.max_entries {
             return Err(CommandError::busy(format!(
-                "{} signed commands are within their deadlines (commands.dedup_max_entries); retry once some expire",
+                "{} signed commands that ran are still within their deadlines (commands.dedup_max_entries); retry once some expire",
                 self.deadlines.len()
             )));
         }
-        self.deadlines
-            .insert(command_id.to_string(), deadline_unix_ms);
-        self.by_deadline
-            .insert((deadline_unix_ms, command_id.to_string()));
         Ok(())
     }
 
-    /// A claimed command was refused before it ran: a retry may run it.
-    pub fn release(&mut self, command_id: &str) {
-        if let Some(deadline) = self.deadlines.remove(command_id) {
-            self.by_deadline.remove(&(deadline, command_id.to_string()));
+    /// A verified signed command started running.
+    pub fn record(&mut self, command_id: &str, deadline_unix_ms: i64) {
+        if let Some(old) = self
+            .deadlines
+            .insert(command_id.to_string(), deadline_unix_ms)
+        {
+            self.by_deadline.remove(&(old, command_id.to_string()));
         }
+        self.by_deadline
+            .insert((deadline_unix_ms, command_id.to_string()));
     }
 
     pub fn len(&self) -> usize {
@@ -574,20 +573,22 @@ mod tests {
     #[test]
     fn the_replay_guard_refuses_a_replay_until_the_deadline() {
         let mut guard = ReplayGuard::new(2);
-        assert_eq!(guard.claim("a", NOW + 10, NOW), Ok(()));
-        let replay = guard.claim("a", NOW + 10, NOW + 5).unwrap_err();
+        assert_eq!(guard.check("a", NOW), Ok(()));
+        guard.record("a", NOW + 10);
+        let replay = guard.check("a", NOW + 5).unwrap_err();
         assert_eq!(replay.code(), Code::SignatureInvalid);
         assert!(replay.to_string().contains("replay"));
         // Full: refused as busy, nothing forgotten.
-        assert_eq!(guard.claim("b", NOW + 20, NOW), Ok(()));
-        let full = guard.claim("c", NOW + 20, NOW).unwrap_err();
+        guard.record("b", NOW + 20);
+        let full = guard.check("c", NOW).unwrap_err();
         assert!(full.retryable(), "{full}");
-        // Refused before it ran: released, may run on a retry.
-        guard.release("b");
-        assert_eq!(guard.claim("c", NOW + 20, NOW), Ok(()));
-        // Past its deadline an entry is gone (and admission refuses the
-        // expired command before the guard is asked).
-        assert_eq!(guard.claim("d", NOW + 30, NOW + 10), Ok(()));
-        assert_eq!(guard.len(), 2);
+        assert_eq!(guard.check("b", NOW).unwrap_err().code(), Code::SignatureInvalid);
+        // Past its deadline an entry is gone (admission refuses the expired
+        // command itself before the guard is asked).
+        assert_eq!(guard.check("a", NOW + 10), Ok(()));
+        assert_eq!(guard.len(), 1);
+        guard.record("a", NOW + 30);
+        assert_eq!(guard.check("a", NOW + 21).unwrap_err().code(), Code::SignatureInvalid);
+        assert_eq!(guard.len(), 1, "b expired at NOW + 20");
     }
 }
