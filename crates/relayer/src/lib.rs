@@ -17,6 +17,7 @@ pub mod error_chain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
+pub mod keytool;
 pub mod kube;
 pub mod logging;
 pub mod metrics;

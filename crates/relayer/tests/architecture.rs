@@ -22,6 +22,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("commands", 1),
     ("credentials", 1),
     ("supervisor", 1),
+    // The key holders' tools (keygen, sign): files and JSON over the lock's
+    // formats.
+    ("keytool", 1),
     // I/O edges below the actors.
     ("kube", 2),
     ("connection", 2),

@@ -25,9 +25,7 @@ use super::context::RelayContext;
 use super::ledger::{CommandTicket, Stage};
 use super::messages::{Execute, Validated};
 use crate::clock::now_unix_ms;
-use crate::commands::admission::{
-    arrive, decide, validates_off_thread, Arrival, Arriving, Gate,
-};
+use crate::commands::admission::{arrive, decide, validates_off_thread, Arrival, Arriving, Gate};
 use crate::commands::outcome::{action_name, rejected, succeeded, CommandError};
 use crate::commands::signature::{command_to_run, verified_key_id};
 use crate::commands::validate::{validate, ValidatedCommand};

@@ -285,7 +285,12 @@ mod tests {
         outbox.on_welcome(epoch, 0);
         let dedup = DedupCache::new(Duration::from_secs(600), 100, 1 << 20);
         (
-            Arc::new(CommandLedger::new(dedup, ReplayGuard::new(100), outbox.clone(), metrics.clone())),
+            Arc::new(CommandLedger::new(
+                dedup,
+                ReplayGuard::new(100),
+                outbox.clone(),
+                metrics.clone(),
+            )),
             outbox,
             metrics,
             epoch,

@@ -248,9 +248,9 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::commands::signer::{generate, Signer};
     use crate::config::CommandsConfig;
     use crate::proto::command::Action;
+    use crate::proto::signing::{generate, Signer};
     use crate::proto::{error::Code, GetClusterInfo, ObjectRef, Ping, ScaleWorkload};
 
     const NOW: i64 = 1_700_000_000_000;
@@ -634,7 +634,11 @@ mod tests {
             },
             Row {
                 locked: true,
-                ..row("4 locked: unsigned read runs", info("c1"), Expect::Admitted("cluster_info"))
+                ..row(
+                    "4 locked: unsigned read runs",
+                    info("c1"),
+                    Expect::Admitted("cluster_info"),
+                )
             },
             Row {
                 locked: true,

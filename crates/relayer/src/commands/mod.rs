@@ -8,5 +8,4 @@ pub mod outcome;
 pub mod policy;
 pub mod rate;
 pub mod signature;
-pub mod signer;
 pub mod validate;

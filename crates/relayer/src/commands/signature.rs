@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use prost::Message as _;
-use ring::signature::{UnparsedPublicKey, ED25519};
 
 use super::outcome::{action_name, CommandError};
 use crate::config::verify_keys::{check_key_id, parse_public_key, ED25519_PUBLIC_KEY_BYTES};
 use crate::config::{CommandsConfig, ALL_ACTIONS};
-use crate::proto::{signing_input, Command, SignedCommand};
+use crate::proto::signing::verify;
+use crate::proto::{Command, SignedCommand};
 
 /// `Hello.labels` key: the key ids the relayer verifies with.
 pub const LABEL_SIGNATURE_KEYS: &str = "consonant.signature-keys";
@@ -173,15 +173,13 @@ impl ClusterLock {
                 self.key_ids()
             )));
         };
-        let input = signing_input(cluster_id, &signed.command);
-        UnparsedPublicKey::new(&ED25519, key)
-            .verify(&input, &signed.signature)
-            .map_err(|_| {
-                CommandError::SignatureInvalid(format!(
-                    "the signature does not verify with key {:?} for cluster {cluster_id}: it was made with another key, for another cluster, or over other bytes",
-                    signed.key_id
-                ))
-            })
+        if verify(key, cluster_id, &signed.command, &signed.signature) {
+            return Ok(());
+        }
+        Err(CommandError::SignatureInvalid(format!(
+            "the signature does not verify with key {:?} for cluster {cluster_id}: it was made with another key, for another cluster, or over other bytes",
+            signed.key_id
+        )))
     }
 
     fn check_deadline(&self, deadline_unix_ms: i64, now_unix_ms: i64) -> Result<(), CommandError> {
@@ -322,8 +320,8 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::signer::{generate, Signer};
     use crate::proto::command::Action;
+    use crate::proto::signing::{generate, Signer};
     use crate::proto::{error::Code, Ping, ScaleWorkload, TraceContext};
 
     const NOW: i64 = 1_700_000_000_000;
@@ -582,13 +580,19 @@ mod tests {
         guard.record("b", NOW + 20);
         let full = guard.check("c", NOW).unwrap_err();
         assert!(full.retryable(), "{full}");
-        assert_eq!(guard.check("b", NOW).unwrap_err().code(), Code::SignatureInvalid);
+        assert_eq!(
+            guard.check("b", NOW).unwrap_err().code(),
+            Code::SignatureInvalid
+        );
         // Past its deadline an entry is gone (admission refuses the expired
         // command itself before the guard is asked).
         assert_eq!(guard.check("a", NOW + 10), Ok(()));
         assert_eq!(guard.len(), 1);
         guard.record("a", NOW + 30);
-        assert_eq!(guard.check("a", NOW + 21).unwrap_err().code(), Code::SignatureInvalid);
+        assert_eq!(
+            guard.check("a", NOW + 21).unwrap_err().code(),
+            Code::SignatureInvalid
+        );
         assert_eq!(guard.len(), 1, "b expired at NOW + 20");
     }
 }

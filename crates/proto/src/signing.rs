@@ -1,7 +1,11 @@
-//! The signer's side of the cluster lock, for `consonant-relayer keygen`
-//! and `sign` (the people who hold the keys run the same binary) and the
-//! tests: Ed25519 key pairs in PKCS#8 PEM, and a command wrapped in a
-//! `SignedCommand` for one cluster. No I/O: files are the caller's.
+//! Signed commands (protocol.md "Signed commands"), both sides: the signing
+//! input, the `ed25519:<base64>` public key form of `verify_keys`, Ed25519
+//! key pairs in PKCS#8 PEM, a command wrapped in a `SignedCommand` for one
+//! cluster, and verifying one. The relayer (its lock, `keygen`, `sign`) and
+//! the reference backend use this one implementation, so they cannot
+//! disagree on a byte. No I/O: files are the caller's.
+
+#![warn(clippy::all)]
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -9,8 +13,71 @@ use prost::Message as _;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
-use crate::config::verify_keys::{format_public_key, ED25519_PUBLIC_KEY_BYTES};
-use crate::proto::{signing_input, Command, SignedCommand};
+use ring::signature::{UnparsedPublicKey, ED25519};
+
+use crate::{Command, SignedCommand};
+
+/// The first line of every signing input.
+pub const SIGNING_CONTEXT: &[u8] = b"consonant-relayer/v1/command";
+
+/// The prefix of a public key in `verify_keys`, and of `keygen`'s output.
+pub const ED25519_PREFIX: &str = "ed25519:";
+
+/// An Ed25519 public key's length.
+pub const ED25519_PUBLIC_KEY_BYTES: usize = 32;
+
+/// The signing input: `consonant-relayer/v1/command`, a newline, the
+/// relayer's `cluster_id`, a newline, then `SignedCommand.command` exactly
+/// as sent.
+pub fn signing_input(cluster_id: &str, command: &[u8]) -> Vec<u8> {
+    let mut input =
+        Vec::with_capacity(SIGNING_CONTEXT.len() + cluster_id.len() + command.len() + 2);
+    input.extend_from_slice(SIGNING_CONTEXT);
+    input.push(b'\n');
+    input.extend_from_slice(cluster_id.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(command);
+    input
+}
+
+/// Whether `signature` is `key`'s Ed25519 signature of `command` for
+/// `cluster_id`.
+pub fn verify(
+    key: &[u8; ED25519_PUBLIC_KEY_BYTES],
+    cluster_id: &str,
+    command: &[u8],
+    signature: &[u8],
+) -> bool {
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&signing_input(cluster_id, command), signature)
+        .is_ok()
+}
+
+/// Parses `"ed25519:<base64>"` into the 32 key bytes; the error says what is
+/// wrong (never repeating the value).
+pub fn parse_public_key(value: &str) -> Result<[u8; ED25519_PUBLIC_KEY_BYTES], String> {
+    let Some(encoded) = value.strip_prefix(ED25519_PREFIX) else {
+        return Err(format!(
+            "is not \"{ED25519_PREFIX}<base64 of the 32-byte public key>\" (the form `consonant-relayer keygen` prints)"
+        ));
+    };
+    let bytes = STANDARD.decode(encoded.trim()).map_err(|_| {
+        format!(
+            "is not valid base64 after \"{ED25519_PREFIX}\": use the public key `consonant-relayer keygen` prints"
+        )
+    })?;
+    <[u8; ED25519_PUBLIC_KEY_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "decodes to {} bytes; an Ed25519 public key is {ED25519_PUBLIC_KEY_BYTES}",
+            bytes.len()
+        )
+    })
+}
+
+/// The `ed25519:…` form of a public key.
+pub fn format_public_key(key: &[u8; ED25519_PUBLIC_KEY_BYTES]) -> String {
+    format!("{ED25519_PREFIX}{}", STANDARD.encode(key))
+}
 
 /// Why a key could not be made or read. Messages never hold key bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +181,48 @@ fn pem(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signing_input_is_context_cluster_and_command_on_lines() {
+        assert_eq!(
+            signing_input("cls_1", b"\x0a\x02id"),
+            b"consonant-relayer/v1/command\ncls_1\n\x0a\x02id".to_vec()
+        );
+    }
+
+    #[test]
+    fn public_keys() {
+        let key = [7u8; 32];
+        let text = format_public_key(&key);
+        assert!(text.starts_with("ed25519:"));
+        assert_eq!(parse_public_key(&text), Ok(key));
+        let cases: [(&str, &str); 4] = [
+            ("AAAA", "is not \"ed25519:"),
+            ("rsa:AAAA", "is not \"ed25519:"),
+            ("ed25519:!!!", "not valid base64"),
+            ("ed25519:AAAA", "decodes to 3 bytes"),
+        ];
+        for (value, error) in cases {
+            let got = parse_public_key(value).unwrap_err();
+            assert!(got.contains(error), "{value}: {got}");
+        }
+    }
+
+    #[test]
+    fn a_signature_verifies_for_its_cluster_and_bytes_only() {
+        let (private, public) = generate().unwrap();
+        let signer = Signer::from_pem("ops", private.as_bytes()).unwrap();
+        let key = parse_public_key(&public).unwrap();
+        let inner = Command {
+            command_id: "c1".into(),
+            ..Default::default()
+        };
+        let outer = signer.sign(&inner, "cls_1");
+        let signed = outer.signed.unwrap();
+        assert!(verify(&key, "cls_1", &signed.command, &signed.signature));
+        assert!(!verify(&key, "cls_2", &signed.command, &signed.signature));
+        assert!(!verify(&key, "cls_1", b"other", &signed.signature));
+    }
 
     #[test]
     fn a_generated_key_reads_back_with_the_same_public_key() {
