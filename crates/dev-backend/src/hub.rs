@@ -52,11 +52,17 @@ pub struct DevBackendState {
     /// Set by shutdown: every new `Connect` gets UNAVAILABLE.
     stopping: AtomicBool,
     pub(crate) stats: Stats,
+    /// Signs commands submitted unsigned (`--signing-key`).
+    signer: Option<std::sync::Arc<consonant_proto::signing::Signer>>,
 }
 
 impl DevBackendState {
-    pub(crate) fn new(bootstrap_tokens: Vec<Secret>) -> Self {
+    pub(crate) fn new(
+        bootstrap_tokens: Vec<Secret>,
+        signer: Option<std::sync::Arc<consonant_proto::signing::Signer>>,
+    ) -> Self {
         Self {
+            signer,
             clusters: Registry::default(),
             bootstrap: Mutex::new(BootstrapTokens::new(bootstrap_tokens)),
             faults: FaultSwitches::default(),

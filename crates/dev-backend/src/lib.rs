@@ -47,6 +47,7 @@ pub use hub::{
 pub use otlp::{count as count_otlp, OtlpCounts, OtlpError};
 
 use consonant_proto::relay_service_server::RelayServiceServer;
+use consonant_proto::signing::Signer;
 use consonant_secret::Secret;
 
 /// How long `shutdown` waits for the servers before aborting them.
@@ -91,6 +92,12 @@ pub struct DevBackendArgs {
     /// Heartbeat interval imposed on both sides (sent in Welcome), e.g. 10s; default: the relayer's.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// Sign every command the admin API takes unsigned with this Ed25519 private key (PKCS#8 PEM, from `consonant-relayer keygen`), for the cluster it is sent to; commands given already signed pass as they are. A stand-in for an approval service: a real backend never holds the keys.
+    #[arg(long, value_name = "FILE", requires = "signing_key_id")]
+    pub signing_key: Option<std::path::PathBuf>,
+    /// The key id of --signing-key in the relayers' commands.verify_keys.
+    #[arg(long, value_name = "ID", requires = "signing_key")]
+    pub signing_key_id: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -138,7 +145,15 @@ pub struct DevBackendOptions {
     /// backend reads; `None` announces 0 (the protocol's 4 MiB). In process
     /// only (tests of the relayer honouring a smaller limit).
     pub max_frame_bytes: Option<u32>,
+    /// Signs every command submitted unsigned for the cluster it goes to
+    /// (a missing deadline becomes [`SIGNED_COMMAND_TTL`] from now);
+    /// commands submitted already signed pass as given.
+    pub signer: Option<Arc<Signer>>,
 }
+
+/// The deadline the backend gives a command it signs that has none: well
+/// within the relayer's default `commands.dedup_retention` (10 minutes).
+pub const SIGNED_COMMAND_TTL: Duration = Duration::from_secs(300);
 
 /// A PEM certificate chain and private key for the gRPC listener.
 #[derive(Clone)]
@@ -164,13 +179,28 @@ impl Default for DevBackendOptions {
             heartbeat_interval: None,
             grpc_tls: None,
             max_frame_bytes: None,
+            signer: None,
         }
     }
 }
 
-impl From<DevBackendArgs> for DevBackendOptions {
-    fn from(args: DevBackendArgs) -> Self {
-        Self {
+impl TryFrom<DevBackendArgs> for DevBackendOptions {
+    type Error = DevBackendError;
+
+    fn try_from(args: DevBackendArgs) -> Result<Self, DevBackendError> {
+        let signer = match (&args.signing_key, &args.signing_key_id) {
+            (Some(path), Some(key_id)) => {
+                let pem = std::fs::read(path).map_err(|error| {
+                    DevBackendError::SigningKey(format!("{}: {error}", path.display()))
+                })?;
+                let signer = Signer::from_pem(key_id, &pem).map_err(|error| {
+                    DevBackendError::SigningKey(format!("{}: {error}", path.display()))
+                })?;
+                Some(Arc::new(signer))
+            }
+            _ => None,
+        };
+        Ok(Self {
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
             bootstrap_tokens: args.bootstrap_tokens.into_iter().map(Secret::new).collect(),
@@ -182,13 +212,16 @@ impl From<DevBackendArgs> for DevBackendOptions {
             heartbeat_interval: args.heartbeat_interval,
             grpc_tls: None,
             max_frame_bytes: None,
-        }
+            signer,
+        })
     }
 }
 
 /// Why the backend could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevBackendError {
+    #[error("--signing-key {0}")]
+    SigningKey(String),
     #[error("the gRPC TLS certificate or key is unusable: {0}")]
     Tls(String),
     #[error(
@@ -262,7 +295,7 @@ impl Drop for DevBackendHandle {
 
 /// Binds both listeners and serves until the handle is shut down or dropped.
 pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBackendError> {
-    let state = Arc::new(DevBackendState::new(opts.bootstrap_tokens));
+    let state = Arc::new(DevBackendState::new(opts.bootstrap_tokens, opts.signer));
     for (id, token) in opts.clusters {
         state.add_cluster(&id, token);
     }
@@ -354,7 +387,7 @@ pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBacke
 
 /// Runs `dev-backend` until Ctrl-C or SIGTERM.
 pub async fn run(args: DevBackendArgs) -> anyhow::Result<()> {
-    let handle = start(args.into()).await?;
+    let handle = start(DevBackendOptions::try_from(args)?).await?;
     tracing::info!(
         grpc = %handle.grpc_addr, http = %handle.http_addr,
         "reference backend listening (in memory only, not a production backend)"

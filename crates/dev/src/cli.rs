@@ -1,5 +1,5 @@
 //! `consonant-relayer-dev`: every subcommand of the production binary
-//! (`run`, `register`, `check-config`) plus `dev-backend` (the reference
+//! (`run`, `register`, `check-config`, `keygen`, `sign`) plus `dev-backend` (the reference
 //! backend, dev-backend.md's exact command line) and `demo`.
 
 use clap::{Parser, Subcommand};

@@ -54,6 +54,7 @@ impl DevBackendState {
         waiter: Option<oneshot::Sender<proto::CommandResult>>,
     ) -> Result<String, ClusterError> {
         let cluster = self.cluster(cluster_id)?;
+        let command = self.signed_if_configured(cluster_id, command);
         let mut inner = cluster.inner.lock();
         if inner.revoked {
             return Err(ClusterError::Revoked(cluster_id.to_string()));
@@ -66,6 +67,32 @@ impl DevBackendState {
             }
         }
         Ok(id.to_string())
+    }
+
+    /// With `--signing-key`, an unsigned command as its signer would send
+    /// it for `cluster_id` (an id and a deadline filled in first: both are
+    /// inside the signature). Signed ones, and all without a key, as given.
+    fn signed_if_configured(
+        &self,
+        cluster_id: &str,
+        mut command: proto::Command,
+    ) -> proto::Command {
+        let Some(signer) = &self.signer else {
+            return command;
+        };
+        if command.signed.is_some() {
+            return command;
+        }
+        if command.command_id.is_empty() {
+            command.command_id = uuid::Uuid::new_v4().to_string();
+        }
+        if command.deadline_unix_ms == 0 {
+            let deadline = SystemTime::now() + crate::SIGNED_COMMAND_TTL;
+            command.deadline_unix_ms = deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64);
+        }
+        signer.sign(&command, cluster_id)
     }
 
     /// Forgets a command entirely (as a backend that lost its state would).

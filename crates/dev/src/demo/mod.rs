@@ -13,6 +13,13 @@
 //! tests use), reached through a kubeconfig like any other cluster. A sample
 //! Deployment `web` (label `app.kubernetes.io/managed-by=consonant`) is
 //! applied through the relayer at start, so the printed `scale` works.
+//!
+//! The cluster is locked (docs/cluster-lock.md): the demo makes an Ed25519
+//! key pair (`demo-signer.key` in its work directory, key id `demo`), the
+//! relayer trusts its public key in `commands.verify_keys`, and the demo's
+//! state-changing commands are signed as an approval service would sign
+//! them. An unsigned `scale` is refused with SIGNATURE_INVALID; the printed
+//! `sign | curl` line shows the same scale signed and accepted.
 
 mod scenario;
 
@@ -25,6 +32,7 @@ use clap::Args;
 
 use consonant_dev_backend::{self as devbackend, DevBackendHandle, DevBackendOptions};
 use consonant_kube_sim::{SimCluster, SimHandle, SimOptions};
+use consonant_proto::signing::{generate, Signer};
 use consonant_relayer::config::RelayerConfig;
 use consonant_relayer::register::token::BootstrapToken;
 use consonant_relayer::register::{Outcome, RegisterPlan};
@@ -34,6 +42,9 @@ use consonant_secret::Secret;
 /// Where `register` writes the cluster's credentials (the chart's defaults).
 pub const SECRET_NAMESPACE: &str = "consonant-system";
 pub const SECRET_NAME: &str = "consonant-relayer-cluster";
+
+/// The key id the demo's signer goes by in `commands.verify_keys`.
+pub const DEMO_KEY_ID: &str = "demo";
 
 /// The sample workload the demo applies and scales.
 pub use consonant_kube_sim::SAMPLE_DEPLOYMENT;
@@ -55,6 +66,8 @@ pub struct Demo {
     pub health: String,
     /// The relayer's OTLP/HTTP receiver (`http://127.0.0.1:4318` when free).
     pub otlp_http: String,
+    /// Signs the demo's state-changing commands for the locked cluster.
+    pub signer: Signer,
     workdir: PathBuf,
 }
 
@@ -180,6 +193,25 @@ impl Demo {
         let workdir =
             std::env::temp_dir().join(format!("consonant-demo-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(workdir.join("credentials"))?;
+
+        // Lock the cluster with a key of the demo's own, as `keygen` makes.
+        let (private_pem, public) = generate()?;
+        let key_file = workdir.join("demo-signer.key");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_file)?
+                .write_all(private_pem.as_bytes())?;
+        }
+        let signer = Signer::from_pem(DEMO_KEY_ID, private_pem.as_bytes())?;
+        config
+            .commands
+            .verify_keys
+            .insert(DEMO_KEY_ID.to_string(), public);
         mount_secret(&sim, &workdir.join("credentials")).await?;
         sim.write_kubeconfig(&workdir.join("kubeconfig"))?;
 
@@ -210,6 +242,7 @@ impl Demo {
             admin,
             health,
             otlp_http,
+            signer,
             workdir,
         };
         demo.wait_connected(Duration::from_secs(10)).await?;
@@ -234,20 +267,54 @@ impl Demo {
             .await
     }
 
-    /// Sends one command through the backend's admin API and waits for its result.
+    /// Sends one command through the backend's admin API and waits for its
+    /// result; an action the lock requires signed goes signed, as the
+    /// approval service would sign it.
     pub async fn command(&self, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let url = format!(
-            "{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=15000",
-            self.admin, self.cluster_id
-        );
-        let response = reqwest::Client::new().post(&url).json(&body).send().await?;
-        let status = response.status();
-        let result: serde_json::Value = response.json().await?;
+        let locked = ["apply", "delete", "scale", "restart"]
+            .iter()
+            .any(|action| body.get(action).is_some());
+        let sent = if locked {
+            self.sign(&body)?
+        } else {
+            body.clone()
+        };
+        let (status, result) = self.send(&sent).await?;
         anyhow::ensure!(
             status.is_success() && result["status"] == "SUCCEEDED",
             "command {body} answered HTTP {status}: {result}"
         );
         Ok(result)
+    }
+
+    /// `body` (one Command in the proto3 JSON mapping) signed for this
+    /// cluster with a 5-minute deadline, as `consonant-relayer sign --ttl 5m`
+    /// prints it.
+    pub fn sign(&self, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let mut command: consonant_proto::Command = serde_json::from_value(body.clone())?;
+        if command.command_id.is_empty() {
+            command.command_id = uuid::Uuid::new_v4().to_string();
+        }
+        if command.deadline_unix_ms == 0 {
+            command.deadline_unix_ms = consonant_relayer::clock::now_unix_ms() + 300_000;
+        }
+        Ok(serde_json::to_value(
+            self.signer.sign(&command, &self.cluster_id),
+        )?)
+    }
+
+    /// Posts one command as given and waits for its result, whatever it is.
+    pub async fn send(
+        &self,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let url = format!(
+            "{}/api/v1/clusters/{}/commands?wait=true&timeout_ms=15000",
+            self.admin, self.cluster_id
+        );
+        let response = reqwest::Client::new().post(&url).json(body).send().await?;
+        let status = response.status();
+        Ok((status, response.json().await?))
     }
 
     /// Waits until the relayer reports a live stream.
@@ -291,9 +358,19 @@ impl Demo {
             "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{{\"ping\": {{\"payload\": \"aGVsbG8=\"}}}}'\n",
             self.admin
         );
-        println!("  # scale the sample Deployment (applied at start) to 3 replicas");
+        let scale = r#"{"scale": {"target": {"api_version": "apps/v1", "kind": "Deployment", "namespace": "default", "name": "web"}, "replicas": 3}}"#;
+        println!("  # the cluster is locked: an unsigned scale is REJECTED with SIGNATURE_INVALID");
         println!(
-            "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{{\"scale\": {{\"target\": {{\"api_version\": \"apps/v1\", \"kind\": \"Deployment\", \"namespace\": \"default\", \"name\": \"web\"}}, \"replicas\": 3}}}}'\n",
+            "  curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d '{scale}'\n",
+            self.admin
+        );
+        let me = std::env::current_exe()
+            .map(|path| path.display().to_string())
+            .unwrap_or_else(|_| "consonant-relayer".into());
+        println!("  # the same scale signed with the demo's key (key id {DEMO_KEY_ID}): SUCCEEDED, 3 replicas");
+        println!(
+            "  echo '{scale}' | {me} sign --key-file {} --key-id {DEMO_KEY_ID} --cluster-id {id} --ttl 5m | curl -s -X POST '{}/api/v1/clusters/{id}/commands?wait=true' -H 'content-type: application/json' -d @-\n",
+            self.workdir.join("demo-signer.key").display(),
             self.admin
         );
         println!("  # cluster events the relayer reported (readiness changes, failing pods)");

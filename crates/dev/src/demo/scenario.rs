@@ -22,7 +22,14 @@ pub(super) async fn run(demo: &Demo) -> bool {
             "apply the sample Deployment (server-side apply)",
             apply_sample,
         ),
-        ("scale it to 3 and see 3 running pods", scale_to_three),
+        (
+            "locked cluster: an unsigned scale is refused",
+            unsigned_scale_refused,
+        ),
+        (
+            "scale it to 3, signed, and see 3 running pods",
+            scale_to_three,
+        ),
         ("read a pod's logs", read_logs),
         ("the backend got a workload.status event", readiness_event),
         ("send 10 OTLP spans; the backend counts them", send_spans),
@@ -262,6 +269,29 @@ fn apply_sample<'a>(
             applied["kind"], applied["namespace"], applied["name"]
         )
         .replace('"', ""))
+    })
+}
+
+fn unsigned_scale_refused<'a>(
+    demo: &'a Demo,
+    _: &'a reqwest::Client,
+) -> futures::future::BoxFuture<'a, StepResult> {
+    Box::pin(async move {
+        let target = serde_json::json!({"api_version": "apps/v1", "kind": "Deployment", "namespace": "default", "name": "web"});
+        let (status, result) = demo
+            .send(&serde_json::json!({"scale": {"target": target, "replicas": 3}}))
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.is_success()
+            && result["status"] == "REJECTED"
+            && result["error"]["code"] == "SIGNATURE_INVALID"
+        {
+            Ok("REJECTED SIGNATURE_INVALID, nothing ran".into())
+        } else {
+            Err(format!(
+                "expected REJECTED SIGNATURE_INVALID, got HTTP {status}: {result}"
+            ))
+        }
     })
 }
 

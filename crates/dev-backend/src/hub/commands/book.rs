@@ -49,7 +49,13 @@ pub(crate) struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// The action's name; a signed command's is read from inside it.
     pub(crate) fn action(&self) -> &'static str {
+        if let (None, Some(signed)) = (&self.command.action, &self.command.signed) {
+            use prost::Message as _;
+            return proto::Command::decode(signed.command.as_ref())
+                .map_or("signed", |inner| action_name(inner.action.as_ref()));
+        }
         action_name(self.command.action.as_ref())
     }
 }
