@@ -24,8 +24,8 @@
 //!    UNAVAILABLE, not retryable;
 //! 9. **rate limit** → REJECTED RATE_LIMITED, retryable;
 //! 10. **capacity**: `commands.max_in_flight` Kubernetes commands running,
-//!    or the replay buffer past its command limit → REJECTED UNAVAILABLE,
-//!    retryable.
+//!     or the replay buffer past its command limit → REJECTED UNAVAILABLE,
+//!     retryable.
 //!
 //! Dedup, the replay guard and the rate limiter hold state, so they come in
 //! as calls made at exactly their place in the order: a command refused by

@@ -51,7 +51,7 @@ pub enum Opened {
     /// `key_id` names the key that verified it, `None` when no keys are
     /// configured and it runs unverified.
     Signed {
-        inner: Command,
+        inner: Box<Command>,
         key_id: Option<String>,
     },
 }
@@ -162,7 +162,10 @@ impl ClusterLock {
         if outer.trace.is_some() {
             inner.trace = outer.trace.clone();
         }
-        Ok(Opened::Signed { inner, key_id })
+        Ok(Opened::Signed {
+            inner: Box::new(inner),
+            key_id,
+        })
     }
 
     fn verify(&self, signed: &SignedCommand, cluster_id: &str) -> Result<(), CommandError> {
@@ -232,7 +235,7 @@ pub fn command_to_run(outer: Command, opened: Opened) -> Command {
                 key_id,
                 ..Default::default()
             });
-            inner
+            *inner
         }
     }
 }
