@@ -162,7 +162,8 @@ port 50051; https 443, http 80, grpc/grpcs 50051 when no port is given).
 
 {{/*
 Checks that values.schema.json cannot express clearly (and repeats the TLS
-rule for --skip-schema-validation). Every message names the value and the fix.
+and cluster-lock key rules for --skip-schema-validation: a bad verify key
+would stop the relayer at start). Every message names the value and the fix.
 */}}
 {{- define "consonant-relayer.validate" -}}
 {{- if not .Values.cluster.name -}}
@@ -186,6 +187,14 @@ rule for --skip-schema-validation). Every message names the value and the fix.
 {{- end -}}
 {{- if and .Values.auth.bearerToken .Values.auth.existingSecret -}}
 {{- fail "auth: both auth.bearerToken and auth.existingSecret are set: give only one (auth.existingSecret is recommended)" -}}
+{{- end -}}
+{{- end -}}
+{{- range $id, $key := .Values.commands.verifyKeys -}}
+{{- if not (regexMatch "^[A-Za-z0-9._-]{1,64}$" $id) -}}
+{{- fail (printf "commands.verifyKeys: key id %q is not a key id: use 1 to 64 letters, digits, '.', '_' or '-' (e.g. \"ops-2026\")" $id) -}}
+{{- end -}}
+{{- if not (regexMatch "^ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$" (toString $key)) -}}
+{{- fail (printf "commands.verifyKeys.%s is not \"ed25519:<base64 of the 32-byte public key>\": use the public key `consonant-relayer keygen` prints" $id) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (has "*" .Values.commands.allowedNamespaces) (gt (len .Values.commands.allowedNamespaces) 1) -}}
@@ -257,6 +266,8 @@ dedup_max_bytes = {{ include "consonant-relayer.tomlUnit" $v.commands.dedupMaxBy
 allowed_namespaces = {{ include "consonant-relayer.commandNamespaces" . }}
 denied_kinds = {{ $v.commands.deniedKinds | toJson }}
 allowed_actions = {{ $v.commands.allowedActions | toJson }}
+verify_keys = {{ include "consonant-relayer.tomlTable" $v.commands.verifyKeys }}
+signed_actions = {{ $v.commands.signedActions | toJson }}
 
 [telemetry]
 enabled = {{ $v.telemetry.enabled }}

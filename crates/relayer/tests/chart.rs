@@ -20,10 +20,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -1475,6 +1477,218 @@ fn bad_values_fail_with_a_clear_message() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+// ---------------------------------------------------------------- cluster lock
+
+/// A well-formed `verify_keys` value: `ed25519:` and the base64 of 32 bytes.
+fn verify_key(byte: u8) -> String {
+    format!("ed25519:{}", STANDARD.encode([byte; 32]))
+}
+
+/// `[commands] verify_keys` and `signed_actions` of a relayer TOML.
+fn lock_of(toml_text: &str) -> (BTreeMap<String, String>, Vec<String>) {
+    let table: toml::Table = toml_text
+        .parse()
+        .unwrap_or_else(|e| panic!("not TOML ({e}):\n{toml_text}"));
+    let commands = table["commands"].as_table().expect("[commands]");
+    let keys = commands["verify_keys"]
+        .as_table()
+        .expect("verify_keys is a table")
+        .iter()
+        .map(|(id, key)| (id.clone(), key.as_str().expect("a string key").to_string()))
+        .collect();
+    let actions = commands["signed_actions"]
+        .as_array()
+        .expect("signed_actions is a list")
+        .iter()
+        .map(|a| a.as_str().expect("a string action").to_string())
+        .collect();
+    (keys, actions)
+}
+
+#[test]
+fn the_cluster_lock_reaches_the_config_and_the_notes() {
+    let case = quick_start();
+    let (ops, kms) = (verify_key(7), verify_key(0xa5));
+    let keys = format!(r#"commands.verifyKeys={{"ops-2026":"{ops}","kms":"{kms}"}}"#);
+    let locked = [
+        "--set-json",
+        keys.as_str(),
+        "--set",
+        "commands.signedActions={apply,delete,scale,restart,logs}",
+    ];
+    let want_keys = BTreeMap::from([("kms".to_string(), kms), ("ops-2026".to_string(), ops)]);
+    let want_actions = ["apply", "delete", "scale", "restart", "logs"].map(String::from);
+
+    // The rendered TOML holds exactly those keys and actions, and the relayer
+    // reads exactly them (check-config prints the effective config as TOML).
+    let toml_text = relayer_toml(&documents(&render(&case, &locked)), true);
+    assert_eq!(
+        lock_of(&toml_text),
+        (want_keys.clone(), want_actions.to_vec()),
+        "{toml_text}"
+    );
+    let out = check_config(&toml_text);
+    assert!(
+        out.status.success(),
+        "check-config rejected the locked config:\n{}\n{toml_text}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        lock_of(&text(&out.stdout)),
+        (want_keys, want_actions.to_vec()),
+        "the relayer's effective config"
+    );
+
+    // By default the lock is off, with the contract's default actions.
+    let toml_text = relayer_toml(&documents(&render(&case, &[])), true);
+    assert_eq!(
+        lock_of(&toml_text),
+        (
+            BTreeMap::new(),
+            ["apply", "delete", "scale", "restart"]
+                .map(String::from)
+                .to_vec()
+        ),
+        "{toml_text}"
+    );
+
+    // NOTES say whether the cluster is locked, by which keys, for what.
+    let notes = install_notes(&case, &locked);
+    for line in [
+        "The cluster is LOCKED: the backend cannot change it without a signature from one of\nthe keys in commands.verifyKeys (kms, ops-2026).",
+        "Must be signed (commands.signedActions): apply, delete, scale, restart, logs",
+        "Still run unsigned: ping, get, list, cluster_info",
+    ] {
+        assert!(notes.contains(line), "no {line:?} in\n{notes}");
+    }
+    assert!(!notes.contains("not locked"), "{notes}");
+    assert!(!notes.contains("change the cluster but"), "{notes}");
+
+    let notes = install_notes(&case, &[]);
+    assert!(
+        notes.contains(
+            "The cluster is not locked: the backend's commands run unsigned. To lock it, set commands.verifyKeys (see docs/cluster-lock.md)."
+        ),
+        "{notes}"
+    );
+    assert!(!notes.contains("LOCKED"), "{notes}");
+
+    // A state-changing action left unsigned is a gap NOTES point out.
+    let notes = install_notes(
+        &case,
+        &[
+            "--set-json",
+            keys.as_str(),
+            "--set",
+            "commands.signedActions={apply,delete}",
+        ],
+    );
+    for line in [
+        "The cluster is LOCKED, with a gap",
+        "WARNING: scale, restart change the cluster but are not in commands.signedActions",
+    ] {
+        assert!(notes.contains(line), "no {line:?} in\n{notes}");
+    }
+    assert!(!notes.contains("cannot change it"), "{notes}");
+}
+
+#[test]
+fn bad_cluster_lock_values_fail_naming_the_field() {
+    let good = verify_key(7);
+    // Keys: not ed25519, not base64 of 32 bytes, or not the canonical
+    // base64 (trailing bits set), which the relayer refuses as well.
+    let bad_keys = [
+        "ed25519:AAAA".to_string(),
+        format!("rsa:{}", STANDARD.encode([7u8; 32])),
+        format!("ed25519:{}", STANDARD.encode([7u8; 33])),
+        good.replace("c=", "d="),
+        good.trim_start_matches("ed25519:").to_string(),
+    ];
+    for key in &bad_keys {
+        refuses(
+            &[&format!("commands.verifyKeys.ops={key}")],
+            &["/commands/verifyKeys/ops", "does not match pattern"],
+        );
+    }
+    // Key ids: a space, a comma (Hello.labels joins ids with commas), too long.
+    for id in ["has space", "ops;2026", &"k".repeat(65)] {
+        refuses(
+            &[&format!("commands.verifyKeys.{id}={good}")],
+            &["/commands/verifyKeys", id, "not allowed"],
+        );
+    }
+    refuses(
+        &["commands.signedActions={apply,exec}"],
+        &["/commands/signedActions/1", "must be one of"],
+    );
+    refuses(
+        &["commands.signedActions={apply,apply}"],
+        &["/commands/signedActions", "equal"],
+    );
+    refuses(
+        &["commands.signedActions=apply"],
+        &["/commands/signedActions"],
+    );
+
+    // What the schema refuses, the relayer refuses too, and the reverse: the
+    // valid TOML with the bad value put in is rejected by check-config.
+    let toml_text = relayer_toml(
+        &documents(&render(
+            &quick_start(),
+            &["--set", &format!("commands.verifyKeys.ops={good}")],
+        )),
+        true,
+    );
+    assert!(check_config(&toml_text).status.success(), "{toml_text}");
+    let mut variants: Vec<String> = bad_keys
+        .iter()
+        .map(|key| toml_text.replace(&good, key))
+        .collect();
+    for id in ["has space", "ops;2026", &"k".repeat(65)] {
+        variants.push(toml_text.replace("\"ops\" =", &format!("\"{id}\" =")));
+    }
+    for variant in variants {
+        assert_ne!(variant, toml_text);
+        let out = check_config(&variant);
+        assert!(!out.status.success(), "check-config accepted\n{variant}");
+        assert!(
+            text(&out.stderr).contains("commands.verify_keys"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // The template's own checks hold without the schema too (a bad key
+    // would stop the relayer at start).
+    for (value, expected) in [
+        (
+            "commands.verifyKeys.ops=ed25519:AAAA".to_string(),
+            "commands.verifyKeys.ops is not \"ed25519:<base64 of the 32-byte public key>\"",
+        ),
+        (
+            format!("commands.verifyKeys.has space={good}"),
+            "commands.verifyKeys: key id \"has space\" is not a key id",
+        ),
+    ] {
+        let out = helm_template(
+            "consonant-system",
+            &set(&[
+                "cluster.name=prod",
+                "backend.url=https://b.company.com",
+                "auth.bearerToken=t",
+                &value,
+            ]),
+            &["--skip-schema-validation"],
+        );
+        assert!(!out.status.success(), "accepted {value}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{value}: {expected:?} missing from\n{}",
+            text(&out.stderr)
+        );
+    }
 }
 
 // ---------------------------------------------------------------- docs
