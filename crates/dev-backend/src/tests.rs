@@ -588,6 +588,20 @@ fn command_line_matches_the_spec() {
     );
     assert_eq!(cli.args.heartbeat_interval, Some(Duration::from_secs(2)));
     assert!(Cli::try_parse_from(["dev-backend", "--cluster", "no-token"]).is_err());
+    // The signing key comes with its id, or not at all.
+    let signing = Cli::try_parse_from([
+        "dev-backend",
+        "--signing-key",
+        "ops.key",
+        "--signing-key-id",
+        "ops",
+    ])
+    .unwrap();
+    assert_eq!(signing.args.signing_key_id.as_deref(), Some("ops"));
+    assert!(Cli::try_parse_from(["dev-backend", "--signing-key", "ops.key"]).is_err());
+    assert!(Cli::try_parse_from(["dev-backend", "--signing-key-id", "ops"]).is_err());
+    let missing = DevBackendOptions::try_from(signing.args).unwrap_err().to_string();
+    assert!(missing.starts_with("--signing-key ops.key: "), "{missing}");
     let help = Cli::command().render_long_help().to_string();
     for needle in [
         "reference implementation",

@@ -456,3 +456,133 @@ async fn on_a_real_cluster_only_the_signed_scale_changes_it() {
         assert_eq!(output["object"]["spec"]["replicas"], 5, "{case}");
     }
 }
+
+/// The key holders' tools in the production binary, end to end: `keygen`
+/// writes a 0600 private key and prints the public key; `sign` turns a
+/// command (JSON on standard input, `--ttl`) into the signed outer command;
+/// the reference backend's admin API takes that JSON as given; the locked
+/// relayer runs it. The same command unsigned is refused.
+#[tokio::test]
+async fn keygen_and_sign_from_the_production_binary_unlock_one_command() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::{Command as Process, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_consonant-relayer");
+    let keygen = Process::new(binary)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("ops"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let public = String::from_utf8(keygen.stdout).unwrap().trim().to_string();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let key_file = dir.path().join("ops.key");
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = Process::new(binary)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("ops"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let backend = backend().await;
+    let relayer = Relayer::start(RelayerOptions::new(&backend).commands(&format!(
+        "verify_keys = {{ ops = \"{public}\" }}\nsigned_actions = [\"ping\"]"
+    )));
+    relayer.wait_connected().await;
+    let admin = format!(
+        "{}/api/v1/clusters/{CLUSTER_ID}/commands?wait=true&timeout_ms=10000",
+        backend.http_url()
+    );
+    let post = |body: String| {
+        let admin = admin.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(&admin)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let command = r#"{"ping": {"payload": "aGVsbG8="}}"#;
+    let refused = post(command.to_string()).await;
+    assert_eq!(refused["status"], "REJECTED", "{refused}");
+    assert_eq!(refused["error"]["code"], "SIGNATURE_INVALID", "{refused}");
+
+    let mut sign = Process::new(binary)
+        .args(["sign", "--key-file"])
+        .arg(&key_file)
+        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID, "--ttl", "2m", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sign.stdin.take().unwrap().write_all(command.as_bytes()).unwrap();
+    let signed = sign.wait_with_output().unwrap();
+    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    let outer: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    assert_eq!(outer["signed"]["key_id"], "ops");
+    assert!(outer.get("ping").is_none(), "the action is inside: {outer}");
+    let ran = post(String::from_utf8(signed.stdout).unwrap()).await;
+    assert_eq!(ran["status"], "SUCCEEDED", "{ran}");
+    assert_eq!(ran["output"]["payload_len"], 5, "{ran}");
+    assert_eq!(ran["command_id"], outer["command_id"]);
+
+    // A command with no deadline and no --ttl is not signed.
+    let no_ttl = Process::new(binary)
+        .args(["sign", "--key-file"])
+        .arg(&key_file)
+        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID])
+        .arg(dir.path().join("command.json"))
+        .output()
+        .unwrap();
+    assert_eq!(no_ttl.status.code(), Some(1));
+    std::fs::write(dir.path().join("command.json"), command).unwrap();
+    let no_ttl = Process::new(binary)
+        .args(["sign", "--key-file"])
+        .arg(&key_file)
+        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID])
+        .arg(dir.path().join("command.json"))
+        .output()
+        .unwrap();
+    assert_eq!(no_ttl.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&no_ttl.stderr).contains("no deadline_unix_ms: pass --ttl"),
+        "{}",
+        String::from_utf8_lossy(&no_ttl.stderr)
+    );
+}
+
+/// The reference backend as a stand-in for an approval service
+/// (`--signing-key`): what is submitted unsigned goes out signed for the
+/// cluster it is sent to, and the locked relayer runs it.
+#[tokio::test]
+async fn the_reference_backend_signs_with_its_signing_key() {
+    let ops = std::sync::Arc::new(signer("ops"));
+    let backend = consonant_dev_backend::start(consonant_dev_backend::DevBackendOptions {
+        clusters: vec![(CLUSTER_ID.to_string(), consonant_relayer::credentials::Secret::new(TOKEN))],
+        signer: Some(ops.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let relayer = Relayer::start(
+        RelayerOptions::new(&backend).commands(&locked(&[&ops], "signed_actions = [\"ping\"]")),
+    );
+    relayer.wait_connected().await;
+    let result = send(&backend, ping(&id(), b"hello")).await;
+    assert_eq!(result.status, Status::Succeeded as i32, "{result:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || relayer.output().contains("key_id=\"ops\"")).await,
+        "{}",
+        relayer.output()
+    );
+}
