@@ -600,7 +600,9 @@ fn command_line_matches_the_spec() {
     assert_eq!(signing.args.signing_key_id.as_deref(), Some("ops"));
     assert!(Cli::try_parse_from(["dev-backend", "--signing-key", "ops.key"]).is_err());
     assert!(Cli::try_parse_from(["dev-backend", "--signing-key-id", "ops"]).is_err());
-    let missing = DevBackendOptions::try_from(signing.args).unwrap_err().to_string();
+    let missing = DevBackendOptions::try_from(signing.args)
+        .unwrap_err()
+        .to_string();
     assert!(missing.starts_with("--signing-key ops.key: "), "{missing}");
     let help = Cli::command().render_long_help().to_string();
     for needle in [

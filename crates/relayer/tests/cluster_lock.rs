@@ -475,11 +475,18 @@ async fn keygen_and_sign_from_the_production_binary_unlock_one_command() {
         .arg(dir.path().join("ops"))
         .output()
         .unwrap();
-    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
     let public = String::from_utf8(keygen.stdout).unwrap().trim().to_string();
     assert!(public.starts_with("ed25519:"), "{public}");
     let key_file = dir.path().join("ops.key");
-    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let again = Process::new(binary)
         .args(["keygen", "--out"])
         .arg(dir.path().join("ops"))
@@ -519,15 +526,31 @@ async fn keygen_and_sign_from_the_production_binary_unlock_one_command() {
     let mut sign = Process::new(binary)
         .args(["sign", "--key-file"])
         .arg(&key_file)
-        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID, "--ttl", "2m", "-"])
+        .args([
+            "--key-id",
+            "ops",
+            "--cluster-id",
+            CLUSTER_ID,
+            "--ttl",
+            "2m",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    sign.stdin.take().unwrap().write_all(command.as_bytes()).unwrap();
+    sign.stdin
+        .take()
+        .unwrap()
+        .write_all(command.as_bytes())
+        .unwrap();
     let signed = sign.wait_with_output().unwrap();
-    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
     let outer: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
     assert_eq!(outer["signed"]["key_id"], "ops");
     assert!(outer.get("ping").is_none(), "the action is inside: {outer}");
@@ -568,7 +591,10 @@ async fn keygen_and_sign_from_the_production_binary_unlock_one_command() {
 async fn the_reference_backend_signs_with_its_signing_key() {
     let ops = std::sync::Arc::new(signer("ops"));
     let backend = consonant_dev_backend::start(consonant_dev_backend::DevBackendOptions {
-        clusters: vec![(CLUSTER_ID.to_string(), consonant_relayer::credentials::Secret::new(TOKEN))],
+        clusters: vec![(
+            CLUSTER_ID.to_string(),
+            consonant_relayer::credentials::Secret::new(TOKEN),
+        )],
         signer: Some(ops.clone()),
         ..Default::default()
     })
@@ -581,7 +607,10 @@ async fn the_reference_backend_signs_with_its_signing_key() {
     let result = send(&backend, ping(&id(), b"hello")).await;
     assert_eq!(result.status, Status::Succeeded as i32, "{result:?}");
     assert!(
-        eventually(Duration::from_secs(5), || relayer.output().contains("key_id=\"ops\"")).await,
+        eventually(Duration::from_secs(5), || relayer
+            .output()
+            .contains("key_id=\"ops\""))
+        .await,
         "{}",
         relayer.output()
     );
