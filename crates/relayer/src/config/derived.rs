@@ -22,6 +22,37 @@ impl BackendConfig {
     /// 50051, TLS iff `url` is https; `https://`/`grpcs://` are TLS,
     /// `http://` is plaintext, `grpc://` follows `url`'s scheme. An endpoint
     /// without a port gets 443/80 for https/http and 50051 for grpcs/grpc.
+    /// Every endpoint to dial, in failover order: `grpc_endpoints` when
+    /// set, else the one [`Self::grpc_target`].
+    pub fn grpc_targets(&self) -> Result<Vec<GrpcTarget>, ConfigError> {
+        if self.grpc_endpoints.is_empty() {
+            return Ok(vec![self.grpc_target()?]);
+        }
+        self.grpc_endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                BackendConfig {
+                    grpc_endpoint: endpoint.clone(),
+                    grpc_endpoints: Vec::new(),
+                    ..self.clone()
+                }
+                .grpc_target()
+                .map_err(|error| match error {
+                    ConfigError::Invalid(mut invalid) => {
+                        for item in &mut invalid {
+                            if item.key == "backend.grpc_endpoint" {
+                                item.key = format!("backend.grpc_endpoints[{i}]");
+                            }
+                        }
+                        ConfigError::Invalid(invalid)
+                    }
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
     pub fn grpc_target(&self) -> Result<GrpcTarget, ConfigError> {
         let url = parse("backend.url", &self.url)?;
         let url_tls =
@@ -143,6 +174,29 @@ mod tests {
         check("https://b", "grpc://g:9000", Ok(("https://g:9000", true)));
         check("http://b", "grpc://g:9000", Ok(("http://g:9000", false)));
         check("http://b", "grpc://g", Ok(("http://g:50051", false)));
+    }
+
+    #[test]
+    fn failover_list_in_order() {
+        let backend = BackendConfig {
+            url: "https://b".into(),
+            grpc_endpoints: vec!["grpcs://a.example:443".into(), "grpc://b.example".into()],
+            ..BackendConfig::default()
+        };
+        let targets = backend.grpc_targets().unwrap();
+        let uris: Vec<&str> = targets.iter().map(|t| t.uri.as_str()).collect();
+        assert_eq!(uris, ["https://a.example:443", "https://b.example:50051"]);
+        let bad = BackendConfig {
+            grpc_endpoints: vec!["grpcs://a:1".into(), "tcp://b".into()],
+            ..backend
+        };
+        let error = bad.grpc_targets().unwrap_err().to_string();
+        assert!(error.contains("backend.grpc_endpoints[1]"), "{error}");
+        let single = BackendConfig {
+            url: "https://b".into(),
+            ..BackendConfig::default()
+        };
+        assert_eq!(single.grpc_targets().unwrap().len(), 1);
     }
 
     #[test]

@@ -294,7 +294,7 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// `https://user:pass@host` → `https://user:***@host`.
-fn redact_url_password(text: &str) -> Option<String> {
+pub(crate) fn redact_url_password(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);

@@ -7,6 +7,7 @@ pub mod derived;
 pub mod error;
 pub mod load;
 pub mod model;
+pub mod proxy;
 pub mod units;
 pub mod validate;
 pub mod verify_keys;

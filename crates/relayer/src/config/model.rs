@@ -43,6 +43,10 @@ pub struct BackendConfig {
     pub url: String,
     /// "" = derived from `url` with port 50051.
     pub grpc_endpoint: String,
+    /// An ordered failover list (same scheme rules); [] = just `grpc_endpoint`.
+    pub grpc_endpoints: Vec<String>,
+    /// "" = the environment; "none" = direct; or `http://[user:pass@]host:port`.
+    pub proxy: String,
     pub tls_verify: bool,
     pub ca_file: String,
     pub client_cert_file: String,
@@ -54,6 +58,8 @@ impl Default for BackendConfig {
         Self {
             url: String::new(),
             grpc_endpoint: String::new(),
+            grpc_endpoints: Vec::new(),
+            proxy: String::new(),
             tls_verify: true,
             ca_file: String::new(),
             client_cert_file: String::new(),

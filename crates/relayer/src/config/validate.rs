@@ -30,6 +30,35 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         &["grpc", "grpcs", "http", "https"],
         false,
     );
+    for (i, endpoint) in backend.grpc_endpoints.iter().enumerate() {
+        let key = format!("backend.grpc_endpoints[{i}]");
+        if endpoint.is_empty() {
+            e.push(Invalid::new(
+                &key,
+                "\"\"",
+                "is empty: list the endpoints, e.g. [\"grpcs://backend-a.company.com:443\", \"grpcs://backend-b.company.com:443\"]",
+            ));
+        }
+        check_url(
+            e,
+            &key,
+            endpoint,
+            &["grpc", "grpcs", "http", "https"],
+            false,
+        );
+    }
+    if !backend.grpc_endpoints.is_empty() && !backend.grpc_endpoint.is_empty() {
+        e.push(Invalid::new(
+            "backend.grpc_endpoint",
+            quote(&backend.grpc_endpoint),
+            "is set beside backend.grpc_endpoints: set one (grpc_endpoints is the failover list; put this endpoint first in it)",
+        ));
+    }
+    if let Err(problem) = super::proxy::ProxySetting::parse(&backend.proxy) {
+        let shown = super::load::redact_url_password(&backend.proxy)
+            .unwrap_or_else(|| backend.proxy.clone());
+        e.push(Invalid::new("backend.proxy", quote(&shown), problem));
+    }
     if backend.client_cert_file.is_empty() != backend.client_key_file.is_empty() {
         let (set, unset) = if backend.client_cert_file.is_empty() {
             ("backend.client_key_file", "backend.client_cert_file")
@@ -565,6 +594,31 @@ mod tests {
             &[("backend.url", "\"backend\"", "no scheme")],
         );
         check(|c| c.backend.grpc_endpoint = "grpcs://b:443".into(), &[]);
+        check(
+            |c| c.backend.grpc_endpoints = vec!["grpcs://a:443".into(), "grpcs://b:443".into()],
+            &[],
+        );
+        check(
+            |c| c.backend.grpc_endpoints = vec!["grpcs://a:443".into(), "tcp://b".into()],
+            &[("backend.grpc_endpoints[1]", "\"tcp://b\"", "grpc://")],
+        );
+        check(
+            |c| {
+                c.backend.grpc_endpoints = vec!["grpcs://a:443".into()];
+                c.backend.grpc_endpoint = "grpcs://a:443".into();
+            },
+            &[("backend.grpc_endpoint", "\"grpcs://a:443\"", "set one")],
+        );
+        check(|c| c.backend.proxy = "none".into(), &[]);
+        check(|c| c.backend.proxy = "http://u:p@proxy:3128".into(), &[]);
+        check(
+            |c| c.backend.proxy = "https://u:hunter2@proxy:3128".into(),
+            &[(
+                "backend.proxy",
+                "\"https://u:***@proxy:3128\"",
+                "not supported",
+            )],
+        );
         check(
             |c| c.backend.grpc_endpoint = "tcp://b:1".into(),
             &[("backend.grpc_endpoint", "\"tcp://b:1\"", "grpc://")],
