@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod egress;
 pub mod error_chain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

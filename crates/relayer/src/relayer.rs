@@ -14,8 +14,9 @@ use actix::Addr;
 use crate::actors::tree::relayer_tree;
 use crate::actors::RelayContext;
 use crate::config::{ConfigError, RelayerConfig};
-use crate::connection::channel::{DialError, Dialer};
+use crate::connection::channel::{DialError, Dialer, Endpoints};
 use crate::credentials::{CredentialStore, WatchHandle};
+use crate::egress::EgressRoute;
 use crate::supervisor::{Escalation, Stop, Supervisor};
 
 /// Exit code when the supervision tree gives up (EX_SOFTWARE).
@@ -27,6 +28,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Dial(#[from] DialError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
     #[error("invalid [commands] configuration: {0}")]
     Commands(String),
     #[error("cannot listen on health.listen {listen}: {source}; pick a free address or port")]
@@ -48,8 +51,34 @@ pub struct RunningRelayer {
 impl RunningRelayer {
     /// Starts the tree and the HTTP server on the current actix arbiter.
     pub fn start(config: RelayerConfig, on_escalate: Escalation) -> Result<Self, StartError> {
-        let target = config.backend.grpc_target()?;
-        let dialer = Dialer::new(&target.uri, target.tls, &config.backend, &config.connection)?;
+        let route = EgressRoute::from_config(&config.backend.proxy)?;
+        let dialers = config
+            .backend
+            .grpc_targets()?
+            .iter()
+            .map(|target| {
+                Dialer::new(
+                    &target.uri,
+                    target.tls,
+                    &config.backend,
+                    &config.connection,
+                    &route,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for dialer in &dialers {
+            match dialer.proxy() {
+                Some(proxy) => {
+                    tracing::info!(endpoint = dialer.uri(), %proxy, source = route.source(), "the backend is reached through an HTTP CONNECT proxy")
+                }
+                None if route.has_proxy() => tracing::info!(
+                    endpoint = dialer.uri(),
+                    "the backend is reached directly (NO_PROXY)"
+                ),
+                None => {}
+            }
+        }
+        let endpoints = Endpoints::new(dialers);
         let credentials = Arc::new(CredentialStore::new(&config.credentials));
         match credentials.load() {
             Ok(loaded) => {
@@ -68,8 +97,9 @@ impl RunningRelayer {
         };
         let listen = config.health.listen.clone();
         let debug_actors = config.health.debug_actors;
-        let rc =
-            Arc::new(RelayContext::new(config, dialer, credentials).map_err(StartError::Commands)?);
+        let rc = Arc::new(
+            RelayContext::new(config, endpoints, credentials).map_err(StartError::Commands)?,
+        );
         if let Some(warning) = &rc.insecure_warning {
             tracing::warn!("{warning}");
         }
@@ -81,7 +111,8 @@ impl RunningRelayer {
             version = rc.identity.version,
             incarnation = %rc.identity.incarnation,
             instance_id = %rc.identity.instance_id,
-            backend = %rc.dialer.uri(),
+            backend = %rc.endpoints.current().uri(),
+            endpoints = rc.endpoints.len(),
             health = %http_addr,
             "relayer started"
         );

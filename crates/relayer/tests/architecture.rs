@@ -18,6 +18,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("config", 0),
     ("tls", 1),
+    // Which proxy a connection takes, and the CONNECT handshake.
+    ("egress", 1),
     // Plain data and decisions; the credential store; supervision.
     ("commands", 1),
     ("credentials", 1),

@@ -66,10 +66,12 @@ impl ConnectionActor {
         let backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
         let breaker = CircuitBreaker::new(cfg.breaker_failure_threshold, cfg.breaker_open_duration);
         let cluster_id = rc.credentials.current().map(|c| c.cluster_id);
+        let reconnect =
+            Reconnect::with_endpoints(backoff, breaker, rc.endpoints.len(), rc.endpoints.index());
         Self {
             rc,
             child,
-            reconnect: Reconnect::new(backoff, breaker),
+            reconnect,
             state: ConnState::Idle,
             session: None,
             sessions_started: 0,
@@ -109,6 +111,10 @@ impl ConnectionActor {
             link.failing_hard = failing_hard;
             link.breaker = breaker.name().to_string();
             link.consecutive_failures = self.reconnect.breaker.consecutive_failures();
+            let dialer = self.rc.endpoints.current();
+            link.endpoint = dialer.uri().to_string();
+            link.tls = dialer.is_tls();
+            link.proxy = dialer.proxy().map(|proxy| proxy.redacted());
         }
         Metrics::set_state(
             &self.rc.metrics.connection_state,
@@ -127,8 +133,11 @@ impl ConnectionActor {
         }
         let outbox = self.rc.outbox.stats();
         self.child.set_details(json!({
-            "endpoint": self.rc.dialer.uri(),
-            "tls": self.rc.dialer.is_tls(),
+            "endpoint": self.rc.endpoints.current().uri(),
+            "endpoint_index": self.rc.endpoints.index(),
+            "endpoints": self.rc.endpoints.all().iter().map(|d| d.uri()).collect::<Vec<_>>(),
+            "proxy": self.rc.endpoints.current().proxy().map(|proxy| proxy.redacted()),
+            "tls": self.rc.endpoints.current().is_tls(),
             "cluster_id": self.cluster_id,
             "session_id": self.session_id,
             "sessions_started": self.sessions_started,
@@ -249,7 +258,7 @@ impl ConnectionActor {
         let cfg = &self.rc.config.connection;
         let cancel = CancellationToken::new();
         let params = SessionParams {
-            dialer: self.rc.dialer.clone(),
+            dialer: self.rc.endpoints.current().clone(),
             hello: self.hello(&credentials.cluster_id),
             cluster_id: credentials.cluster_id,
             token: credentials.token.clone(),
@@ -334,7 +343,22 @@ impl ConnectionActor {
             _ => tracing::warn!(reason = %end, failure = next.failure, "session ended"),
         }
         self.log_breaker_open(next.state, next.delay);
+        self.follow_endpoint();
         self.schedule_dial(next.delay, next.state, ctx);
+    }
+
+    /// Makes the endpoint the policy chose the current one; a move is a
+    /// failover, counted and logged.
+    fn follow_endpoint(&self) {
+        let from = self.rc.endpoints.current().uri().to_string();
+        if self.rc.endpoints.set_current(self.reconnect.endpoint()) {
+            self.rc.metrics.endpoint_failovers.inc();
+            tracing::warn!(
+                from = %from,
+                to = self.rc.endpoints.current().uri(),
+                "circuit breaker open on the backend endpoint; moving to the next one"
+            );
+        }
     }
 
     /// The backend refused the credentials: if the refused session presented
@@ -359,6 +383,7 @@ impl ConnectionActor {
     fn after_failure(&mut self, ctx: &mut Context<Self>) {
         let (state, delay) = self.reconnect.after_failure(Duration::ZERO, Instant::now());
         self.log_breaker_open(state, delay);
+        self.follow_endpoint();
         self.schedule_dial(delay, state, ctx);
     }
 

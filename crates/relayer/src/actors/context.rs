@@ -22,7 +22,7 @@ use crate::commands::rate::CommandRateLimiter;
 use crate::commands::signature::{ClusterLock, ReplayGuard};
 use crate::commands::validate::ValidationLimits;
 use crate::config::RelayerConfig;
-use crate::connection::channel::Dialer;
+use crate::connection::channel::Endpoints;
 use crate::connection::frame_limit::FrameLimit;
 use crate::connection::outbox_handle::OutboxHandle;
 use crate::credentials::CredentialStore;
@@ -75,6 +75,8 @@ pub struct LinkStatus {
     pub consecutive_failures: u32,
     pub endpoint: String,
     pub tls: bool,
+    /// The proxy the current endpoint is reached through (redacted).
+    pub proxy: Option<String>,
 }
 
 impl LinkStatus {
@@ -90,6 +92,7 @@ impl LinkStatus {
             consecutive_failures: 0,
             endpoint: endpoint.to_string(),
             tls,
+            proxy: None,
         }
     }
 }
@@ -97,7 +100,8 @@ impl LinkStatus {
 pub struct RelayContext {
     pub config: Arc<RelayerConfig>,
     pub identity: Identity,
-    pub dialer: Dialer,
+    /// Every backend endpoint and the current one (failover).
+    pub endpoints: Endpoints,
     pub outbox: OutboxHandle,
     /// Dedup, the in-flight gauges and every command's owed answer.
     pub ledger: Arc<CommandLedger>,
@@ -141,7 +145,7 @@ impl std::fmt::Debug for RelayContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayContext")
             .field("identity", &self.identity)
-            .field("dialer", &self.dialer)
+            .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -151,7 +155,7 @@ impl RelayContext {
     /// message names the key.
     pub fn new(
         config: RelayerConfig,
-        dialer: Dialer,
+        endpoints: Endpoints,
         credentials: Arc<CredentialStore>,
     ) -> Result<Self, String> {
         let policy = CommandPolicy::from_config(&config.commands)?;
@@ -179,6 +183,7 @@ impl RelayContext {
             outbox.clone(),
             metrics.clone(),
         ));
+        let dialer = endpoints.current();
         let insecure_warning = (!config.backend.tls_verify && dialer.is_tls()).then(|| {
             format!(
                 "backend.tls_verify is false: the backend's certificate at {} is NOT verified, so anyone on the network path can impersonate it; set backend.tls_verify = true (and backend.ca_file for a private CA)",
@@ -197,7 +202,7 @@ impl RelayContext {
         Ok(Self {
             config: Arc::new(config),
             identity: Identity::for_this_process(),
-            dialer,
+            endpoints,
             outbox,
             ledger,
             validation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -243,16 +248,18 @@ pub(crate) mod testing {
         std::fs::write(dir.path().join("clusterToken"), "unit-token-unit-token").unwrap();
         config.credentials.cluster_id_file = dir.path().join("clusterId");
         config.credentials.cluster_token_file = dir.path().join("clusterToken");
-        let dialer = Dialer::new(
+        let dialer = crate::connection::channel::Dialer::new(
             "http://127.0.0.1:9",
             false,
             &config.backend,
             &config.connection,
+            &crate::egress::EgressRoute::direct(),
         )
         .unwrap();
         let credentials = Arc::new(CredentialStore::new(&config.credentials));
+        let endpoints = Endpoints::new(vec![dialer]);
         (
-            Arc::new(RelayContext::new(config, dialer, credentials).expect("test config")),
+            Arc::new(RelayContext::new(config, endpoints, credentials).expect("test config")),
             dir,
         )
     }

@@ -57,6 +57,7 @@ impl HealthActor {
                 "state": link.state,
                 "lastError": link.last_error,
                 "endpoint": link.endpoint,
+                "proxy": link.proxy,
                 "tls": link.tls,
                 "tlsVerify": self.rc.config.backend.tls_verify,
                 "breaker": link.breaker,

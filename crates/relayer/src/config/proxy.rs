@@ -127,8 +127,14 @@ impl ProxyUrl {
         )))
     }
 
+    /// The user and password, for an HTTP client's own proxy settings
+    /// (`register`'s reqwest). Never log them.
+    pub fn expose_credentials(&self) -> Option<(&str, &str)> {
+        (!self.username.is_empty()).then(|| (self.username.as_str(), self.password.expose()))
+    }
+
     /// The URL with credentials, for an HTTP client that does its own
-    /// CONNECT (`register`'s reqwest). Never log it.
+    /// CONNECT. Never log it.
     pub fn expose_url(&self) -> String {
         if self.username.is_empty() {
             return format!("http://{}", self.authority());

@@ -9,6 +9,15 @@
 //! `Welcome`, or a stream that ends within [`EARLY_END`] of it; a drained
 //! stream is not. A session that stayed up [`HEALTHY_AFTER`] resets backoff
 //! and the breaker's count.
+//!
+//! **Endpoint failover** (config.md, `backend.grpc_endpoints`): the policy
+//! also says which endpoint the next dial goes to. It stays on the one that
+//! last reached `Welcome` (sticky) and moves to the next, wrapping around,
+//! when the breaker opens on the current one. A fresh endpoint starts with a
+//! closed breaker and is dialled after the usual backoff; only once every
+//! endpoint has opened the breaker since the last `Welcome` does the relayer
+//! wait out the open period (then probes the next one), so a backend that is
+//! wholly down is not hammered.
 
 use std::time::{Duration, Instant};
 
@@ -61,11 +70,39 @@ pub struct Next {
 pub struct Reconnect {
     pub backoff: Backoff,
     pub breaker: CircuitBreaker,
+    /// How many endpoints there are, and the one the next dial goes to.
+    endpoints: usize,
+    endpoint: usize,
+    /// Endpoints whose breaker opened since the last `Welcome`.
+    opened_since_welcome: usize,
 }
 
 impl Reconnect {
     pub fn new(backoff: Backoff, breaker: CircuitBreaker) -> Self {
-        Self { backoff, breaker }
+        Self::with_endpoints(backoff, breaker, 1, 0)
+    }
+
+    /// A policy over `endpoints` endpoints, starting at `current` (the one a
+    /// restarted actor was on: stickiness outlives the actor).
+    pub fn with_endpoints(
+        backoff: Backoff,
+        breaker: CircuitBreaker,
+        endpoints: usize,
+        current: usize,
+    ) -> Self {
+        let endpoints = endpoints.max(1);
+        Self {
+            backoff,
+            breaker,
+            endpoints,
+            endpoint: current % endpoints,
+            opened_since_welcome: 0,
+        }
+    }
+
+    /// The endpoint (index into `backend.grpc_endpoints`) to dial next.
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
     }
 
     /// Whether to dial now, probe once, or wait (the breaker is open).
@@ -73,9 +110,11 @@ impl Reconnect {
         self.breaker.permit(now)
     }
 
-    /// A `Welcome`: a half-open probe closes the breaker.
+    /// A `Welcome`: a half-open probe closes the breaker, and this
+    /// endpoint is the one to stay on.
     pub fn on_welcome(&mut self) {
         self.breaker.on_welcome();
+        self.opened_since_welcome = 0;
     }
 
     /// Streaming for `HEALTHY_AFTER`: start counting from zero again.
@@ -91,12 +130,34 @@ impl Reconnect {
         self.breaker.on_failure(now);
         let delay = self.backoff.next_delay().max(floor);
         match self.breaker.state() {
-            BreakerState::Open { until } => (
-                ConnState::BreakerOpen,
-                until.saturating_duration_since(now).max(delay),
-            ),
+            BreakerState::Open { until } => {
+                if self.fail_over() {
+                    return (ConnState::Backoff, delay);
+                }
+                (
+                    ConnState::BreakerOpen,
+                    until.saturating_duration_since(now).max(delay),
+                )
+            }
             _ => (ConnState::Backoff, delay),
         }
+    }
+
+    /// The breaker opened on the current endpoint: move to the next one.
+    /// True when that one is fresh (its breaker closed, dial it after the
+    /// backoff); false when every endpoint opened since the last `Welcome`
+    /// (keep the breaker open: wait, then probe the next one).
+    fn fail_over(&mut self) -> bool {
+        if self.endpoints == 1 {
+            return false;
+        }
+        self.endpoint = (self.endpoint + 1) % self.endpoints;
+        self.opened_since_welcome += 1;
+        if self.opened_since_welcome >= self.endpoints {
+            return false;
+        }
+        self.breaker.on_healthy();
+        true
     }
 
     /// The next step after a session ended.
@@ -376,6 +437,61 @@ mod tests {
         for row in rows {
             check(row);
         }
+    }
+
+    /// (failures on the current endpoint, welcome after?, expected
+    /// endpoint, expected state) step by step over three endpoints with a
+    /// threshold of 2.
+    #[test]
+    fn failover_moves_on_when_the_breaker_opens_and_sticks_after_welcome() {
+        let mut policy = Reconnect::with_endpoints(
+            Backoff::new(BASE, MAX),
+            CircuitBreaker::new(2, OPEN_FOR),
+            3,
+            0,
+        );
+        let now = Instant::now();
+        let fail = |policy: &mut Reconnect| policy.after_failure(Duration::ZERO, now);
+        // One failure: stay.
+        assert_eq!(fail(&mut policy).0, ConnState::Backoff);
+        assert_eq!(policy.endpoint(), 0);
+        // The breaker opens on 0: move to 1 at once (backoff, not the open period).
+        let (state, delay) = fail(&mut policy);
+        assert_eq!((state, policy.endpoint()), (ConnState::Backoff, 1));
+        assert!(delay <= MAX, "{delay:?}");
+        assert_eq!(policy.breaker.state(), BreakerState::Closed);
+        // 1 fails twice: on to 2.
+        fail(&mut policy);
+        assert_eq!(fail(&mut policy).0, ConnState::Backoff);
+        assert_eq!(policy.endpoint(), 2);
+        // 2 fails twice: every endpoint opened since the last Welcome, so
+        // the breaker stays open for its period, and the probe goes to 0.
+        fail(&mut policy);
+        let (state, delay) = fail(&mut policy);
+        assert_eq!((state, policy.endpoint()), (ConnState::BreakerOpen, 0));
+        assert!(delay >= OPEN_FOR, "{delay:?}");
+        // The probe to 0 reaches Welcome: sticky on 0.
+        assert_eq!(policy.permit(now + OPEN_FOR), Permit::Probe);
+        policy.on_welcome();
+        assert_eq!(policy.breaker.state(), BreakerState::Closed);
+        assert_eq!(policy.endpoint(), 0);
+        // A later outage of 0 moves on to 1 again, at once.
+        fail(&mut policy);
+        assert_eq!(fail(&mut policy).0, ConnState::Backoff);
+        assert_eq!(policy.endpoint(), 1);
+        // One endpoint only: the breaker behaves as before.
+        let mut single = policy_with(2);
+        let now = Instant::now();
+        single.after_failure(Duration::ZERO, now);
+        assert_eq!(
+            single.after_failure(Duration::ZERO, now).0,
+            ConnState::BreakerOpen
+        );
+        assert_eq!(single.endpoint(), 0);
+    }
+
+    fn policy_with(threshold: u32) -> Reconnect {
+        policy(threshold)
     }
 
     #[test]

@@ -106,10 +106,12 @@ async fn run(frames: Vec<BackendFrame>) {
         false,
         &config.backend,
         &config.connection,
+        &crate::egress::EgressRoute::direct(),
     )
     .expect("dialer");
     let credentials = Arc::new(CredentialStore::new(&config.credentials));
-    let rc = Arc::new(RelayContext::new(config, dialer, credentials).expect("context"));
+    let endpoints = crate::connection::channel::Endpoints::new(vec![dialer]);
+    let rc = Arc::new(RelayContext::new(config, endpoints, credentials).expect("context"));
     let child = ChildContext {
         name: "CommandRouter".into(),
         board: StatusBoard::new(),

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub connection_state: Family<StateLabel, Gauge>,
     pub breaker_state: Family<StateLabel, Gauge>,
     pub reconnects: Counter,
+    /// Moves to the next backend endpoint (`backend.grpc_endpoints`).
+    pub endpoint_failovers: Counter,
     pub sessions: Counter,
     pub frames_out: FrameCounters,
     pub frames_in: InboundCounters,
@@ -130,6 +132,12 @@ impl Metrics {
             "reconnects",
             "Dial attempts after the first",
             reconnects.clone(),
+        );
+        let endpoint_failovers = Counter::default();
+        registry.register(
+            "endpoint_failovers",
+            "Moves to the next backend endpoint after the circuit breaker opened on the current one",
+            endpoint_failovers.clone(),
         );
         let sessions = Counter::default();
         registry.register(
@@ -313,6 +321,7 @@ impl Metrics {
             connection_state,
             breaker_state,
             reconnects,
+            endpoint_failovers,
             sessions,
             frames_out,
             frames_in,

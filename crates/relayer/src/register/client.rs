@@ -15,6 +15,7 @@ use super::tls;
 use crate::backoff::Backoff;
 use crate::config::BackendConfig;
 use crate::credentials::Secret;
+use crate::egress::EgressRoute;
 use crate::{error_chain::error_chain, tls::client_tls_config};
 
 /// Backoff between attempts: full jitter from 500 ms, doubling, capped.
@@ -72,7 +73,26 @@ impl RegistrationClient {
             .connect_timeout(connect_timeout)
             .user_agent(concat!("consonant-relayer/", env!("CARGO_PKG_VERSION")))
             // A redirect would carry the bootstrap token somewhere else.
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            // The proxy is chosen by `crate::egress`, exactly as for the
+            // gRPC stream; reqwest's own reading of the environment is off.
+            .no_proxy();
+        let route = EgressRoute::from_config(&backend.proxy)
+            .map_err(|err| RegisterError::Usage(err.to_string()))?;
+        if let Some(proxy) = route.proxy_for(parsed.scheme() == "https", &host) {
+            tracing::info!(%proxy, source = route.source(), "registering through an HTTP CONNECT proxy");
+            let mut via =
+                reqwest::Proxy::all(format!("http://{}", proxy.authority())).map_err(|err| {
+                    RegisterError::Usage(format!(
+                        "cannot use the proxy {proxy}: {}",
+                        error_chain(&err)
+                    ))
+                })?;
+            if let Some((user, password)) = proxy.expose_credentials() {
+                via = via.basic_auth(user, password);
+            }
+            builder = builder.proxy(via);
+        }
         match parsed.scheme() {
             "https" => {
                 if !backend.tls_verify {
