@@ -643,6 +643,41 @@ walk!(
     |_: &_| 1u64
 );
 
+/// An HTTP proxy's answer to CONNECT, as bytes arriving in pieces: the
+/// parser never panics, never reads past [`MAX_RESPONSE_HEAD_BYTES`], gives
+/// the same answer however the bytes are split (a prefix without the blank
+/// line is incomplete, never an error unless it passed the bound), reports
+/// a head no longer than the input, a status from 100 to 599, and a reason
+/// of printable ASCII only, at most 100 characters (it ends up in
+/// `/health`).
+///
+/// [`MAX_RESPONSE_HEAD_BYTES`]: crate::egress::tunnel::MAX_RESPONSE_HEAD_BYTES
+pub fn connect_response(data: &[u8]) {
+    use crate::egress::tunnel::{parse_connect_response, MAX_RESPONSE_HEAD_BYTES};
+    let whole = parse_connect_response(data);
+    if let Ok(Some(answer)) = &whole {
+        assert!(answer.head_len <= data.len().min(MAX_RESPONSE_HEAD_BYTES));
+        assert!((100..=599).contains(&answer.status));
+        assert!(answer.reason.len() <= 100);
+        assert!(answer
+            .reason
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' '));
+        // The head alone parses to the same answer.
+        assert_eq!(parse_connect_response(&data[..answer.head_len]), whole);
+    }
+    // Every prefix is either incomplete or the same final answer.
+    for cut in [1, 7, 64, 512, 4096] {
+        if cut >= data.len() {
+            break;
+        }
+        match parse_connect_response(&data[..cut]) {
+            Ok(None) => {}
+            prefix => assert_eq!(prefix, whole, "prefix of {cut} bytes"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,40 +715,5 @@ mod tests {
             Some(14)
         );
         assert_eq!(cited_line("apply.manifest is empty"), None);
-    }
-}
-
-/// An HTTP proxy's answer to CONNECT, as bytes arriving in pieces: the
-/// parser never panics, never reads past [`MAX_RESPONSE_HEAD_BYTES`], gives
-/// the same answer however the bytes are split (a prefix without the blank
-/// line is incomplete, never an error unless it passed the bound), reports
-/// a head no longer than the input, a status from 100 to 599, and a reason
-/// of printable ASCII only, at most 100 characters (it ends up in
-/// `/health`).
-///
-/// [`MAX_RESPONSE_HEAD_BYTES`]: crate::egress::tunnel::MAX_RESPONSE_HEAD_BYTES
-pub fn connect_response(data: &[u8]) {
-    use crate::egress::tunnel::{parse_connect_response, MAX_RESPONSE_HEAD_BYTES};
-    let whole = parse_connect_response(data);
-    if let Ok(Some(answer)) = &whole {
-        assert!(answer.head_len <= data.len().min(MAX_RESPONSE_HEAD_BYTES));
-        assert!((100..=599).contains(&answer.status));
-        assert!(answer.reason.len() <= 100);
-        assert!(answer
-            .reason
-            .bytes()
-            .all(|b| b.is_ascii_graphic() || b == b' '));
-        // The head alone parses to the same answer.
-        assert_eq!(parse_connect_response(&data[..answer.head_len]), whole);
-    }
-    // Every prefix is either incomplete or the same final answer.
-    for cut in [1, 7, 64, 512, 4096] {
-        if cut >= data.len() {
-            break;
-        }
-        match parse_connect_response(&data[..cut]) {
-            Ok(None) => {}
-            prefix => assert_eq!(prefix, whole, "prefix of {cut} bytes"),
-        }
     }
 }

@@ -140,7 +140,14 @@ mod tests {
             ("NO_PROXY", ".internal,10.0.0.0/8"),
         ];
         // (backend.proxy, env, tls, host, expected)
-        let rows: Vec<(&str, &[(&str, &str)], bool, &str, Option<&str>)> = vec![
+        type Row<'a> = (
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            bool,
+            &'a str,
+            Option<&'a str>,
+        );
+        let rows: Vec<Row<'_>> = vec![
             (
                 "",
                 &env,

@@ -280,7 +280,8 @@ mod tests {
                 head_len: len,
             }))
         };
-        let rows: Vec<(&[u8], Result<Option<ConnectResponse>, ResponseError>)> = vec![
+        type Parsed = Result<Option<ConnectResponse>, ResponseError>;
+        let rows: Vec<(&[u8], Parsed)> = vec![
             (b"HTTP/1.1 200 Connection established\r\n\r\n", ok(200, "Connection established", 39)),
             (b"HTTP/1.0 200 OK\r\nProxy-Agent: tinyproxy/1.11\r\n\r\n", ok(200, "OK", 48)),
             (b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"p\"\r\n\r\n", ok(407, "Proxy Authentication Required", 83)),
