@@ -601,3 +601,52 @@ async fn usage_errors_exit_2() {
     assert!(run.stderr.contains("at least 16"), "{}", run.stderr);
     assert!(backend.calls().is_empty());
 }
+
+/// `register` through an HTTP CONNECT proxy (the real tinyproxy), chosen
+/// from the environment as the stream chooses it: the proxy's log holds the
+/// CONNECT to the backend, TLS inside it still checks the backend's name
+/// against the private CA, and the Secret is written. The API server stays
+/// direct (NO_PROXY). A proxy that wants credentials the URL lacks fails
+/// registration with the proxy's answer named, before the token is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_through_the_proxy_from_the_environment() {
+    use common::proxy::Tinyproxy;
+
+    let (ns, backend, files) = trusted(vec![]).await;
+    let target = format!("localhost:{}", backend.addr.port());
+
+    let guarded = Tinyproxy::with_basic_auth("relay", "proxy-pass-7");
+    let refused = run_binary(
+        &files.chart_args(),
+        &[("HTTPS_PROXY", &guarded.url()), ("NO_PROXY", "127.0.0.1")],
+    )
+    .await;
+    assert_eq!(
+        refused.code,
+        i32::from(exit::UNREACHABLE),
+        "{}",
+        refused.output()
+    );
+    assert!(
+        refused.output().contains(&format!(
+            "the proxy {} answered 407 Proxy Authentication Required to CONNECT {target}",
+            guarded.url()
+        )),
+        "{}",
+        refused.output()
+    );
+    assert!(backend.calls().is_empty(), "the token was never sent");
+
+    let proxy = Tinyproxy::start();
+    let run = run_binary(
+        &files.chart_args(),
+        &[("HTTPS_PROXY", &proxy.url()), ("NO_PROXY", "127.0.0.1")],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_clean(&run);
+    assert_eq!(proxy.connects(), [target]);
+    assert_eq!(backend.calls().len(), 1);
+    let secret = ns.secret(SECRET).await.expect("Secret written");
+    assert_eq!(secret_key(&secret, "clusterId"), SCRIPTED_ID);
+}

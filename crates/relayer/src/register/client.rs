@@ -54,6 +54,9 @@ pub struct RegistrationClient {
     endpoint: String,
     host: String,
     ca_file: String,
+    /// The proxy registration goes through (redacted), and the target it
+    /// is asked to CONNECT to.
+    proxy: Option<(String, String)>,
 }
 
 impl RegistrationClient {
@@ -79,7 +82,13 @@ impl RegistrationClient {
             .no_proxy();
         let route = EgressRoute::from_config(&backend.proxy)
             .map_err(|err| RegisterError::Usage(err.to_string()))?;
+        let mut through = None;
         if let Some(proxy) = route.proxy_for(parsed.scheme() == "https", &host) {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            through = Some((
+                proxy.redacted(),
+                crate::config::proxy::authority(&host, port),
+            ));
             tracing::info!(%proxy, source = route.source(), "registering through an HTTP CONNECT proxy");
             let mut via =
                 reqwest::Proxy::all(format!("http://{}", proxy.authority())).map_err(|err| {
@@ -125,6 +134,7 @@ impl RegistrationClient {
             url,
             host,
             ca_file: backend.ca_file.clone(),
+            proxy: through,
         })
     }
 
@@ -229,6 +239,23 @@ impl RegistrationClient {
     fn transport_error(&self, err: &reqwest::Error) -> Attempt {
         if let Some(failure) = tls::classify(err, &self.url, &self.host, &self.ca_file) {
             return Attempt::Failed(RegisterError::Tls(failure));
+        }
+        let chain = error_chain(err);
+        if let Some((proxy, target)) = &self.proxy {
+            // reqwest's CONNECT: 407 is final (credentials will not appear
+            // by themselves); other refusals may be a proxy hiccup.
+            if chain.contains("proxy authorization required") {
+                return Attempt::Failed(RegisterError::ProxyAuth {
+                    proxy: proxy.clone(),
+                    target: target.clone(),
+                });
+            }
+            if chain.contains("tunnel error") {
+                return Attempt::Retry {
+                    reason: format!("the proxy {proxy} did not open a tunnel to {target} ({chain}): its policy may forbid the backend, or it cannot reach it"),
+                    retry_after: None,
+                };
+            }
         }
         let what = if err.is_timeout() {
             "timed out"

@@ -52,6 +52,8 @@ pub enum RegisterError {
         attempts: u32,
         last: String,
     },
+    #[error("the proxy {proxy} answered 407 Proxy Authentication Required to CONNECT {target}: put the proxy's credentials in the proxy URL (http://user:password@host:port; chart: backend.proxySecret) — nothing was sent to the backend")]
+    ProxyAuth { proxy: String, target: String },
     #[error("{0}")]
     Kubernetes(String),
     #[error("the backend at {url} answered {status} ({message}), which the registration API does not define; check that backend.url points at the Consonant backend (not a proxy or another service)")]
@@ -71,7 +73,7 @@ impl RegisterError {
             Self::NameTaken { .. } => exit::NAME_TAKEN,
             Self::InvalidRequest { .. } => exit::INVALID_REQUEST,
             Self::Tls(_) => exit::TLS,
-            Self::Unreachable { .. } => exit::UNREACHABLE,
+            Self::Unreachable { .. } | Self::ProxyAuth { .. } => exit::UNREACHABLE,
             Self::Kubernetes(_) => exit::KUBERNETES,
             Self::UnexpectedAnswer { .. } => exit::UNEXPECTED_ANSWER,
         }
