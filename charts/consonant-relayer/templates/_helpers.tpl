@@ -137,8 +137,9 @@ where ["*"] with rbac.scope namespaced means the release namespace.
 
 {{/*
 The backend's TCP ports as a JSON list: networkPolicy.backend.ports, or those
-of backend.url and of the gRPC endpoint (the relayer's rules: empty endpoint =
-port 50051; https 443, http 80, grpc/grpcs 50051 when no port is given).
+of backend.url and of every gRPC endpoint (backend.grpcEndpoints, else
+backend.grpcEndpoint; the relayer's rules: no endpoint = port 50051; https
+443, http 80, grpc/grpcs 50051 when no port is given).
 */}}
 {{- define "consonant-relayer.backendPorts" -}}
 {{- if .Values.networkPolicy.backend.ports -}}
@@ -149,11 +150,13 @@ port 50051; https 443, http 80, grpc/grpcs 50051 when no port is given).
 {{- $url := urlParse .Values.backend.url -}}
 {{- $p := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) -}}
 {{- $ports = append $ports (ternary (atoi $p) (get $defaults $url.scheme | default 443) (ne $p "")) -}}
-{{- if .Values.backend.grpcEndpoint -}}
-{{- $g := urlParse .Values.backend.grpcEndpoint -}}
+{{- $endpoints := .Values.backend.grpcEndpoints | default (compact (list .Values.backend.grpcEndpoint)) -}}
+{{- range $endpoints -}}
+{{- $g := urlParse (toString .) -}}
 {{- $gp := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $g.host) -}}
 {{- $ports = append $ports (ternary (atoi $gp) (get $defaults $g.scheme | default 50051) (ne $gp "")) -}}
-{{- else -}}
+{{- end -}}
+{{- if not $endpoints -}}
 {{- $ports = append $ports 50051 -}}
 {{- end -}}
 {{- toJson (uniq $ports) -}}
@@ -181,6 +184,7 @@ would stop the relayer at start). Every message names the value and the fix.
 {{- if and .Values.backend.tlsVerify (hasPrefix "http://" .Values.backend.grpcEndpoint) -}}
 {{- fail (printf "backend.grpcEndpoint %q is plaintext: use grpcs:// or https:// (grpc:// follows backend.url), or set backend.tlsVerify=false for development" .Values.backend.grpcEndpoint) -}}
 {{- end -}}
+{{- include "consonant-relayer.validateEgress" . -}}
 {{- if include "consonant-relayer.registers" . -}}
 {{- if and (not .Values.auth.bearerToken) (not .Values.auth.existingSecret) -}}
 {{- fail "auth: neither auth.bearerToken nor auth.existingSecret is set: the registration hook needs the bootstrap token. Create a Secret (kubectl create secret generic consonant-bootstrap --from-literal=token=...) and set auth.existingSecret=consonant-bootstrap, or pass --set auth.bearerToken=... (kept in Helm's release record)" -}}
@@ -200,6 +204,103 @@ would stop the relayer at start). Every message names the value and the fix.
 {{- if and (eq .Values.rbac.scope "namespaced") (has "*" .Values.commands.allowedNamespaces) (gt (len .Values.commands.allowedNamespaces) 1) -}}
 {{- fail (printf "commands.allowedNamespaces %s mixes \"*\" with names: with rbac.scope=namespaced list the namespaces, or use [\"*\"] alone for the release namespace" (toJson .Values.commands.allowedNamespaces)) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The egress values: the gRPC endpoint list, the proxy. A proxy URL with
+credentials is refused without repeating it: it would be stored in a
+ConfigMap and in Helm's release record (backend.proxySecret keeps it in a
+Secret of your own).
+*/}}
+{{- define "consonant-relayer.validateEgress" -}}
+{{- $b := .Values.backend -}}
+{{- if and $b.grpcEndpoint $b.grpcEndpoints -}}
+{{- fail (printf "backend.grpcEndpoint %q and backend.grpcEndpoints are both set: set one (backend.grpcEndpoints is the failover list: put %q first in it and leave backend.grpcEndpoint empty)" (toString $b.grpcEndpoint) (toString $b.grpcEndpoint)) -}}
+{{- end -}}
+{{- range $i, $endpoint := $b.grpcEndpoints -}}
+{{- if not (regexMatch "^(grpcs?|https?)://.+$" (toString $endpoint)) -}}
+{{- fail (printf "backend.grpcEndpoints[%d] %q is not a gRPC endpoint: use grpcs://host:port or https://host:port (TLS), grpc:// (follows backend.url's scheme) or http:// (plaintext)" $i (toString $endpoint)) -}}
+{{- end -}}
+{{- if and $b.tlsVerify (hasPrefix "http://" (toString $endpoint)) -}}
+{{- fail (printf "backend.grpcEndpoints[%d] %q is plaintext: use grpcs:// or https:// (grpc:// follows backend.url), or set backend.tlsVerify=false for development" $i (toString $endpoint)) -}}
+{{- end -}}
+{{- end -}}
+{{- $proxy := toString $b.proxy -}}
+{{- $port := regexFind "[0-9]+$" (trimSuffix "/" $proxy) -}}
+{{- /* One chain: `helm lint` logs a fail and goes on, so no later message
+may show a value with credentials. */ -}}
+{{- if contains "@" $proxy -}}
+{{- fail "backend.proxy holds credentials (user:password@): they would be stored in a ConfigMap and in Helm's release record, so the value is refused (and not repeated here). Put the full proxy URL in a Secret of your own (kubectl create secret generic corp-proxy --from-literal=proxyUrl='http://user:password@proxy.corp:3128'), set backend.proxySecret=corp-proxy (key: backend.proxySecretKey, default proxyUrl) and leave backend.proxy empty" -}}
+{{- else if not (regexMatch `^$|^none$|^http://(\[[0-9A-Fa-f:.]+\]|[^\s:/?#@\[\]]+):[0-9]{1,5}/?$` $proxy) -}}
+{{- fail (printf "backend.proxy %q is not \"\" (the pod's environment), \"none\" (direct) or an http://host:port proxy URL: the port is required, and https:// and SOCKS proxies are not supported (the tunnel to the backend is TLS end to end)" $proxy) -}}
+{{- else if and $port (or (lt (atoi $port) 1) (gt (atoi $port) 65535)) -}}
+{{- fail (printf "backend.proxy %q has port %s: use a port from 1 to 65535" $proxy $port) -}}
+{{- else if and $b.proxySecret $proxy -}}
+{{- fail (printf "backend.proxy (%q) and backend.proxySecret are both set: set one (the URL in the Secret would override backend.proxy)" $proxy) -}}
+{{- end -}}
+{{- if and $b.proxySecret .Values.networkPolicy.enabled (not .Values.networkPolicy.proxy.port) -}}
+{{- fail "backend.proxySecret is set but networkPolicy.proxy.port is not: the chart cannot read the Secret, so give the proxy's port for the NetworkPolicy egress rule (e.g. --set networkPolicy.proxy.port=3128), with networkPolicy.proxy.cidrs for its addresses" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart knows the relayer reaches the backend through an
+HTTP proxy: backend.proxy is a URL, or backend.proxySecret is set. */}}
+{{- define "consonant-relayer.proxyOn" -}}
+{{- if or .Values.backend.proxySecret (hasPrefix "http://" (toString .Values.backend.proxy)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The proxy's port: networkPolicy.proxy.port, else that of backend.proxy. */}}
+{{- define "consonant-relayer.proxyPort" -}}
+{{- if .Values.networkPolicy.proxy.port -}}
+{{- int .Values.networkPolicy.proxy.port -}}
+{{- else -}}
+{{- regexFind "[0-9]+$" (trimSuffix "/" (toString .Values.backend.proxy)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The proxy as NOTES may show it: backend.proxy (never with credentials:
+those are refused; redacted all the same), or the Secret's name. */}}
+{{- define "consonant-relayer.proxyShown" -}}
+{{- if .Values.backend.proxySecret -}}
+{{- printf "in Secret %s/%s (key %s)" (include "consonant-relayer.namespace" .) .Values.backend.proxySecret .Values.backend.proxySecretKey -}}
+{{- else -}}
+{{- regexReplaceAll "//[^/]*@" (toString .Values.backend.proxy) "//***@" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+NO_PROXY of the relayer and the hook: backend.noProxy, the release's own
+Services (the relayer's, and the collector's when deployed), the API
+server's addresses when known, then backend.extraNoProxy; comma-separated,
+each once.
+*/}}
+{{- define "consonant-relayer.noProxy" -}}
+{{- $entries := concat (.Values.backend.noProxy | default list) (list (include "consonant-relayer.fullname" .)) -}}
+{{- if include "consonant-relayer.collectorOn" . -}}
+{{- $entries = append $entries (include "consonant-relayer.otelName" .) -}}
+{{- end -}}
+{{- $entries = concat $entries (include "consonant-relayer.apiServerCidrs" . | fromJsonArray) (.Values.backend.extraNoProxy | default list) -}}
+{{- join "," (uniq $entries) -}}
+{{- end -}}
+
+{{/* Egress environment of the relayer and hook containers: NO_PROXY
+(both spellings), and the proxy URL from backend.proxySecret as the
+override of the config's backend.proxy. */}}
+{{- define "consonant-relayer.egressEnv" -}}
+{{- $noProxy := include "consonant-relayer.noProxy" . -}}
+- name: NO_PROXY
+  value: {{ $noProxy | quote }}
+- name: no_proxy
+  value: {{ $noProxy | quote }}
+{{- if .Values.backend.proxySecret }}
+- name: CONSONANT_RELAYER__BACKEND__PROXY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.backend.proxySecret | quote }}
+      key: {{ .Values.backend.proxySecretKey | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* TOML string, array and inline-table literals (a JSON string is a TOML basic string). */}}
@@ -233,6 +334,8 @@ labels = {{ include "consonant-relayer.tomlTable" $v.cluster.labels }}
 [backend]
 url = {{ $v.backend.url | toJson }}
 grpc_endpoint = {{ $v.backend.grpcEndpoint | toString | toJson }}
+grpc_endpoints = {{ $v.backend.grpcEndpoints | default list | toJson }}
+proxy = {{ $v.backend.proxy | toString | toJson }}
 tls_verify = {{ $v.backend.tlsVerify }}
 ca_file = {{ ternary (include "consonant-relayer.caPath" .) "" (ne $v.backend.caBundle "") | toJson }}
 client_cert_file = {{ ternary (printf "%s/tls.crt" (include "consonant-relayer.clientTlsDir" .)) "" (ne $v.backend.clientCertSecret "") | toJson }}
@@ -393,8 +496,22 @@ show it OutOfSync and prune it — and the bootstrap token is single-use. */}}
 {{- toYaml (list $dns $api) -}}
 {{- end -}}
 
-{{/* NetworkPolicy egress rule: the backend on its ports, public addresses only unless private. */}}
+{{/*
+NetworkPolicy egress rule on the way to the backend. Through a proxy: the
+proxy's port, at networkPolicy.proxy.cidrs or, when empty, any address
+(NOTES warns), and not the backend's ports. Direct: the backend on its
+ports, public addresses only unless private.
+*/}}
 {{- define "consonant-relayer.egressBackend" -}}
+{{- if include "consonant-relayer.proxyOn" . -}}
+{{- $rule := dict "ports" (include "consonant-relayer.npPorts" (dict "ports" (list (include "consonant-relayer.proxyPort" . | int)) "protocols" (list "TCP")) | fromJsonArray) -}}
+{{- with .Values.networkPolicy.proxy.cidrs -}}
+{{- $to := list -}}
+{{- range . }}{{ $to = append $to (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
+{{- $_ := set $rule "to" $to -}}
+{{- end -}}
+{{- toYaml (list $rule) -}}
+{{- else -}}
 {{- $b := .Values.networkPolicy.backend -}}
 {{- $rule := dict "ports" (include "consonant-relayer.npPorts" (dict "ports" (include "consonant-relayer.backendPorts" . | fromJsonArray) "protocols" (list "TCP")) | fromJsonArray) -}}
 {{- if $b.cidrs -}}
@@ -405,6 +522,7 @@ show it OutOfSync and prune it — and the bootstrap token is single-use. */}}
 {{- $_ := set $rule "to" (list (dict "ipBlock" (dict "cidr" "0.0.0.0/0" "except" $b.privateCidrs))) -}}
 {{- end -}}
 {{- toYaml (list $rule) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The collector's pod template, for the DaemonSet and the Deployment. */}}

@@ -106,10 +106,34 @@ fn file_case(file: &'static str, namespace: &'static str, network_policy_off: bo
     }
 }
 
-/// Every case: the seed's three examples and the chart's own ci/ values.
+/// Egress through a proxy whose URL (with credentials) is in a Secret of
+/// the user's, with a failover list of gRPC endpoints and extra NO_PROXY
+/// entries: every check of every case applies to it too.
+fn egress_case() -> Case {
+    Case {
+        name: "egress through a proxy Secret",
+        namespace: "consonant-system",
+        args: set(&[
+            "cluster.name=prod-eu-west-1",
+            "backend.url=https://backend.company.com",
+            "auth.existingSecret=consonant-bootstrap",
+            "backend.proxySecret=corp-proxy",
+            "networkPolicy.proxy.port=3128",
+            "networkPolicy.proxy.cidrs={10.20.0.5/32}",
+            "networkPolicy.kubernetesApi.cidrs={10.96.0.1/32}",
+            "backend.grpcEndpoints={grpcs://grpc-a.company.com:443,grpcs://grpc-b.company.com:8443}",
+            "backend.extraNoProxy={.corp,10.0.0.0/8}",
+        ]),
+        network_policy_off: false,
+    }
+}
+
+/// Every case: the seed's three examples, the chart's own ci/ values and
+/// egress through a proxy.
 fn cases() -> Vec<Case> {
     vec![
         quick_start(),
+        egress_case(),
         file_case("seed-production-values.yaml", "consonant-system", false),
         file_case("seed-dev-values.yaml", "consonant-dev", true),
         file_case("existing-secret-values.yaml", "consonant-system", false),
@@ -496,6 +520,12 @@ fn relayer_toml(docs: &[Value], registration: bool) -> String {
 }
 
 fn check_config(toml: &str) -> Output {
+    check_config_with_env(toml, &[])
+}
+
+/// `check-config` with these `CONSONANT_RELAYER__*` variables (and no
+/// others): the overrides a pod's environment gives.
+fn check_config_with_env(toml: &str, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relayer.toml");
     std::fs::write(&path, toml).unwrap();
@@ -506,6 +536,7 @@ fn check_config(toml: &str) -> Output {
             command.env_remove(key);
         }
     }
+    command.envs(env.iter().copied());
     run(&mut command)
 }
 
@@ -2613,4 +2644,507 @@ fn the_real_collector_accepts_the_rendered_config() {
         "{}",
         text(&out.stderr)
     );
+}
+
+// ------------------------------------------------ egress: proxy, failover
+
+/// The `env` list of a container as name -> the entry.
+fn env_of(container: &Value) -> BTreeMap<String, Value> {
+    container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+/// The environment of the relayer container and of the hook's.
+fn relayer_and_hook_env(docs: &[Value]) -> [BTreeMap<String, Value>; 2] {
+    let deploy = find(docs, "Deployment", RELEASE);
+    let job = find(docs, "Job", "consonant-relayer-register");
+    [
+        env_of(container(&deploy["spec"]["template"]["spec"], "relayer")),
+        env_of(container(&job["spec"]["template"]["spec"], "register")),
+    ]
+}
+
+/// `[backend]` of a relayer TOML.
+fn backend_of(toml_text: &str) -> toml::Table {
+    let table: toml::Table = toml_text
+        .parse()
+        .unwrap_or_else(|e| panic!("not TOML ({e}):\n{toml_text}"));
+    table["backend"].as_table().expect("[backend]").clone()
+}
+
+/// Issue 15, item 3: `backend.proxy` is rendered into `[backend] proxy` of
+/// the relayer's and the hook's config alike, and the relayer accepts it.
+#[test]
+fn backend_proxy_reaches_both_configs() {
+    for value in [
+        "http://proxy.corp:3128",
+        "none",
+        "http://[fd00::1]:3128/",
+        "",
+    ] {
+        let proxy = format!("backend.proxy={value}");
+        let docs = documents(&render(&quick_start(), &["--set", &proxy]));
+        let toml_text = relayer_toml(&docs, true);
+        assert_eq!(
+            backend_of(&toml_text)["proxy"].as_str(),
+            Some(value),
+            "{toml_text}"
+        );
+        let out = check_config(&toml_text);
+        assert!(
+            out.status.success(),
+            "check-config rejected proxy {value:?}:\n{}",
+            text(&out.stderr)
+        );
+        // No proxy Secret: no override in the pods.
+        for env in relayer_and_hook_env(&docs) {
+            assert!(
+                !env.contains_key("CONSONANT_RELAYER__BACKEND__PROXY"),
+                "{env:?}"
+            );
+        }
+    }
+    let docs = documents(&render(&quick_start(), &[]));
+    assert_eq!(
+        backend_of(&relayer_toml(&docs, true))["proxy"].as_str(),
+        Some(""),
+        "the default is the pod's environment"
+    );
+}
+
+/// Issue 15, item 3: a proxy URL with credentials comes from the user's
+/// Secret as `CONSONANT_RELAYER__BACKEND__PROXY` on both pods (never in a
+/// ConfigMap); the real binary takes that variable as the override of
+/// `backend.proxy` and shows it only redacted.
+#[test]
+fn a_proxy_secret_reaches_the_relayer_and_the_hook_as_the_config_override() {
+    let docs = documents(&render(&egress_case(), &[]));
+    for env in relayer_and_hook_env(&docs) {
+        assert_eq!(
+            env["CONSONANT_RELAYER__BACKEND__PROXY"]["valueFrom"],
+            serde_json::json!({"secretKeyRef": {"name": "corp-proxy", "key": "proxyUrl"}}),
+            "{env:?}"
+        );
+    }
+    let docs = documents(&render(
+        &egress_case(),
+        &["--set", "backend.proxySecretKey=url"],
+    ));
+    for env in relayer_and_hook_env(&docs) {
+        assert_eq!(
+            env["CONSONANT_RELAYER__BACKEND__PROXY"]["valueFrom"]["secretKeyRef"]["key"],
+            "url"
+        );
+    }
+    // The checkov skip for "secrets as environment variables" is on exactly
+    // these two pods, and only with a proxy Secret.
+    for (kind, name) in [
+        ("Deployment", RELEASE),
+        ("Job", "consonant-relayer-register"),
+    ] {
+        let skip = annotations(find(&docs, kind, name))["checkov.io/skip2"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(skip.starts_with("CKV_K8S_35="), "{kind}: {skip}");
+    }
+    let plain = documents(&render(&quick_start(), &[]));
+    assert!(annotations(find(&plain, "Deployment", RELEASE))["checkov.io/skip2"].is_null());
+
+    // The config file leaves backend.proxy to the pod's environment...
+    let toml_text = relayer_toml(&docs, true);
+    assert_eq!(backend_of(&toml_text)["proxy"].as_str(), Some(""));
+    // ...and the variable overrides it in the relayer, redacted in output.
+    const VAR: &str = "CONSONANT_RELAYER__BACKEND__PROXY";
+    let out = check_config_with_env(&toml_text, &[(VAR, "http://relay:hunter2@proxy.corp:3128")]);
+    let effective = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        backend_of(&effective)["proxy"].as_str(),
+        Some("http://relay:***@proxy.corp:3128"),
+        "{effective}"
+    );
+    assert!(!(effective + &text(&out.stderr)).contains("hunter2"));
+    // A bad URL there is refused naming the key and the variable, redacted.
+    let out = check_config_with_env(
+        &toml_text,
+        &[(VAR, "https://relay:hunter2@proxy.corp:3128")],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "accepted an https:// proxy");
+    assert!(
+        stderr.contains("backend.proxy") && stderr.contains(VAR),
+        "{stderr}"
+    );
+    assert!(
+        !(text(&out.stdout) + &stderr).contains("hunter2"),
+        "{stderr}"
+    );
+}
+
+/// Issue 15, item 3: NO_PROXY (and no_proxy) on the relayer and the hook
+/// keep in-cluster traffic direct: the defaults, the release's own
+/// Services and the API server's addresses, then `backend.extraNoProxy`;
+/// `backend.noProxy` replaces the defaults.
+#[test]
+fn no_proxy_keeps_in_cluster_traffic_direct() {
+    let no_proxy = |docs: &[Value]| -> String {
+        let [relayer, hook] = relayer_and_hook_env(docs);
+        let value = relayer["NO_PROXY"]["value"].as_str().unwrap().to_string();
+        for env in [&relayer, &hook] {
+            assert_eq!(env["NO_PROXY"]["value"], value.as_str());
+            assert_eq!(env["no_proxy"]["value"], value.as_str());
+        }
+        value
+    };
+    let docs = documents(&render(&quick_start(), &[]));
+    assert_eq!(
+        no_proxy(&docs),
+        "localhost,127.0.0.1,::1,.svc,.cluster.local,kubernetes.default,consonant-relayer,consonant-relayer-otel"
+    );
+    // Those names are the release's Services.
+    find(&docs, "Service", "consonant-relayer");
+    find(&docs, "Service", "consonant-relayer-otel");
+
+    let docs = documents(&render(&egress_case(), &[]));
+    assert_eq!(
+        no_proxy(&docs),
+        "localhost,127.0.0.1,::1,.svc,.cluster.local,kubernetes.default,consonant-relayer,consonant-relayer-otel,10.96.0.1/32,.corp,10.0.0.0/8"
+    );
+
+    let docs = documents(&render(
+        &quick_start(),
+        &[
+            "--set",
+            "backend.noProxy={localhost,.svc}",
+            "--set",
+            "backend.extraNoProxy={.svc,.corp}",
+            "--set",
+            "otelCollector.enabled=false",
+            "--set",
+            "fullnameOverride=edge-relayer",
+        ],
+    ));
+    let [relayer, hook] = {
+        let deploy = find(&docs, "Deployment", "edge-relayer");
+        let job = find(&docs, "Job", "edge-relayer-register");
+        [
+            env_of(container(&deploy["spec"]["template"]["spec"], "relayer")),
+            env_of(container(&job["spec"]["template"]["spec"], "register")),
+        ]
+    };
+    for env in [relayer, hook] {
+        assert_eq!(
+            env["NO_PROXY"]["value"],
+            "localhost,.svc,edge-relayer,.corp"
+        );
+    }
+
+    // An entry with a comma or a space would split the list: refused.
+    refuses(
+        &["backend.extraNoProxy={a b}"],
+        &["/backend/extraNoProxy/0", "does not match pattern"],
+    );
+}
+
+/// helm with these arguments: whether it succeeded, and everything it
+/// printed.
+fn helm_says(args: &[&str]) -> (bool, String) {
+    let out = run(Command::new(&tools().helm).args(args));
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
+/// Issue 15, item 3: a proxy URL with credentials in the values fails
+/// rendering, pointing to `backend.proxySecret`, and the password appears
+/// in no output: not in helm template's or install's error (with the
+/// schema or without), not in lint's.
+#[test]
+fn proxy_credentials_in_values_fail_and_are_never_shown() {
+    let chart = repo().join(CHART).display().to_string();
+    for proxy in [
+        "http://relay:hunter2@proxy.corp:3128",
+        "https://relay:hunter2@proxy.corp:3128",
+        "relay:hunter2@proxy.corp:3128",
+        "http://relay:hunter2@proxy.corp",
+        "socks5://relay:hunter2@proxy.corp:1080",
+    ] {
+        let value = format!("backend.proxy={proxy}");
+        let base = [
+            "--namespace",
+            "consonant-system",
+            "--set",
+            "cluster.name=prod",
+            "--set",
+            "backend.url=https://backend.company.com",
+            "--set",
+            "auth.bearerToken=t",
+            "--set",
+            &value,
+        ];
+        let runs: [Vec<&str>; 4] = [
+            [&["template", RELEASE, &chart][..], &base].concat(),
+            [
+                &["template", RELEASE, &chart, "--skip-schema-validation"][..],
+                &base,
+            ]
+            .concat(),
+            [&["install", RELEASE, &chart, "--dry-run=client"][..], &base].concat(),
+            [&["lint", "--strict", &chart][..], &base].concat(),
+        ];
+        for (i, args) in runs.iter().enumerate() {
+            let (ok, output) = helm_says(args);
+            assert!(
+                !output.contains("hunter2"),
+                "helm {} with {proxy} shows the password:\n{output}",
+                args[0]
+            );
+            if i < 3 {
+                assert!(!ok, "helm {} accepted {proxy}", args[0]);
+                for part in [
+                    "backend.proxy holds credentials",
+                    "backend.proxySecret=",
+                    "not repeated",
+                ] {
+                    assert!(
+                        output.contains(part),
+                        "{proxy}: {part:?} missing from\n{output}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Issue 15, item 3: proxies the relayer refuses are refused at install,
+/// naming the value and what to write.
+#[test]
+fn bad_proxy_values_fail_with_a_clear_message() {
+    for proxy in [
+        "https://proxy.corp:3128",
+        "socks5://proxy.corp:1080",
+        "http://proxy.corp",
+        "proxy.corp:3128",
+    ] {
+        refuses(
+            &[&format!("backend.proxy={proxy}")],
+            &["/backend/proxy", proxy, "does not match pattern"],
+        );
+        let out = helm_template(
+            "consonant-system",
+            &set(&[
+                "cluster.name=prod",
+                "backend.url=https://backend.company.com",
+                "auth.bearerToken=t",
+                &format!("backend.proxy={proxy}"),
+            ]),
+            &["--skip-schema-validation"],
+        );
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "accepted {proxy}");
+        assert!(
+            stderr.contains(&format!("backend.proxy \"{proxy}\" is not"))
+                && stderr.contains("https:// and SOCKS proxies are not supported"),
+            "{stderr}"
+        );
+    }
+    refuses(
+        &["backend.proxy=http://proxy.corp:99999"],
+        &["backend.proxy \"http://proxy.corp:99999\" has port 99999"],
+    );
+    refuses(
+        &[
+            "backend.proxy=none",
+            "backend.proxySecret=corp-proxy",
+            "networkPolicy.proxy.port=3128",
+        ],
+        &["backend.proxy (\"none\") and backend.proxySecret are both set: set one"],
+    );
+    refuses(
+        &["backend.proxySecret=corp-proxy"],
+        &["backend.proxySecret is set but networkPolicy.proxy.port is not"],
+    );
+    // Without NetworkPolicies the chart needs no port.
+    render(
+        &quick_start(),
+        &[
+            "--set",
+            "backend.proxySecret=corp-proxy",
+            "--set",
+            "networkPolicy.enabled=false",
+        ],
+    );
+}
+
+/// Issue 15, item 3: `backend.grpcEndpoints` is rendered in order, the
+/// relayer reads it in that order, NOTES list it, and it cannot be set
+/// beside `backend.grpcEndpoint`.
+#[test]
+fn grpc_endpoints_are_rendered_in_failover_order() {
+    let want = [
+        "grpcs://grpc-a.company.com:443",
+        "grpcs://grpc-b.company.com:8443",
+    ];
+    let endpoints = |toml_text: &str| -> Vec<String> {
+        backend_of(toml_text)["grpc_endpoints"]
+            .as_array()
+            .expect("grpc_endpoints is a list")
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    };
+    let toml_text = relayer_toml(&documents(&render(&egress_case(), &[])), true);
+    assert_eq!(endpoints(&toml_text), want, "{toml_text}");
+    assert_eq!(backend_of(&toml_text)["grpc_endpoint"].as_str(), Some(""));
+    let out = check_config(&toml_text);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        endpoints(&text(&out.stdout)),
+        want,
+        "the relayer's effective config"
+    );
+
+    let toml_text = relayer_toml(&documents(&render(&quick_start(), &[])), true);
+    assert!(endpoints(&toml_text).is_empty(), "{toml_text}");
+
+    let notes = install_notes(&egress_case(), &[]);
+    assert!(
+        notes.contains(
+            "gRPC endpoints, in failover order: 1. grpcs://grpc-a.company.com:443, 2. grpcs://grpc-b.company.com:8443\n"
+        ),
+        "{notes}"
+    );
+    assert!(!install_notes(&quick_start(), &[]).contains("failover"));
+
+    refuses(
+        &[
+            "backend.grpcEndpoint=grpcs://grpc.company.com:443",
+            "backend.grpcEndpoints={grpcs://grpc-b.company.com:443}",
+        ],
+        &[
+            "backend.grpcEndpoint \"grpcs://grpc.company.com:443\" and backend.grpcEndpoints are both set: set one",
+        ],
+    );
+    refuses(
+        &["backend.grpcEndpoints={grpcs://a.company.com:443,tcp://b.company.com:1}"],
+        &["/backend/grpcEndpoints/1", "tcp://b.company.com:1"],
+    );
+    refuses(
+        &["backend.grpcEndpoints={http://a.company.com:50051}"],
+        &["/backend/grpcEndpoints/0", "http://a.company.com:50051"],
+    );
+    // The template's own checks hold without the schema too.
+    let out = helm_template(
+        "consonant-system",
+        &set(&[
+            "cluster.name=prod",
+            "backend.url=https://backend.company.com",
+            "auth.bearerToken=t",
+            "backend.grpcEndpoints={http://a.company.com:50051}",
+        ]),
+        &["--skip-schema-validation"],
+    );
+    assert!(
+        text(&out.stderr)
+            .contains("backend.grpcEndpoints[0] \"http://a.company.com:50051\" is plaintext"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Issue 15, item 3: through a proxy, the relayer and the hook may reach
+/// the proxy's port (at its CIDRs, or anywhere with a NOTES warning) and no
+/// longer the backend's; without one the backend rule is unchanged, and it
+/// covers the port of every failover endpoint.
+#[test]
+fn network_policy_egress_follows_the_proxy_and_the_endpoints() {
+    let policies = |docs: &[Value]| -> [Value; 2] {
+        [
+            find(docs, "NetworkPolicy", RELEASE).clone(),
+            find(docs, "NetworkPolicy", "consonant-relayer-register").clone(),
+        ]
+    };
+
+    // Direct (no proxy, or "none"): the backend's ports, public addresses.
+    let direct = documents(&render(&quick_start(), &[]));
+    let none = documents(&render(&quick_start(), &["--set", "backend.proxy=none"]));
+    for (a, b) in policies(&direct).iter().zip(policies(&none).iter()) {
+        assert_eq!(
+            egress_ports(a),
+            [vec![53, 53], vec![443, 6443], vec![443, 50051]]
+        );
+        assert_eq!(a["spec"]["egress"], b["spec"]["egress"]);
+    }
+
+    // backend.proxy: its port, to any address, and a warning.
+    let docs = documents(&render(
+        &quick_start(),
+        &["--set", "backend.proxy=http://proxy.corp:8080"],
+    ));
+    for policy in policies(&docs) {
+        assert_eq!(
+            egress_ports(&policy),
+            [vec![53, 53], vec![443, 6443], vec![8080]],
+            "{policy}"
+        );
+        assert!(policy["spec"]["egress"][2]["to"].is_null(), "{policy}");
+    }
+    let notes = install_notes(
+        &quick_start(),
+        &["--set", "backend.proxy=http://proxy.corp:8080"],
+    );
+    for line in [
+        "The relayer and the registration hook reach the backend through the HTTP proxy http://proxy.corp:8080; direct (NO_PROXY): localhost,",
+        "WARNING: networkPolicy.proxy.cidrs is empty",
+        "ANY address on the proxy's port 8080",
+    ] {
+        assert!(notes.contains(line), "no {line:?} in\n{notes}");
+    }
+    let plain = install_notes(&quick_start(), &[]);
+    assert!(
+        !plain.contains("HTTP proxy") && !plain.contains("networkPolicy.proxy"),
+        "{plain}"
+    );
+
+    // A proxy Secret: networkPolicy.proxy.port at networkPolicy.proxy.cidrs,
+    // whatever the endpoints' ports; no warning.
+    let docs = documents(&render(&egress_case(), &[]));
+    for policy in policies(&docs) {
+        assert_eq!(
+            egress_ports(&policy),
+            [vec![53, 53], vec![443, 6443], vec![3128]],
+            "{policy}"
+        );
+        assert_eq!(
+            policy["spec"]["egress"][2]["to"],
+            serde_json::json!([{"ipBlock": {"cidr": "10.20.0.5/32"}}])
+        );
+    }
+    let notes = install_notes(&egress_case(), &[]);
+    assert!(
+        notes.contains(
+            "The relayer and the registration hook reach the backend through the HTTP proxy in Secret consonant-system/corp-proxy (key proxyUrl); direct (NO_PROXY): localhost,127.0.0.1,::1,.svc,.cluster.local,kubernetes.default,consonant-relayer,consonant-relayer-otel,10.96.0.1/32,.corp,10.0.0.0/8\n"
+        ),
+        "{notes}"
+    );
+    assert!(!notes.contains("WARNING"), "{notes}");
+
+    // Failover endpoints, direct: every endpoint's port.
+    let docs = documents(&render(
+        &quick_start(),
+        &[
+            "--set",
+            "backend.grpcEndpoints={grpcs://a.company.com:443,grpcs://b.company.com:8443,grpc://c.company.com}",
+        ],
+    ));
+    for policy in policies(&docs) {
+        assert_eq!(
+            egress_ports(&policy),
+            [vec![53, 53], vec![443, 6443], vec![443, 8443, 50051]],
+            "{policy}"
+        );
+    }
 }
