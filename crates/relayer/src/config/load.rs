@@ -266,7 +266,7 @@ fn redact(value: &mut toml::Value, key: &str) {
         toml::Value::String(text) => {
             if is_secret_key(key) {
                 *text = REDACTED.to_string();
-            } else if let Some(clean) = redact_url_password(text) {
+            } else if let Some(clean) = super::redact::redact_url_password(text) {
                 *text = clean;
             }
         }
@@ -291,16 +291,6 @@ fn is_secret_key(key: &str) -> bool {
     .iter()
     .any(|word| key.contains(word));
     looks_secret && !names_a_secret
-}
-
-/// `https://user:pass@host` → `https://user:***@host`.
-pub(crate) fn redact_url_password(text: &str) -> Option<String> {
-    let (scheme, rest) = text.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let (userinfo, host) = authority.rsplit_once('@')?;
-    let (user, _password) = userinfo.split_once(':')?;
-    Some(format!("{scheme}://{user}:{REDACTED}@{host}{tail}"))
 }
 
 #[cfg(test)]
@@ -507,10 +497,14 @@ mod tests {
         assert!(!is_secret_key("cluster_token_file"));
         assert!(!is_secret_key("secret_name"));
         assert_eq!(
-            redact_url_password("https://u:hunter2@b.example.com/x").as_deref(),
+            super::super::redact::redact_url_password("https://u:hunter2@b.example.com/x")
+                .as_deref(),
             Some("https://u:***@b.example.com/x")
         );
-        assert_eq!(redact_url_password("https://b.example.com/x@y"), None);
+        assert_eq!(
+            super::super::redact::redact_url_password("https://b.example.com/x@y"),
+            None
+        );
 
         // A future section holding a token, plain or as `Secret`.
         let mut future: toml::Value =

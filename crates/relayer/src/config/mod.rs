@@ -8,6 +8,7 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod proxy;
+pub mod redact;
 pub mod units;
 pub mod validate;
 pub mod verify_keys;

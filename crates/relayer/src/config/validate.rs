@@ -55,7 +55,7 @@ pub fn validate(cfg: &RelayerConfig) -> Vec<Invalid> {
         ));
     }
     if let Err(problem) = super::proxy::ProxySetting::parse(&backend.proxy) {
-        let shown = super::load::redact_url_password(&backend.proxy)
+        let shown = super::redact::redact_url_password(&backend.proxy)
             .unwrap_or_else(|| backend.proxy.clone());
         e.push(Invalid::new("backend.proxy", quote(&shown), problem));
     }

@@ -79,7 +79,7 @@ impl EgressRoute {
                     };
                     ProxyUrl::parse(&url).map(Some).map_err(|problem| EgressError::Environment {
                         var,
-                        shown: crate::config::load::redact_url_password(&value).unwrap_or(value),
+                        shown: crate::config::redact::redact_url_password(&value).unwrap_or(value),
                         problem,
                     })
                 };

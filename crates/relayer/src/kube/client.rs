@@ -68,7 +68,7 @@ fn without_environment_proxy(
         tracing::debug!("the Kubernetes API is reached directly; HTTPS_PROXY is for the backend");
         return Ok(config);
     }
-    let shown = crate::config::load::redact_url_password(&proxy.to_string())
+    let shown = crate::config::redact::redact_url_password(&proxy.to_string())
         .unwrap_or_else(|| proxy.to_string());
     Err(KubeClientError::KubeconfigProxy(shown))
 }
