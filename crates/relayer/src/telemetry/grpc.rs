@@ -67,13 +67,18 @@ impl<S: TelemetrySink> OtlpGrpc<S> {
     }
 }
 
-/// `RESOURCE_EXHAUSTED` carrying `RetryInfo { retry_delay }`.
+/// `RESOURCE_EXHAUSTED` carrying `RetryInfo { retry_delay }`; without
+/// `RetryInfo` when the request can never be taken (OTLP: not retryable).
 pub fn refused(signal: Signal, refusal: &Refusal) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!("{signal} export refused: {}", refusal.reason),
-        ErrorDetails::with_retry_info(Some(refusal.retry_after)),
-    )
+    let message = format!("{signal} export refused: {}", refusal.reason);
+    match refusal.retry_after {
+        Some(delay) => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        None => Status::new(Code::ResourceExhausted, message),
+    }
 }
 
 #[tonic::async_trait]
@@ -276,6 +281,28 @@ mod tests {
         client.export(request).await.unwrap();
         assert_eq!(server.sink.counts(), vec![(Signal::Logs, 4)]);
         server.shutdown().await;
+    }
+
+    #[test]
+    fn only_a_retryable_refusal_carries_retry_info() {
+        let later = refused(
+            Signal::Traces,
+            &Refusal {
+                retry_after: Some(Duration::from_secs(1)),
+                reason: "full".into(),
+            },
+        );
+        assert_eq!(later.code(), Code::ResourceExhausted);
+        assert!(later.get_details_retry_info().is_some());
+        let never = refused(
+            Signal::Traces,
+            &Refusal {
+                retry_after: None,
+                reason: "too large".into(),
+            },
+        );
+        assert_eq!(never.code(), Code::ResourceExhausted);
+        assert!(never.get_details_retry_info().is_none());
     }
 
     #[tokio::test]

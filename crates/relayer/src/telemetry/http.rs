@@ -259,11 +259,16 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
     // Protobuf bodies are forwarded as they came when they fit a frame.
     let raw = (format == Format::Protobuf).then_some(body);
     let rejected = forward(&*state.sink, request, raw).map_err(|refusal| Failure {
-        status: StatusCode::TOO_MANY_REQUESTS,
+        // 429 + Retry-After while the buffer is full; 413 (not retried)
+        // for a request larger than the whole buffer.
+        status: match refusal.retry_after {
+            Some(_) => StatusCode::TOO_MANY_REQUESTS,
+            None => StatusCode::PAYLOAD_TOO_LARGE,
+        },
         code: tonic::Code::ResourceExhausted,
         message: format!("{signal} export refused: {}", refusal.reason),
         format,
-        retry_after: Some(refusal.retry_after),
+        retry_after: refusal.retry_after,
     })?;
     let response = R::response(&rejected);
     let body = match format {

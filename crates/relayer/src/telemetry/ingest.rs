@@ -158,6 +158,19 @@ impl TelemetrySink for IngestSink {
         let size: usize = pieces.iter().map(|p| p.otlp.len()).sum();
         let items: u64 = pieces.iter().map(|p| p.items).sum();
         let batch_limit = self.batch_limit();
+        if size > self.budget {
+            // Retrying cannot help: even an empty buffer cannot hold it.
+            self.counters
+                .refused_requests
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal {
+                retry_after: None,
+                reason: format!(
+                    "the request's {size} bytes of telemetry are more than the relayer's whole buffer ({} bytes, telemetry.buffer_bytes), so it can never be taken: raise telemetry.buffer_bytes or send smaller batches",
+                    self.budget
+                ),
+            });
+        }
         let full = {
             let mut coalescer = self.coalescer.lock();
             let used = coalescer.pending_bytes() + self.outbox.stats().telemetry_bytes;
@@ -166,7 +179,7 @@ impl TelemetrySink for IngestSink {
                     .refused_requests
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal {
-                    retry_after: RETRY_AFTER,
+                    retry_after: Some(RETRY_AFTER),
                     reason: format!(
                         "the relayer's telemetry buffer is full ({used} of {} bytes, telemetry.buffer_bytes): the backend is slow or unreachable",
                         self.budget
@@ -189,5 +202,52 @@ impl TelemetrySink for IngestSink {
             .fetch_add(items, Ordering::Relaxed);
         self.forward(full);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn sink(buffer_bytes: u64) -> IngestSink {
+        let config = TelemetryConfig {
+            buffer_bytes,
+            max_batch_bytes: 4096,
+            ..TelemetryConfig::default()
+        };
+        let outbox = OutboxHandle::new(1 << 20, Arc::new(Metrics::new()));
+        IngestSink::new(&config, outbox, FrameLimit::new(64 * 1024))
+    }
+
+    fn pieces(bytes: usize) -> Vec<Piece> {
+        vec![Piece {
+            otlp: Bytes::from(vec![0u8; bytes]),
+            items: 1,
+        }]
+    }
+
+    /// Full: "retry later". Larger than the whole buffer: refused for good,
+    /// since no retry could ever succeed (a client told to retry would
+    /// retry forever).
+    #[test]
+    fn a_request_larger_than_the_whole_buffer_is_refused_for_good() {
+        let sink = sink(10_000);
+        assert_eq!(sink.offer(Signal::Traces, pieces(6_000)), Ok(()));
+        let full = sink.offer(Signal::Traces, pieces(6_000)).unwrap_err();
+        assert_eq!(full.retry_after, Some(RETRY_AFTER));
+        let never = sink.offer(Signal::Traces, pieces(10_001)).unwrap_err();
+        assert_eq!(never.retry_after, None);
+        assert!(never.reason.contains("10001 bytes"), "{}", never.reason);
+        assert!(
+            never.reason.contains("telemetry.buffer_bytes"),
+            "{}",
+            never.reason
+        );
+        assert_eq!(sink.counters.refused_requests.load(Ordering::Relaxed), 2);
     }
 }

@@ -60,23 +60,24 @@ impl From<Signal> for telemetry_batch::Signal {
 
 /// Why a sink did not take an export request, and when the client should
 /// try again. Receivers turn it into gRPC `RESOURCE_EXHAUSTED` + `RetryInfo`
-/// or HTTP 429 + `Retry-After`.
+/// or HTTP 429 + `Retry-After`; a request that can never be taken (larger
+/// than the whole buffer) has no `retry_after` and becomes
+/// `RESOURCE_EXHAUSTED` without `RetryInfo` (which OTLP clients do not
+/// retry) or HTTP 413.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// How long the client should wait before re-sending.
-    pub retry_after: Duration,
+    /// How long the client should wait before re-sending; `None`: never.
+    pub retry_after: Option<Duration>,
     /// Human-readable cause, sent back to the client.
     pub reason: String,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (retry after {} ms)",
-            self.reason,
-            self.retry_after.as_millis()
-        )
+        match self.retry_after {
+            Some(delay) => write!(f, "{} (retry after {} ms)", self.reason, delay.as_millis()),
+            None => write!(f, "{} (not retryable)", self.reason),
+        }
     }
 }
 
@@ -136,7 +137,7 @@ pub(crate) mod testing {
         fn offer(&self, signal: Signal, pieces: Vec<Piece>) -> Result<(), Refusal> {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err(Refusal {
-                    retry_after: Duration::from_millis(1500),
+                    retry_after: Some(Duration::from_millis(1500)),
                     reason: "telemetry buffer full".into(),
                 });
             }
@@ -176,7 +177,7 @@ mod tests {
     #[test]
     fn refusal_display_names_reason_and_delay() {
         let r = Refusal {
-            retry_after: Duration::from_millis(250),
+            retry_after: Some(Duration::from_millis(250)),
             reason: "buffer full".into(),
         };
         assert_eq!(r.to_string(), "buffer full (retry after 250 ms)");

@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub(crate) mod agent;
 pub(crate) mod chart_tools;
 pub(crate) mod otel_collector;
 pub(crate) mod proxy;

@@ -42,3 +42,89 @@ pub(crate) fn otel_collector() -> &'static OtelCollector {
         }
     })
 }
+
+/// The real collector running with a config of the test's, as a child
+/// process killed on drop; its output is kept for failure messages.
+pub(crate) struct RunningCollector {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningCollector {
+    /// Starts `otelcol --config` with `config` (YAML) and `env`.
+    pub(crate) fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead as _, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(&otel_collector().binary);
+        command
+            .arg(format!("--config={}", path.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the collector");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Self {
+            child,
+            output,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until the health_check extension at `health` answers 200.
+    pub(crate) async fn wait_healthy(&mut self, health: std::net::SocketAddr) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the collector exited ({status}):\n{}", self.output());
+            }
+            if let Ok(response) = reqwest::get(format!("http://{health}/")).await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the collector was not healthy within 30 s:\n{}",
+            self.output()
+        );
+    }
+}
+
+impl Drop for RunningCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
