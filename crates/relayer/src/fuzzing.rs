@@ -436,6 +436,81 @@ impl TelemetrySink for RecordingSink {
     }
 }
 
+/// The protobuf path as the receivers take it (`forward_bytes`: never
+/// decoded): the wire count is the decoded count (prost skips unknown
+/// groups, which OTLP never has; the walk refuses them), a request within
+/// the limit is forwarded as the very same bytes, and a larger one comes out
+/// as pieces within the limit that decode, carry their counted items, and
+/// with the items left out add up to the request's, in at most twice its
+/// size plus one frame.
+fn wire_path<R: OtlpRequest + Walk>(raw: &bytes::Bytes, limit: usize, items: u64) {
+    use crate::telemetry::request::{forward_bytes, ForwardError};
+    use crate::telemetry::wire::{count_items, WireError};
+    match count_items(R::SIGNAL, raw) {
+        Ok(counted) => assert_eq!(counted, items, "the wire count is the decoded count"),
+        Err(WireError::WireType {
+            wire_type: 3 | 4, ..
+        }) => return,
+        Err(other) => panic!("prost decodes what the wire walk refuses: {other}"),
+    }
+    let sink = RecordingSink {
+        limit,
+        offers: Mutex::new(Vec::new()),
+    };
+    let rejected = match forward_bytes(&sink, R::SIGNAL, raw.clone()) {
+        Ok(rejected) => rejected,
+        Err(ForwardError::Refused(refusal)) => panic!("the sink never refuses, yet: {refusal}"),
+        Err(ForwardError::Malformed(why)) => panic!("counted, then malformed: {why}"),
+    };
+    let pieces: Vec<Piece> = sink
+        .offers
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flat_map(|(_, pieces)| pieces)
+        .collect();
+    if items == 0 {
+        assert!(pieces.is_empty());
+        return;
+    }
+    if raw.len() <= limit {
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(
+            &pieces[0].otlp, raw,
+            "within the limit: the very same bytes"
+        );
+        return;
+    }
+    let mut carried = 0;
+    let mut total = 0;
+    for piece in &pieces {
+        assert!(
+            piece.otlp.len() <= limit,
+            "a piece of {} bytes, limit {limit}",
+            piece.otlp.len()
+        );
+        let decoded = R::decode(piece.otlp.clone())
+            .unwrap_or_else(|err| panic!("a wire piece does not decode: {err}"));
+        assert_eq!(
+            decoded.item_count(),
+            piece.items,
+            "a wire piece's item count"
+        );
+        carried += piece.items;
+        total += piece.otlp.len();
+    }
+    assert_eq!(
+        carried + rejected.items,
+        items,
+        "wire: carried + left out = sent"
+    );
+    assert!(
+        total <= 2 * raw.len() + limit,
+        "wire: {total} bytes from {}",
+        raw.len()
+    );
+}
+
 fn split_one<R: OtlpRequest + Walk>(json: bool, limit: usize, body: &[u8]) {
     // As the HTTP receiver decodes (telemetry/http.rs): protobuf as is,
     // JSON with nothing after the value.
@@ -454,6 +529,9 @@ fn split_one<R: OtlpRequest + Walk>(json: bool, limit: usize, body: &[u8]) {
     let encoded_len = request.encoded_len();
     let canonical = request.encode_to_vec();
     let entries = request.entries();
+    if let Some(raw) = &raw {
+        wire_path::<R>(raw, limit, items);
+    }
     let sink = RecordingSink {
         limit,
         offers: Mutex::new(Vec::new()),

@@ -1,71 +1,34 @@
 //! OTLP/gRPC receivers: the collector `TraceService`, `MetricsService` and
-//! `LogsService` over a [`TelemetrySink`]. tonic decodes (gzip accepted, size
-//! capped); each request goes through [`forward`](super::request::forward)
-//! (re-encoded, split when larger than a frame, items that fit no frame
-//! answered with OTLP partial success). A refusal becomes
+//! `LogsService` over a [`TelemetrySink`]. The request message is taken as
+//! bytes (gzip accepted, size capped) and never decoded into structs: it
+//! goes through [`forward_bytes`] (framing checked and items counted on the
+//! wire, forwarded as is, split when larger than a frame, items that fit no
+//! frame answered with OTLP partial success). A refusal becomes
 //! `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, which OTLP
-//! exporters treat as retryable after the given delay.
+//! exporters treat as retryable after the given delay (without it for a
+//! request that can never be taken).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use bytes::{Buf as _, Bytes};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::request::{forward, OtlpRequest};
+use super::request::{forward_bytes, ForwardError, OtlpRequest};
 use super::sink::{Refusal, Signal, TelemetrySink};
 use super::{Receiver, ServeError};
-
-/// The three OTLP collector services over one sink; implements
-/// [`TraceService`], [`MetricsService`] and [`LogsService`].
-pub struct OtlpGrpc<S> {
-    sink: Arc<S>,
-}
-
-impl<S> OtlpGrpc<S> {
-    /// Services offering into `sink`.
-    pub fn new(sink: Arc<S>) -> Self {
-        OtlpGrpc { sink }
-    }
-}
-
-impl<S> Clone for OtlpGrpc<S> {
-    fn clone(&self) -> Self {
-        OtlpGrpc {
-            sink: Arc::clone(&self.sink),
-        }
-    }
-}
-
-impl<S: TelemetrySink> OtlpGrpc<S> {
-    /// Forwards `request` and answers it (with partial success when items
-    /// too large for a frame were left out).
-    fn answer<R: OtlpRequest>(&self, request: Request<R>) -> Result<Response<R::Response>, Status> {
-        let rejected = forward(&*self.sink, request.into_inner(), None)
-            .map_err(|refusal| refused(R::SIGNAL, &refusal))?;
-        Ok(Response::new(R::response(&rejected)))
-    }
-}
 
 /// `RESOURCE_EXHAUSTED` carrying `RetryInfo { retry_delay }`; without
 /// `RetryInfo` when the request can never be taken (OTLP: not retryable).
@@ -81,52 +44,145 @@ pub fn refused(signal: Signal, refusal: &Refusal) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl<S: TelemetrySink> TraceService for OtlpGrpc<S> {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.answer(request)
+/// Requests in as bytes, answers out as the signal's response message.
+struct BytesCodec<Resp>(PhantomData<fn() -> Resp>);
+
+impl<Resp> Default for BytesCodec<Resp> {
+    fn default() -> Self {
+        BytesCodec(PhantomData)
     }
 }
 
-#[tonic::async_trait]
-impl<S: TelemetrySink> MetricsService for OtlpGrpc<S> {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.answer(request)
+impl<Resp: Message + Send + 'static> Codec for BytesCodec<Resp> {
+    type Encode = Resp;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder<Resp>;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesDecoder
     }
 }
 
-#[tonic::async_trait]
-impl<S: TelemetrySink> LogsService for OtlpGrpc<S> {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.answer(request)
+struct ResponseEncoder<Resp>(PhantomData<fn() -> Resp>);
+
+impl<Resp: Message> Encoder for ResponseEncoder<Resp> {
+    type Item = Resp;
+    type Error = Status;
+
+    fn encode(&mut self, item: Resp, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|error| Status::internal(format!("encoding the answer: {error}")))
+    }
+}
+
+struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// One OTLP collector service (`R` names the signal) over a sink.
+pub struct OtlpService<S, R> {
+    sink: Arc<S>,
+    max_bytes: usize,
+    signal: PhantomData<fn() -> R>,
+}
+
+impl<S, R> Clone for OtlpService<S, R> {
+    fn clone(&self) -> Self {
+        OtlpService {
+            sink: Arc::clone(&self.sink),
+            max_bytes: self.max_bytes,
+            signal: PhantomData,
+        }
+    }
+}
+
+/// The export call itself.
+struct Export<S, R> {
+    sink: Arc<S>,
+    signal: PhantomData<fn() -> R>,
+}
+
+impl<S: TelemetrySink, R: OtlpRequest> UnaryService<Bytes> for Export<S, R> {
+    type Response = R::Response;
+    type Future = std::future::Ready<Result<Response<R::Response>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let answer = match forward_bytes(&*self.sink, R::SIGNAL, request.into_inner()) {
+            Ok(rejected) => Ok(Response::new(R::response(&rejected))),
+            Err(ForwardError::Malformed(why)) => Err(Status::invalid_argument(format!(
+                "malformed OTLP {} request: {why}",
+                R::SIGNAL
+            ))),
+            Err(ForwardError::Refused(refusal)) => Err(refused(R::SIGNAL, &refusal)),
+        };
+        std::future::ready(answer)
+    }
+}
+
+impl<S: TelemetrySink, R: OtlpRequest> tower::Service<http::Request<tonic::body::Body>>
+    for OtlpService<S, R>
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let export = Export::<S, R> {
+            sink: Arc::clone(&self.sink),
+            signal: PhantomData,
+        };
+        let max_bytes = self.max_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(BytesCodec::<R::Response>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max_bytes);
+            Ok(grpc.unary(export, request).await)
+        })
+    }
+}
+
+impl<S> NamedService for OtlpService<S, ExportTraceServiceRequest> {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<S> NamedService for OtlpService<S, ExportMetricsServiceRequest> {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl<S> NamedService for OtlpService<S, ExportLogsServiceRequest> {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+fn service<S, R>(sink: &Arc<S>, max_bytes: usize) -> OtlpService<S, R> {
+    OtlpService {
+        sink: Arc::clone(sink),
+        max_bytes,
+        signal: PhantomData,
     }
 }
 
 /// The three OTLP services as tonic routes: gzip accepted, requests larger
 /// than `max_bytes` (decompressed) refused with `RESOURCE_EXHAUSTED`.
 pub fn services<S: TelemetrySink>(sink: Arc<S>, max_bytes: usize) -> tonic::service::Routes {
-    let svc = OtlpGrpc::new(sink);
-    let traces = TraceServiceServer::new(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_bytes);
-    let metrics = MetricsServiceServer::new(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_bytes);
-    let logs = LogsServiceServer::new(svc)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_bytes);
-    tonic::service::Routes::new(traces)
-        .add_service(metrics)
-        .add_service(logs)
+    tonic::service::Routes::new(service::<S, ExportTraceServiceRequest>(&sink, max_bytes))
+        .add_service(service::<S, ExportMetricsServiceRequest>(&sink, max_bytes))
+        .add_service(service::<S, ExportLogsServiceRequest>(&sink, max_bytes))
 }
 
 /// Binds `addr` (port 0 allowed) and serves [`services`] until `shutdown`

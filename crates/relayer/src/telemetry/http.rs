@@ -32,8 +32,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::request::{forward, OtlpRequest};
-use super::sink::{Signal, TelemetrySink};
+use super::request::{forward, forward_bytes, ForwardError, OtlpRequest};
+use super::sink::{Refusal, Signal, TelemetrySink};
 use super::{Receiver, ServeError};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -255,10 +255,7 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
         }
     })?;
     let body = decompress(&headers, body, format, signal, state.max_bytes)?;
-    let request: R = decode(format, &body)?;
-    // Protobuf bodies are forwarded as they came when they fit a frame.
-    let raw = (format == Format::Protobuf).then_some(body);
-    let rejected = forward(&*state.sink, request, raw).map_err(|refusal| Failure {
+    let refused = |refusal: Refusal| Failure {
         // 429 + Retry-After while the buffer is full; 413 (not retried)
         // for a request larger than the whole buffer.
         status: match refusal.retry_after {
@@ -269,7 +266,25 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
         message: format!("{signal} export refused: {}", refusal.reason),
         format,
         retry_after: refusal.retry_after,
-    })?;
+    };
+    let rejected = match format {
+        // Protobuf bodies are checked and forwarded as bytes, never decoded.
+        Format::Protobuf => {
+            forward_bytes(&*state.sink, signal, body).map_err(|error| match error {
+                ForwardError::Malformed(why) => Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    format,
+                    format!("malformed OTLP/protobuf {signal} request: {why}"),
+                ),
+                ForwardError::Refused(refusal) => refused(refusal),
+            })?
+        }
+        Format::Json => {
+            let request: R = decode(format, &body)?;
+            forward(&*state.sink, request, None).map_err(refused)?
+        }
+    };
     let response = R::response(&rejected);
     let body = match format {
         Format::Protobuf => response.encode_to_vec(),

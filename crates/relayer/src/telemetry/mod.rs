@@ -12,6 +12,7 @@ pub mod request;
 pub mod sink;
 pub mod slow_clients;
 pub mod split;
+pub mod wire;
 
 pub use coalesce::{Coalescer, Now};
 pub use count::ItemCount;

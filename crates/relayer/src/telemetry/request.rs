@@ -1,7 +1,8 @@
 //! What the two OTLP receivers share: the three export request types as
-//! one trait ([`OtlpRequest`]: signal, answer with partial success), and
-//! [`forward`], which offers a decoded request to the sink as frame-sized
-//! pieces.
+//! one trait ([`OtlpRequest`]: signal, answer with partial success),
+//! [`forward_bytes`], which offers a protobuf request to the sink as
+//! frame-sized pieces without decoding it (`wire`), and [`forward`], the
+//! same for a request decoded from OTLP/JSON.
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use super::sink::{Refusal, Signal, TelemetrySink};
 use super::split::{Piece, Rejected, SplitRequest};
+use super::wire::{self, WireError};
 
 /// An OTLP export request type and what it answers with.
 pub trait OtlpRequest: SplitRequest + DeserializeOwned + 'static {
@@ -109,6 +111,44 @@ pub fn forward<R: OtlpRequest, S: TelemetrySink + ?Sized>(
     };
     if !pieces.is_empty() {
         sink.offer(R::SIGNAL, pieces)?;
+    }
+    Ok(rejected)
+}
+
+/// Why [`forward_bytes`] did not forward a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardError {
+    /// Not an OTLP export request: answered INVALID_ARGUMENT / 400.
+    Malformed(WireError),
+    /// The sink refused it (buffer full, or larger than the buffer).
+    Refused(Refusal),
+}
+
+/// Offers the protobuf export request `otlp` to `sink` as it came: its
+/// framing is checked and its items counted on the wire (`wire`), it is
+/// forwarded as the very same bytes when it fits a frame, and cut between
+/// items by copying byte ranges when it does not — never decoded into
+/// structs. Returns what had to be left out, for the partial-success
+/// answer; an empty request succeeds without reaching the sink.
+pub fn forward_bytes<S: TelemetrySink + ?Sized>(
+    sink: &S,
+    signal: Signal,
+    otlp: Bytes,
+) -> Result<Rejected, ForwardError> {
+    let items = wire::count_items(signal, &otlp).map_err(ForwardError::Malformed)?;
+    if items == 0 {
+        return Ok(Rejected::default());
+    }
+    let limit = sink.max_piece_bytes();
+    let (pieces, rejected) = if otlp.len() <= limit {
+        (vec![Piece { otlp, items }], Rejected::default())
+    } else {
+        let split = wire::split(signal, &otlp, limit);
+        let rejected = Rejected::of(&split, signal, limit);
+        (split.pieces, rejected)
+    };
+    if !pieces.is_empty() {
+        sink.offer(signal, pieces).map_err(ForwardError::Refused)?;
     }
     Ok(rejected)
 }
