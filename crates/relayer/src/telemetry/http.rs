@@ -1,10 +1,11 @@
 //! OTLP/HTTP receivers (axum): `POST /v1/traces`, `/v1/metrics`, `/v1/logs`
 //! with binary protobuf (`application/x-protobuf`) or the OTLP JSON mapping
 //! (`application/json`), optionally `Content-Encoding: gzip`. Each request
-//! is decoded, counted and offered to a [`TelemetrySink`]: protobuf bodies
-//! as they came, JSON re-encoded as protobuf; a request larger than a frame
-//! is split first, and items that fit no frame are answered with OTLP
-//! partial success.
+//! is counted and offered to a [`TelemetrySink`]: protobuf bodies as bytes,
+//! never decoded (`wire`: framing checked, items counted, forwarded as they
+//! came or split by byte ranges), JSON decoded and re-encoded as protobuf;
+//! a request larger than a frame is split first, and items that fit no
+//! frame are answered with OTLP partial success.
 //!
 //! Answers, in the request's format: 200 with an empty
 //! `Export*ServiceResponse`; 400 (malformed body), 413 (body over the limit,
