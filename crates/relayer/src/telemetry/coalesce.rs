@@ -51,9 +51,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(now: Now) -> Self {
+    /// Sized for a full batch at once: growing by doubling would copy the
+    /// batch's bytes again on every reallocation. Only the pages written
+    /// are resident, so a small batch costs no more memory.
+    fn new(now: Now, capacity: usize) -> Self {
         Pending {
-            otlp: BytesMut::new(),
+            otlp: BytesMut::with_capacity(capacity),
             items: 0,
             first_at: now.instant,
             received_at_unix_ms: now.unix_ms,
@@ -134,7 +137,8 @@ impl Coalescer {
             full.push(batch(signal, otlp, items, now.unix_ms));
             return full;
         }
-        let pending = slot.get_or_insert_with(|| Pending::new(now));
+        let capacity = self.max_batch_bytes;
+        let pending = slot.get_or_insert_with(|| Pending::new(now, capacity));
         pending.otlp.extend_from_slice(&otlp);
         pending.items += items;
         if pending.otlp.len() >= self.max_batch_bytes {
