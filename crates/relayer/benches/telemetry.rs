@@ -16,6 +16,13 @@
 //!   (default 60) while the exporters keep sending; the relayer must refuse
 //!   with RESOURCE_EXHAUSTED and its RSS stays under `buffer_bytes` + 40 MiB.
 //!
+//! - Beside the real collector (issue 16 item 3): the same load through the
+//!   real OpenTelemetry Collector (`scripts/build-otel-collector`, the
+//!   chart's release) with the chart's `memory_limiter` and `batch`, its
+//!   OTLP exporter sending to a lean `TraceService` that counts spans, in
+//!   its own process; spans/s, CPU-seconds per million spans and RSS for
+//!   both forwarders.
+//!
 //! The relayer is the release binary in its own process; the load and the
 //! backends run in this process. Each throughput is measured `ROUNDS` times and
 //! reported as median (min–max).
@@ -287,6 +294,107 @@ async fn start_baseline(backend: SocketAddr) -> SocketAddr {
     serve(tonic::service::Routes::new(traces)).await.0
 }
 
+// ------------------------------------------------------------- collector
+
+/// Counts the spans the collector exports to it.
+#[derive(Clone, Default)]
+struct SpanSink {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans.fetch_add(spans as u64, Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// The collector binary, built (or found cached) by the project's script.
+fn collector_binary() -> std::path::PathBuf {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-otel-collector");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run build-otel-collector");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("OTELCOL=").map(std::path::PathBuf::from))
+        .expect("OTELCOL=")
+}
+
+/// The collector as a forwarder: OTLP/gRPC in on `otlp`, the chart's
+/// memory_limiter and batch, OTLP/gRPC out to `sink`.
+fn spawn_collector(otlp: SocketAddr, sink: SocketAddr, dir: &std::path::Path) -> RelayerProcess {
+    let config = format!(
+        r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: {otlp}
+        max_recv_msg_size_mib: 16
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 400
+    spike_limit_mib: 100
+  batch:
+    timeout: 1s
+    send_batch_size: 512
+    send_batch_max_size: 1024
+exporters:
+  otlp_grpc/sink:
+    endpoint: {sink}
+    # Like the relayer's stream: uncompressed (gzip would charge the
+    # collector CPU the relayer does not spend).
+    compression: none
+    tls:
+      insecure: true
+    sending_queue:
+      enabled: true
+      queue_size: 1000
+service:
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp_grpc/sink]
+"#
+    );
+    let path = dir.join("collector.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(collector_binary())
+        .arg(format!("--config={}", path.display()))
+        .env("GOMEMLIMIT", "400MiB")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the collector");
+    RelayerProcess(child)
+}
+
 // ------------------------------------------------------------- load
 
 /// Runs `EXPORTERS` exporters against `target` until `stop`; a refused
@@ -407,6 +515,26 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(relayer);
 
+        // The real collector as the forwarder, same load.
+        let sink = SpanSink::default();
+        let sink_addr = serve(tonic::service::Routes::new(
+            TraceServiceServer::new(sink.clone()).max_decoding_message_size(64 * 1024 * 1024),
+        ))
+        .await
+        .0;
+        let dir = tempfile::tempdir().unwrap();
+        let otlp = free_addr();
+        let collector = spawn_collector(otlp, sink_addr, dir.path());
+        wait_listening(otlp).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        start_load(otlp, stop.clone());
+        let (mut collected, mut collected_cpu) =
+            measure(&sink.spans, window, collector.0.id()).await;
+        let collector_rss = rss_kib(collector.0.id());
+        stop.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(collector);
+
         // Overload: acks withheld for the whole window.
         let overload_backend = LeanBackend::default();
         overload_backend.withhold_acks.store(true, Relaxed);
@@ -443,8 +571,19 @@ fn main() {
         };
         let bc = cpu_row("baseline process CPU", &mut baseline_cpu);
         let rc = cpu_row("relayer process CPU", &mut relayed_cpu);
+        let c = row("collector: OTLP/gRPC → OTLP/gRPC", &mut collected);
+        let cc = cpu_row("collector process CPU", &mut collected_cpu);
         println!();
         println!("ratio relayer/baseline                   {:>12.2}   (target ≥ 0.70)", r / b);
+        println!("ratio relayer/collector throughput       {:>12.2}", r / c);
+        println!("CPU per span, relayer/collector          {:>12.2}   (goal ≤ 0.33)", rc / cc);
+        if let (Some(relayer), Some(collector)) = (loaded_rss, collector_rss) {
+            println!(
+                "RSS under full load, relayer/collector   {:>7.1} / {:.1} MiB",
+                relayer as f64 / 1024.0,
+                collector as f64 / 1024.0
+            );
+        }
         println!("CPU per span, relayer/baseline           {:>12.2}", rc / bc);
         if let Some(rss) = loaded_rss {
             println!("relayer RSS under full load              {:>12.1} MiB", rss as f64 / 1024.0);
