@@ -107,9 +107,7 @@ async fn a_locked_relayer_runs_only_what_a_trusted_key_signed_for_it() {
     // Every refusal, and what each must say.
     let mut beside = ops.sign(&ping_due(30_000), CLUSTER_ID);
     beside.action = Some(command::Action::Ping(Default::default()));
-    let mut twice = ops.sign(&ops.sign(&ping_due(30_000), CLUSTER_ID), CLUSTER_ID);
-    let inner_id = twice.command_id.clone();
-    twice.command_id = inner_id;
+    let twice = ops.sign(&ops.sign(&ping_due(30_000), CLUSTER_ID), CLUSTER_ID);
     let mut other_id = ops.sign(&ping_due(30_000), CLUSTER_ID);
     other_id.command_id = id();
     let mut unknown = ops.sign(&ping_due(30_000), CLUSTER_ID);
@@ -559,23 +557,20 @@ async fn keygen_and_sign_from_the_production_binary_unlock_one_command() {
     assert_eq!(ran["output"]["payload_len"], 5, "{ran}");
     assert_eq!(ran["command_id"], outer["command_id"]);
 
-    // A command with no deadline and no --ttl is not signed.
-    let no_ttl = Process::new(binary)
-        .args(["sign", "--key-file"])
-        .arg(&key_file)
-        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID])
-        .arg(dir.path().join("command.json"))
-        .output()
-        .unwrap();
-    assert_eq!(no_ttl.status.code(), Some(1));
+    // From a file: a missing one is refused, and a command with no
+    // deadline and no --ttl is not signed.
+    let sign_file = || {
+        Process::new(binary)
+            .args(["sign", "--key-file"])
+            .arg(&key_file)
+            .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID])
+            .arg(dir.path().join("command.json"))
+            .output()
+            .unwrap()
+    };
+    assert_eq!(sign_file().status.code(), Some(1));
     std::fs::write(dir.path().join("command.json"), command).unwrap();
-    let no_ttl = Process::new(binary)
-        .args(["sign", "--key-file"])
-        .arg(&key_file)
-        .args(["--key-id", "ops", "--cluster-id", CLUSTER_ID])
-        .arg(dir.path().join("command.json"))
-        .output()
-        .unwrap();
+    let no_ttl = sign_file();
     assert_eq!(no_ttl.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&no_ttl.stderr).contains("no deadline_unix_ms: pass --ttl"),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::agent::{counts, Agent};
+use common::agent::{counts, relayer_with_telemetry, Agent};
 use common::chart_tools::{chart_tools, repo};
 use common::otel_collector::RunningCollector;
 use common::*;
@@ -115,18 +115,6 @@ fn pointed_at_loopback(relayer_grpc: &str) -> (String, Ports) {
     (serde_yaml_ng::to_string(&config).unwrap(), ports)
 }
 
-fn relayer_with_telemetry(
-    backend: &consonant_dev_backend::DevBackendHandle,
-    extra: &str,
-) -> (Relayer, String) {
-    let (grpc, http) = (free_addr(), free_addr());
-    let mut options = RelayerOptions::new(backend);
-    options.telemetry = format!(
-        "enabled = true\notlp_grpc_listen = \"{grpc}\"\notlp_http_listen = \"{http}\"\nflush_interval = \"100ms\"\n{extra}"
-    );
-    (Relayer::start(options), format!("http://{grpc}"))
-}
-
 async fn collector(relayer_grpc: &str) -> (RunningCollector, Ports) {
     let plane = ControlPlane::shared();
     let (config, ports) = pointed_at_loopback(relayer_grpc);
@@ -148,7 +136,7 @@ async fn collector(relayer_grpc: &str) -> (RunningCollector, Ports) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_collector_delivers_everything_through_the_relayer() {
     let backend = backend().await;
-    let (relayer, relayer_grpc) = relayer_with_telemetry(&backend, "");
+    let (relayer, relayer_grpc, _) = relayer_with_telemetry(&backend, "");
     relayer.wait_connected().await;
     let (collector, ports) = collector(&relayer_grpc).await;
     for protocol in [Protocol::Grpc, Protocol::HttpBinary] {
@@ -191,7 +179,7 @@ async fn the_collector_retries_from_its_queue_while_the_relayer_refuses() {
     let backend = backend().await;
     // Room for one of the collector's batches (at most 1,024 spans, about
     // 230 KB here), not for all of them while nothing is acknowledged.
-    let (relayer, relayer_grpc) = relayer_with_telemetry(
+    let (relayer, relayer_grpc, _) = relayer_with_telemetry(
         &backend,
         "buffer_bytes = \"512KiB\"\nmax_batch_bytes = \"64KiB\"",
     );

@@ -9,23 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent::{counts, Agent};
+use common::agent::{counts, relayer_with_telemetry, Agent};
 use common::*;
-use consonant_dev_backend::{DevBackendHandle, FaultsUpdate};
+use consonant_dev_backend::FaultsUpdate;
 use opentelemetry_otlp::Protocol;
-
-fn relayer_with_telemetry(backend: &DevBackendHandle, extra: &str) -> (Relayer, String, String) {
-    let (grpc, http) = (free_addr(), free_addr());
-    let mut options = RelayerOptions::new(backend);
-    options.telemetry = format!(
-        "enabled = true\notlp_grpc_listen = \"{grpc}\"\notlp_http_listen = \"{http}\"\nflush_interval = \"100ms\"\n{extra}"
-    );
-    (
-        Relayer::start(options),
-        format!("http://{grpc}"),
-        format!("http://{http}"),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_exporters_deliver_spans_metrics_and_logs_with_exact_counts() {

@@ -122,7 +122,7 @@ impl<S: TelemetrySink, R: OtlpRequest> UnaryService<Bytes> for Export<S, R> {
         let answer = match forward_bytes(&*self.sink, R::SIGNAL, request.into_inner()) {
             Ok(rejected) => Ok(Response::new(R::response(&rejected))),
             Err(ForwardError::Malformed(why)) => Err(Status::invalid_argument(format!(
-                "malformed OTLP {} request: {why}",
+                "malformed OTLP {} request: {why}; send one serialized OTLP export request, as the OpenTelemetry SDKs and the collector do",
                 R::SIGNAL
             ))),
             Err(ForwardError::Refused(refusal)) => Err(refused(R::SIGNAL, &refusal)),

@@ -276,7 +276,7 @@ async fn export<S: TelemetrySink, R: OtlpRequest>(
                     StatusCode::BAD_REQUEST,
                     tonic::Code::InvalidArgument,
                     format,
-                    format!("malformed OTLP/protobuf {signal} request: {why}"),
+                    format!("malformed OTLP/protobuf {signal} request: {why}; send one serialized OTLP export request, as the OpenTelemetry SDKs and the collector do"),
                 ),
                 ForwardError::Refused(refusal) => refused(refusal),
             })?

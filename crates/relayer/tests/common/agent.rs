@@ -21,7 +21,7 @@ use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
 
-use super::CLUSTER_ID;
+use super::{free_addr, Relayer, RelayerOptions, CLUSTER_ID};
 
 /// Exporters retry "retry later" answers for this long before giving up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -151,4 +151,22 @@ impl Agent {
 pub(crate) fn counts(backend: &DevBackendHandle) -> (u64, u64, u64) {
     let t = backend.state().telemetry(CLUSTER_ID).unwrap();
     (t.spans, t.metric_points, t.log_records)
+}
+
+/// A relayer with its OTLP receivers on free loopback ports (`extra`: more
+/// `[telemetry]` keys); returns it and the gRPC and HTTP receiver URLs.
+pub(crate) fn relayer_with_telemetry(
+    backend: &DevBackendHandle,
+    extra: &str,
+) -> (Relayer, String, String) {
+    let (grpc, http) = (free_addr(), free_addr());
+    let mut options = RelayerOptions::new(backend);
+    options.telemetry = format!(
+        "enabled = true\notlp_grpc_listen = \"{grpc}\"\notlp_http_listen = \"{http}\"\nflush_interval = \"100ms\"\n{extra}"
+    );
+    (
+        Relayer::start(options),
+        format!("http://{grpc}"),
+        format!("http://{http}"),
+    )
 }

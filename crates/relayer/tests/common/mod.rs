@@ -25,6 +25,36 @@ use serde_json::Value;
 pub(crate) const CLUSTER_ID: &str = "cls_test";
 pub(crate) const TOKEN: &str = "test-cluster-token-0123456789abcdef";
 
+/// Collects a child's stdout and stderr, line by line, as they come
+/// (echoed to the test's stderr as `[name] line` with RELAYER_TEST_ECHO set).
+pub(crate) fn capture_output(child: &mut Child, name: &'static str) -> Arc<Mutex<String>> {
+    let output = Arc::new(Mutex::new(String::new()));
+    let streams = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("RELAYER_TEST_ECHO").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+                let mut out = output.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+    }
+    output
+}
+
 pub(crate) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr")
@@ -212,32 +242,7 @@ format = "text"
             command.env(key, value);
         }
         let mut child = command.spawn().expect("spawn the relayer binary");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if std::env::var_os("RELAYER_TEST_ECHO").is_some() {
-                        eprintln!("[relayer] {line}");
-                    }
-                    let mut out = output.lock().unwrap();
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
+        let output = capture_output(&mut child, "relayer");
         Self {
             child: Some(child),
             health: format!("http://{health}"),

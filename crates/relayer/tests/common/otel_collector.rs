@@ -54,7 +54,6 @@ pub(crate) struct RunningCollector {
 impl RunningCollector {
     /// Starts `otelcol --config` with `config` (YAML) and `env`.
     pub(crate) fn start(config: &str, env: &[(&str, &str)]) -> Self {
-        use std::io::{BufRead as _, BufReader};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config).unwrap();
@@ -67,29 +66,7 @@ impl RunningCollector {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start the collector");
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut out = output.lock().unwrap();
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
+        let output = super::capture_output(&mut child, "collector");
         Self {
             child,
             output,
