@@ -28,7 +28,8 @@
 //! reported as median (min–max).
 //!
 //! Run: `cargo bench -p consonant-relayer --bench telemetry` (`RELAY_BENCH_SECS` sets the
-//! measuring window, default 4 s).
+//! measuring window, default 4 s). `TELEMETRY_PROFILE_SECS=N` runs only the
+//! relayer under the load for N seconds and prints its pid, for a profiler.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -475,9 +476,70 @@ async fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// The wire walk alone (`telemetry::wire::count_items` over one load
+/// request, in this process), in ns per span: the part of the relayer's CPU
+/// per span that validating and counting costs.
+fn wire_walk_ns_per_span() -> Vec<f64> {
+    use consonant_relayer::telemetry::{sink::Signal, wire::count_items};
+    let request = export_request(0).encode_to_vec();
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let mut spans = 0u64;
+        while started.elapsed() < Duration::from_millis(500) {
+            for _ in 0..100 {
+                spans += count_items(Signal::Traces, std::hint::black_box(&request)).unwrap();
+            }
+        }
+        rounds.push(started.elapsed().as_nanos() as f64 / spans as f64);
+    }
+    rounds
+}
+
+/// Profiling mode (`TELEMETRY_PROFILE_SECS=N`): only the relayer under the
+/// same load for N seconds, its pid printed first so a profiler
+/// (`perf record -p`, or `perf stat`) can attach; then its CPU per span.
+async fn profile_relayer(duration: Duration) {
+    let (walk, _, _) = spread(&mut wire_walk_ns_per_span());
+    let backend = LeanBackend::default();
+    let addr = serve_relay(backend.clone()).await.0;
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = free_addr();
+    let url = format!("http://{addr}");
+    let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
+    wait_listening(otlp).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    start_load(otlp, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "relayer pid {} (wire walk alone: {walk:.1} ns per span)",
+        relayer.0.id()
+    );
+    let before = backend.spans.load(Relaxed);
+    let cpu_before = cpu_seconds(relayer.0.id());
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    let moved = (backend.spans.load(Relaxed) - before) as f64;
+    let cpu = cpu_seconds(relayer.0.id()) - cpu_before;
+    println!(
+        "relayer: {:.0} spans/s, {:.3} µs CPU per span, RSS {:.1} MiB",
+        moved / started.elapsed().as_secs_f64(),
+        cpu / moved * 1e6,
+        rss_kib(relayer.0.id()).unwrap_or(0) as f64 / 1024.0
+    );
+    stop.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 fn main() {
     if let Ok(backend) = std::env::var(BASELINE_ROLE) {
         return baseline_process(&backend);
+    }
+    if let Some(secs) = std::env::var("TELEMETRY_PROFILE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        return runtime().block_on(profile_relayer(Duration::from_secs_f64(secs)));
     }
     runtime().block_on(async {
         let window = window();
@@ -485,6 +547,8 @@ fn main() {
         println!(
             "telemetry bench: {EXPORTERS} exporters, {SPANS_PER_REQUEST} spans x {ATTRIBUTES_PER_SPAN} attributes per request ({request_bytes} B), window {window:?}, {ROUNDS} rounds\n"
         );
+
+        let mut walk = wire_walk_ns_per_span();
 
         // Baseline.
         let baseline_backend = LeanBackend::default();
@@ -585,6 +649,8 @@ fn main() {
             );
         }
         println!("CPU per span, relayer/baseline           {:>12.2}", rc / bc);
+        let (w, w_min, w_max) = spread(&mut walk);
+        println!("wire walk alone (count_items)            {w:>12.1} ns per span (min {w_min:.1}, max {w_max:.1})");
         if let Some(rss) = loaded_rss {
             println!("relayer RSS under full load              {:>12.1} MiB", rss as f64 / 1024.0);
         }

@@ -87,7 +87,21 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Tags and lengths below 128 are one byte: by far the most common
+    /// case in OTLP, so it is decided before the general loop.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
+        if let Some(&byte) = self.buf[..self.end].get(self.pos) {
+            if byte < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(byte));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, WireError> {
         let start = self.pos;
         let mut value = 0u64;
         for shift in 0..10 {
@@ -104,6 +118,7 @@ impl<'a> Fields<'a> {
         Err(WireError::VarintTooLong(start))
     }
 
+    #[inline(always)]
     fn skip(&mut self, bytes: u64, start: usize) -> Result<(), WireError> {
         let bytes = usize::try_from(bytes).map_err(|_| WireError::Truncated(start))?;
         if self.end - self.pos < bytes {
