@@ -498,10 +498,17 @@ fn wire_walk_ns_per_span() -> Vec<f64> {
 
 /// Profiling mode (`TELEMETRY_PROFILE_SECS=N`): only the relayer under the
 /// same load for N seconds, its pid printed first so a profiler
-/// (`perf record -p`, or `perf stat`) can attach; then its CPU per span.
+/// (`perf record -p`, or `perf stat`) can attach; then its CPU per span and
+/// RSS (now and the peak, sampled every 100 ms). With
+/// `TELEMETRY_PROFILE_WITHHOLD=1` the backend withholds every ack: the
+/// overload's peak RSS.
 async fn profile_relayer(duration: Duration) {
     let (walk, _, _) = spread(&mut wire_walk_ns_per_span());
     let backend = LeanBackend::default();
+    // TELEMETRY_PROFILE_WITHHOLD=1: the overload instead (acks withheld).
+    if std::env::var_os("TELEMETRY_PROFILE_WITHHOLD").is_some() {
+        backend.withhold_acks.store(true, Relaxed);
+    }
     let addr = serve_relay(backend.clone()).await.0;
     let dir = tempfile::tempdir().unwrap();
     let otlp = free_addr();
@@ -518,14 +525,19 @@ async fn profile_relayer(duration: Duration) {
     let before = backend.spans.load(Relaxed);
     let cpu_before = cpu_seconds(relayer.0.id());
     let started = Instant::now();
-    tokio::time::sleep(duration).await;
+    let mut peak_rss = 0u64;
+    while started.elapsed() < duration {
+        peak_rss = peak_rss.max(rss_kib(relayer.0.id()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let moved = (backend.spans.load(Relaxed) - before) as f64;
     let cpu = cpu_seconds(relayer.0.id()) - cpu_before;
     println!(
-        "relayer: {:.0} spans/s, {:.3} µs CPU per span, RSS {:.1} MiB",
+        "relayer: {:.0} spans/s, {:.3} µs CPU per span, RSS {:.1} MiB, peak {:.1} MiB",
         moved / started.elapsed().as_secs_f64(),
         cpu / moved * 1e6,
-        rss_kib(relayer.0.id()).unwrap_or(0) as f64 / 1024.0
+        rss_kib(relayer.0.id()).unwrap_or(0) as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
     );
     stop.store(true, Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
