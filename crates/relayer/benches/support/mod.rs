@@ -35,6 +35,14 @@ pub(crate) fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// The relayer binary the benches run: this build's, or the one named by
+/// `RELAYER_BENCH_BIN` (to compare builds — profiles, allocators — under
+/// the same load generator).
+pub(crate) fn relayer_binary() -> std::ffi::OsString {
+    std::env::var_os("RELAYER_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_consonant-relayer").into())
+}
+
 /// The release relayer binary, configured for `grpc` with the bench cluster.
 pub(crate) fn spawn_relayer(
     http: &str,
@@ -67,7 +75,7 @@ pub(crate) fn spawn_relayer_with(
         dir.join("clusterToken").display(),
     );
     std::fs::write(dir.join("relayer.toml"), config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_consonant-relayer"))
+    let child = Command::new(relayer_binary())
         .args(["run", "--config"])
         .arg(dir.join("relayer.toml"))
         .stdout(Stdio::null())
