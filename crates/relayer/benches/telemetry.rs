@@ -582,6 +582,9 @@ fn main() {
         let url = format!("http://{addr}");
         let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
         wait_listening(otlp).await;
+        // Idle, connected, telemetry on (the chart's default), before any load.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle_rss = rss_kib(relayer.0.id());
         let stop = Arc::new(AtomicBool::new(false));
         start_load(otlp, stop.clone());
         let (mut relayed, mut relayed_cpu) =
@@ -663,6 +666,9 @@ fn main() {
         println!("CPU per span, relayer/baseline           {:>12.2}", rc / bc);
         let (w, w_min, w_max) = spread(&mut walk);
         println!("wire walk alone (count_items)            {w:>12.1} ns per span (min {w_min:.1}, max {w_max:.1})");
+        if let Some(rss) = idle_rss {
+            println!("relayer idle RSS (telemetry on)          {:>12.1} MiB (goal ≤ 12 MiB)", rss as f64 / 1024.0);
+        }
         if let Some(rss) = loaded_rss {
             println!("relayer RSS under full load              {:>12.1} MiB", rss as f64 / 1024.0);
         }
