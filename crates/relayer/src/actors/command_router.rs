@@ -26,7 +26,7 @@ use super::ledger::{CommandTicket, Stage};
 use super::messages::{Execute, Validated};
 use crate::clock::now_unix_ms;
 use crate::commands::admission::{arrive, decide, validates_off_thread, Arrival, Arriving, Gate};
-use crate::commands::outcome::{action_name, ping_succeeded, rejected, CommandError};
+use crate::commands::outcome::{action_name, ping_output, ping_succeeded, rejected, CommandError};
 use crate::commands::signature::{command_to_run, verified_key_id};
 use crate::commands::validate::{validate, ValidatedCommand};
 use crate::connection::messages::{CancelCommands, IncomingCommands};
@@ -44,6 +44,12 @@ pub struct CommandRouter {
     /// The counter used last: a flood of one action (pings) skips hashing
     /// the two names per command.
     last_counter: Option<(&'static str, &'static str, Counter)>,
+    /// The last ping output written, by payload length: pings of one size
+    /// share its bytes instead of writing them again.
+    last_ping_output: Option<(usize, bytes::Bytes)>,
+    /// The protocol clock, read once per message handled: the commands of
+    /// one batch were read together and are admitted at the same instant.
+    now_unix_ms: i64,
 }
 
 impl CommandRouter {
@@ -54,6 +60,8 @@ impl CommandRouter {
             handled: 0,
             counters: HashMap::new(),
             last_counter: None,
+            last_ping_output: None,
+            now_unix_ms: now_unix_ms(),
         }
     }
 
@@ -81,6 +89,17 @@ impl CommandRouter {
         self.last_counter = Some((action, status, counter));
     }
 
+    fn ping_output(&mut self, payload_len: usize) -> bytes::Bytes {
+        match &self.last_ping_output {
+            Some((len, output)) if *len == payload_len => output.clone(),
+            _ => {
+                let output = ping_output(payload_len);
+                self.last_ping_output = Some((payload_len, output.clone()));
+                output
+            }
+        }
+    }
+
     fn publish(&self) {
         self.rc.ledger.publish();
         let dedup = self.rc.ledger.stats();
@@ -104,7 +123,7 @@ impl CommandRouter {
             in_flight: rc.metrics.commands_in_flight.get(),
             max_in_flight: rc.config.commands.max_in_flight,
             replay_has_room: rc.outbox.has_room_for_result(),
-            now_unix_ms: now_unix_ms(),
+            now_unix_ms: self.now_unix_ms,
         }
     }
 
@@ -125,7 +144,7 @@ impl CommandRouter {
             draining,
             lock: &rc.lock,
             cluster_id: &cluster_id,
-            now_unix_ms: now_unix_ms(),
+            now_unix_ms: self.now_unix_ms,
         };
         let opened = match arrive(
             &command,
@@ -223,7 +242,8 @@ impl CommandRouter {
                 tracing::info!(target: "audit", command_id = %command.command_id, action, key_id = verified_key_id(&command), target = "", outcome = "succeeded", duration_ms = 0u64, "command");
                 out.accepted.push(accepted(&command));
                 // Admitted a moment ago: that is when the ping started.
-                let result = ping_succeeded(command, payload_len, gate.now_unix_ms);
+                let output = self.ping_output(payload_len);
+                let result = ping_succeeded(command, output, gate.now_unix_ms);
                 record_result(&span, &result);
                 rc.ledger.cache(&result);
                 self.count(action, "succeeded");
@@ -352,6 +372,7 @@ impl Handler<IncomingCommands> for CommandRouter {
 
     fn handle(&mut self, msg: IncomingCommands, _: &mut Context<Self>) {
         fail::fail_point!("router-incoming");
+        self.now_unix_ms = now_unix_ms();
         let mut answers = Answers::with_capacity(msg.commands.len());
         for command in msg.commands {
             self.handled += 1;
@@ -369,6 +390,7 @@ impl Handler<Validated> for CommandRouter {
 
     fn handle(&mut self, msg: Validated, _: &mut Context<Self>) {
         fail::fail_point!("router-validated");
+        self.now_unix_ms = now_unix_ms();
         let mut answers = Answers::default();
         self.decide(
             msg.command,

@@ -277,8 +277,10 @@ impl DedupCache {
         }
         self.bytes -= slot.cost();
         self.finished -= 1;
-        if self.index.get(&slot.hash) == Some(&seq) {
-            self.index.remove(&slot.hash);
+        if let std::collections::hash_map::Entry::Occupied(entry) = self.index.entry(slot.hash) {
+            if *entry.get() == seq {
+                entry.remove();
+            }
         }
         if self.slots.is_empty() {
             // Give back the queue's and the index's room after a burst.

@@ -117,27 +117,28 @@ pub fn succeeded(
     }
 }
 
-/// A ping's result: `{"payload_len":N}`, written directly rather than
-/// through a JSON value (the same bytes `serde_json` gives; pings are the
-/// hottest path there is). The command ends here, so its id and trace
-/// move into the result.
+/// A ping's result with `output_json` from [`ping_output`]. The command
+/// ends here, so its id and trace move into the result.
 pub fn ping_succeeded(
     command: Command,
-    payload_len: usize,
+    output_json: Bytes,
     started_at_unix_ms: i64,
 ) -> CommandResult {
     CommandResult {
         command_id: command.command_id,
         status: Status::Succeeded as i32,
         error: None,
-        output_json: ping_output(payload_len),
+        output_json,
         started_at_unix_ms,
         finished_at_unix_ms: now_unix_ms(),
         trace: command.trace,
     }
 }
 
-fn ping_output(payload_len: usize) -> Bytes {
+/// A ping's output, `{"payload_len":N}`, written directly rather than
+/// through a JSON value: the same bytes `serde_json` gives, and pings are
+/// the hottest path there is.
+pub fn ping_output(payload_len: usize) -> Bytes {
     const HEAD: &[u8] = b"{\"payload_len\":";
     let mut digits = [0u8; 20];
     let mut start = digits.len();
@@ -210,9 +211,8 @@ mod tests {
     #[test]
     fn a_ping_answers_what_serde_json_would() {
         for len in [0, 7, 64, 1_000, 65_536, usize::MAX] {
-            let result = ping_succeeded(Command::default(), len, 0);
             let expected = serde_json::to_vec(&serde_json::json!({ "payload_len": len })).unwrap();
-            assert_eq!(result.output_json, expected, "{len}");
+            assert_eq!(ping_output(len), expected, "{len}");
         }
     }
 
