@@ -29,6 +29,8 @@
 //! `RELAY_BENCH_WRAP="valgrind --tool=callgrind ..."` that gives
 //! instruction counts (two runs with different `N`: the difference over the
 //! difference in `N` is instructions per command, start-up cancelled).
+//! `RELAY_BENCH_RELAYER=<path>` runs another build of the relayer instead
+//! of this one (before/after comparisons on the same machine).
 //!
 //! Run: `cargo bench -p consonant-relayer --bench relay` (set `RELAY_BENCH_SECS` to change the
 //! measuring window, default 4 s).
@@ -343,25 +345,32 @@ async fn first_result(load: &Load, before: u64) {
 }
 
 /// One throughput round: `client` against the generator, one window after
-/// a 1 s warm-up. Returns (answers per second, client CPU µs per answer).
+/// a 1 s warm-up. Returns (answers per second, client CPU µs per answer,
+/// this process's — the generator's — CPU µs per answer).
 async fn throughput_round(
     load: &Load,
     backend: SocketAddr,
     client: Client,
     window: Duration,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let running = client.start(backend);
     first_result(load, load.results.load(Relaxed)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = load.results.load(Relaxed);
     let cpu_before = cpu_seconds(running.pid());
+    let own_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let answered = (load.results.load(Relaxed) - before) as f64;
     let cpu = cpu_seconds(running.pid()) - cpu_before;
+    let own = cpu_seconds(std::process::id()) - own_before;
     let elapsed = started.elapsed().as_secs_f64();
     drop(running);
-    (answered / elapsed, cpu / answered * 1e6)
+    (
+        answered / elapsed,
+        cpu / answered * 1e6,
+        own / answered * 1e6,
+    )
 }
 
 /// One latency round: `client` against the one-in-flight generator,
@@ -509,9 +518,10 @@ fn main() {
         let mut figures: [Vec<f64>; 8] = Default::default();
         for round in 0..ROUNDS {
             for (i, client) in [Client::Echo, Client::Relayer].into_iter().enumerate() {
-                let (rate, cpu) = throughput_round(&many, many_addr, client, duration).await;
+                let (rate, cpu, generator) =
+                    throughput_round(&many, many_addr, client, duration).await;
                 let (p50, p99) = latency_round(&one, one_addr, client).await;
-                println!("round {round}: {client:?} {rate:.0}/s, {cpu:.2} µs CPU each, p50 {p50:.0} µs, p99 {p99:.0} µs");
+                println!("round {round}: {client:?} {rate:.0}/s, {cpu:.2} µs CPU each (generator {generator:.2}), p50 {p50:.0} µs, p99 {p99:.0} µs");
                 figures[i].push(rate);
                 figures[2 + i].push(cpu);
                 figures[4 + i].push(p50);

@@ -85,7 +85,10 @@ pub(crate) fn spawn_relayer_with(
         dir.join("clusterToken").display(),
     );
     std::fs::write(dir.join("relayer.toml"), config).unwrap();
-    let child = wrapped(env!("CARGO_BIN_EXE_consonant-relayer"))
+    // Another build of the relayer (an A/B comparison), or this one.
+    let binary = std::env::var_os("RELAY_BENCH_RELAYER")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_consonant-relayer").into());
+    let child = wrapped(binary)
         .args(["run", "--config"])
         .arg(dir.join("relayer.toml"))
         .stdout(Stdio::null())

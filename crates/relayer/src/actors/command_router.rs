@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -47,9 +48,11 @@ pub struct CommandRouter {
     /// The last ping output written, by payload length: pings of one size
     /// share its bytes instead of writing them again.
     last_ping_output: Option<(usize, bytes::Bytes)>,
-    /// The protocol clock, read once per message handled: the commands of
-    /// one batch were read together and are admitted at the same instant.
+    /// The clocks, read once per message handled: the commands of one
+    /// batch were read together and are admitted (and pings answered) at
+    /// the same instant.
     now_unix_ms: i64,
+    now: Instant,
 }
 
 impl CommandRouter {
@@ -62,7 +65,14 @@ impl CommandRouter {
             last_counter: None,
             last_ping_output: None,
             now_unix_ms: now_unix_ms(),
+            now: Instant::now(),
         }
+    }
+
+    /// Reads the clocks for the message about to be handled.
+    fn tick(&mut self) {
+        self.now_unix_ms = now_unix_ms();
+        self.now = Instant::now();
     }
 
     fn count(&mut self, action: &'static str, status: &'static str) {
@@ -149,7 +159,7 @@ impl CommandRouter {
         let opened = match arrive(
             &command,
             &arriving,
-            |id| rc.ledger.check_and_begin(id),
+            |id| rc.ledger.check_and_begin(id, self.now),
             |id| rc.ledger.check_replay(id, arriving.now_unix_ms),
         ) {
             Arrival::Unidentified(error) => {
@@ -241,11 +251,11 @@ impl CommandRouter {
                 rc.ledger.record_run(&command);
                 tracing::info!(target: "audit", command_id = %command.command_id, action, key_id = verified_key_id(&command), target = "", outcome = "succeeded", duration_ms = 0u64, "command");
                 out.accepted.push(accepted(&command));
-                // Admitted a moment ago: that is when the ping started.
+                // A ping runs the moment it is admitted.
                 let output = self.ping_output(payload_len);
                 let result = ping_succeeded(command, output, gate.now_unix_ms);
                 record_result(&span, &result);
-                rc.ledger.cache(&result);
+                rc.ledger.cache(&result, self.now);
                 self.count(action, "succeeded");
                 out.results.push(Body::Result(result));
             }
@@ -372,7 +382,7 @@ impl Handler<IncomingCommands> for CommandRouter {
 
     fn handle(&mut self, msg: IncomingCommands, _: &mut Context<Self>) {
         fail::fail_point!("router-incoming");
-        self.now_unix_ms = now_unix_ms();
+        self.tick();
         let mut answers = Answers::with_capacity(msg.commands.len());
         for command in msg.commands {
             self.handled += 1;
@@ -390,7 +400,7 @@ impl Handler<Validated> for CommandRouter {
 
     fn handle(&mut self, msg: Validated, _: &mut Context<Self>) {
         fail::fail_point!("router-validated");
-        self.now_unix_ms = now_unix_ms();
+        self.tick();
         let mut answers = Answers::default();
         self.decide(
             msg.command,

@@ -117,20 +117,17 @@ pub fn succeeded(
     }
 }
 
-/// A ping's result with `output_json` from [`ping_output`]. The command
-/// ends here, so its id and trace move into the result.
-pub fn ping_succeeded(
-    command: Command,
-    output_json: Bytes,
-    started_at_unix_ms: i64,
-) -> CommandResult {
+/// A ping's result with `output_json` from [`ping_output`], run at
+/// `at_unix_ms` (a ping takes no measurable time: it started and finished
+/// then). The command ends here, so its id and trace move into the result.
+pub fn ping_succeeded(command: Command, output_json: Bytes, at_unix_ms: i64) -> CommandResult {
     CommandResult {
         command_id: command.command_id,
         status: Status::Succeeded as i32,
         error: None,
         output_json,
-        started_at_unix_ms,
-        finished_at_unix_ms: now_unix_ms(),
+        started_at_unix_ms: at_unix_ms,
+        finished_at_unix_ms: at_unix_ms,
         trace: command.trace,
     }
 }
