@@ -424,25 +424,6 @@ fn start_load(target: SocketAddr, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
     refused
 }
 
-/// CPU time (user + system) process `pid` has used, from `/proc`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Spans per second arriving at `spans`, over `ROUNDS` windows after a
 /// warm-up, and the CPU-seconds process `pid` spent per million spans.
 async fn measure(spans: &AtomicU64, window: Duration, pid: u32) -> (Vec<f64>, Vec<f64>) {

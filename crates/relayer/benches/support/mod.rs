@@ -43,6 +43,24 @@ pub(crate) fn relayer_binary() -> std::ffi::OsString {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_consonant-relayer").into())
 }
 
+/// Set to a command line (e.g. `valgrind --tool=callgrind`) to run the
+/// processes under test under it: profiles come from the same runs as the
+/// figures.
+pub(crate) const WRAP: &str = "RELAY_BENCH_WRAP";
+
+/// A command running `program`, under [`WRAP`] when that is set.
+pub(crate) fn wrapped(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match std::env::var(WRAP).ok().filter(|w| !w.trim().is_empty()) {
+        Some(wrap) => {
+            let mut words = wrap.split_whitespace();
+            let mut command = Command::new(words.next().unwrap_or_default());
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// The release relayer binary, configured for `grpc` with the bench cluster.
 pub(crate) fn spawn_relayer(
     http: &str,
@@ -75,7 +93,7 @@ pub(crate) fn spawn_relayer_with(
         dir.join("clusterToken").display(),
     );
     std::fs::write(dir.join("relayer.toml"), config).unwrap();
-    let child = Command::new(relayer_binary())
+    let child = wrapped(relayer_binary())
         .args(["run", "--config"])
         .arg(dir.join("relayer.toml"))
         .stdout(Stdio::null())
@@ -119,6 +137,25 @@ pub(crate) fn spread(values: &mut [f64]) -> (f64, f64, f64) {
         values[0],
         values[values.len() - 1],
     )
+}
+
+/// CPU time (user + system) process `pid` has used, from `/proc`.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {

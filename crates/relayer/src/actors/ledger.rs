@@ -61,11 +61,9 @@ impl CommandLedger {
         }
     }
 
-    /// Dedup's verdict on `command_id`; a new id is marked in flight.
-    pub fn check_and_begin(&self, command_id: &str) -> Seen {
-        self.dedup
-            .lock()
-            .check_and_begin(command_id, Instant::now())
+    /// Dedup's verdict on `command_id` at `now`; a new id is marked in flight.
+    pub fn check_and_begin(&self, command_id: &str, now: Instant) -> Seen {
+        self.dedup.lock().check_and_begin(command_id, now)
     }
 
     pub fn is_in_flight(&self, command_id: &str) -> bool {
@@ -92,9 +90,10 @@ impl CommandLedger {
         self.dedup.lock().forget(command_id);
     }
 
-    /// A command that ran where it was admitted (ping): cache its result.
-    pub fn cache(&self, result: &CommandResult) {
-        self.dedup.lock().finish(result, Instant::now());
+    /// A command that ran where it was admitted (ping): cache its result
+    /// as finished at `now`.
+    pub fn cache(&self, result: &CommandResult, now: Instant) {
+        self.dedup.lock().finish(result, now);
     }
 
     /// The ticket of a command just admitted to `stage`.
@@ -371,7 +370,7 @@ mod tests {
             ),
         ];
         for &(id, stage, fate, status, code, cached) in table {
-            assert_eq!(ledger.check_and_begin(id), Seen::New);
+            assert_eq!(ledger.check_and_begin(id, Instant::now()), Seen::New);
             let mut ticket = ledger.ticket(
                 &command(id),
                 "get",
@@ -392,7 +391,7 @@ mod tests {
             );
             assert_eq!(metrics.commands_in_flight.get(), 0, "{id}");
             assert_eq!(metrics.commands_validating.get(), 0, "{id}");
-            let seen = ledger.check_and_begin(id);
+            let seen = ledger.check_and_begin(id, Instant::now());
             assert_eq!(matches!(seen, Seen::Finished(_)), cached, "{id}: cached");
             assert!(
                 !matches!(seen, Seen::InFlight),

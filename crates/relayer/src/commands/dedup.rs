@@ -16,9 +16,15 @@
 //! process), and a lookup compares the stored id, so a collision can only
 //! make a duplicate run again (every action is idempotent), never answer
 //! with another command's result.
+//!
+//! **Each id is hashed once per call** (a cache full at 100,000 entries
+//! evicts one entry per command, so at ping rates this is the relayer's
+//! hottest map): the keyed hash is computed once and reused for the
+//! in-flight set, the index and the slot (which keeps it for its eviction),
+//! and the maps keyed by it take it as it is instead of hashing it again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -51,6 +57,8 @@ struct Slot {
     /// Empty once the slot was replaced by a later finish of the same id.
     live: bool,
     at: Instant,
+    /// The id's keyed hash, so evicting the slot does not hash it again.
+    hash: u64,
 }
 
 impl Slot {
@@ -67,17 +75,80 @@ impl Slot {
     }
 }
 
+/// A map key that is already a keyed hash: used as it is.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are ever hashed; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
+
+/// The ids running now, found by their keyed hash. Two ids with the same
+/// hash (never seen in practice, but possible) are told apart: the second
+/// goes to `collided`, which is searched by the id itself.
+#[derive(Debug, Default)]
+struct InFlight {
+    by_hash: ByHash<Box<str>>,
+    collided: HashSet<Box<str>>,
+}
+
+impl InFlight {
+    fn contains(&self, id: &str, hash: u64) -> bool {
+        self.by_hash.get(&hash).is_some_and(|held| **held == *id)
+            || (!self.collided.is_empty() && self.collided.contains(id))
+    }
+
+    /// Marks `id` (not in the set) as running.
+    fn insert(&mut self, id: &str, hash: u64) {
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Box::from(id));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(Box::from(id));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str, hash: u64) {
+        if self.by_hash.get(&hash).is_some_and(|held| **held == *id) {
+            self.by_hash.remove(&hash);
+        } else if !self.collided.is_empty() {
+            self.collided.remove(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_hash.len() + self.collided.len()
+    }
+}
+
 #[derive(Debug)]
 pub struct DedupCache {
     /// Ids running now (bounded by `max_in_flight` plus manifests waiting
     /// for validation).
-    in_flight: HashSet<Box<str>>,
+    in_flight: InFlight,
     /// Finished commands, oldest first; slot `i` has sequence number
     /// `first_seq + i`.
     slots: VecDeque<Slot>,
     first_seq: u64,
     /// Hash of a finished id → its slot's sequence number.
-    index: HashMap<u64, u64>,
+    index: ByHash<u64>,
     hasher: RandomState,
     retention: Duration,
     max_entries: usize,
@@ -91,10 +162,10 @@ pub struct DedupCache {
 impl DedupCache {
     pub fn new(retention: Duration, max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            in_flight: HashSet::new(),
+            in_flight: InFlight::default(),
             slots: VecDeque::new(),
             first_seq: 0,
-            index: HashMap::new(),
+            index: ByHash::default(),
             hasher: RandomState::new(),
             retention,
             max_entries: max_entries.max(1),
@@ -109,9 +180,9 @@ impl DedupCache {
         self.hasher.hash_one(command_id)
     }
 
-    /// The live slot holding `command_id`, if any.
-    fn slot_of(&self, command_id: &str) -> Option<&Slot> {
-        let seq = *self.index.get(&self.hash(command_id))?;
+    /// The live slot holding `command_id` (whose hash is `hash`), if any.
+    fn slot_of(&self, command_id: &str, hash: u64) -> Option<&Slot> {
+        let seq = *self.index.get(&hash)?;
         let slot = self
             .slots
             .get(usize::try_from(seq - self.first_seq).ok()?)?;
@@ -121,19 +192,20 @@ impl DedupCache {
     /// Looks `command_id` up and, if new, marks it in flight.
     pub fn check_and_begin(&mut self, command_id: &str, now: Instant) -> Seen {
         self.expire(now);
-        if self.in_flight.contains(command_id) {
+        let hash = self.hash(command_id);
+        if self.in_flight.contains(command_id, hash) {
             return Seen::InFlight;
         }
-        if let Some(slot) = self.slot_of(command_id) {
+        if let Some(slot) = self.slot_of(command_id, hash) {
             return Seen::Finished(decode(command_id, slot.frame()));
         }
-        self.in_flight.insert(Box::from(command_id));
+        self.in_flight.insert(command_id, hash);
         Seen::New
     }
 
     /// Whether `command_id` is running now.
     pub fn is_in_flight(&self, command_id: &str) -> bool {
-        self.in_flight.contains(command_id)
+        self.in_flight.contains(command_id, self.hash(command_id))
     }
 
     /// The command ran to an end: keep its result for duplicates, within
@@ -141,25 +213,23 @@ impl DedupCache {
     /// kept, and counts as evicted).
     pub fn finish(&mut self, result: &CommandResult, now: Instant) {
         let id = result.command_id.as_str();
-        self.in_flight.remove(id);
+        let hash = self.hash(id);
+        self.in_flight.remove(id, hash);
         let Ok(id_len) = u8::try_from(id.len()) else {
             self.evicted += 1;
             return;
         };
-        let mut data = Vec::with_capacity(id.len() + result.encoded_len());
-        data.extend_from_slice(id.as_bytes());
-        encode_without_id(result, &mut data);
         let slot = Slot {
-            data: data.into_boxed_slice(),
+            data: id_and_frame(result).into_boxed_slice(),
             id_len,
             live: true,
             at: now,
+            hash,
         };
         if slot.cost() > self.max_bytes {
             self.evicted += 1;
             return;
         }
-        let hash = self.hash(id);
         if let Some(old) = self.index.get(&hash).copied() {
             // Finished twice, or a hash collision: the older slot goes.
             let index = (old - self.first_seq) as usize;
@@ -183,7 +253,7 @@ impl DedupCache {
 
     /// The command was refused before it ran: forget it so a retry may run.
     pub fn forget(&mut self, command_id: &str) {
-        self.in_flight.remove(command_id);
+        self.in_flight.remove(command_id, self.hash(command_id));
     }
 
     fn expire(&mut self, now: Instant) {
@@ -207,11 +277,10 @@ impl DedupCache {
         }
         self.bytes -= slot.cost();
         self.finished -= 1;
-        let hash = self
-            .hasher
-            .hash_one(std::str::from_utf8(slot.id()).unwrap_or_default());
-        if self.index.get(&hash) == Some(&seq) {
-            self.index.remove(&hash);
+        if let std::collections::hash_map::Entry::Occupied(entry) = self.index.entry(slot.hash) {
+            if *entry.get() == seq {
+                entry.remove();
+            }
         }
         if self.slots.is_empty() {
             // Give back the queue's and the index's room after a burst.
@@ -249,13 +318,30 @@ impl DedupCache {
     }
 }
 
-fn encode_without_id(result: &CommandResult, out: &mut Vec<u8>) {
-    let without_id = CommandResult {
-        command_id: String::new(),
-        ..result.clone()
-    };
+/// A slot's bytes: the id, then the result encoded without its id.
+///
+/// prost writes fields in tag order, so an encoded result starts with its
+/// `command_id` (field 1) as tag, length, bytes: encoding the whole result
+/// and cutting the tag and length out leaves exactly the id followed by the
+/// rest, with no copy of the result to blank its id first.
+fn id_and_frame(result: &CommandResult) -> Vec<u8> {
+    let mut data = Vec::with_capacity(result.encoded_len());
     // A Vec grows as needed: encoding into it cannot fail.
-    let _ = without_id.encode(out);
+    let _ = result.encode(&mut data);
+    let id = result.command_id.len();
+    if id > 0 {
+        let head = 1 + prost::encoding::encoded_len_varint(id as u64);
+        debug_assert_eq!(data[0], 0x0a, "command_id is field 1, a string");
+        debug_assert_eq!(&data[head..head + id], result.command_id.as_bytes());
+        data.drain(..head);
+    }
+    data
+}
+
+#[cfg(test)]
+fn encode_without_id(result: &CommandResult, out: &mut Vec<u8>) {
+    let data = id_and_frame(result);
+    out.extend_from_slice(&data[result.command_id.len()..]);
 }
 
 fn decode(command_id: &str, frame: &[u8]) -> CommandResult {
@@ -389,6 +475,35 @@ mod tests {
             "the id is not stored twice"
         );
         assert!(cost_of(uuid) < 256, "{}", cost_of(uuid));
+    }
+
+    #[test]
+    fn results_come_back_intact_whatever_the_id_length() {
+        // 127 and 128 bytes: the id's length takes one, then two varint bytes.
+        for len in [1, 36, 127, 128] {
+            let id = "x".repeat(len);
+            let mut cache = cache(10, MIB);
+            let t = Instant::now();
+            assert_eq!(cache.check_and_begin(&id, t), Seen::New);
+            cache.finish(&result(&id), t);
+            assert_eq!(cache.check_and_begin(&id, t), Seen::Finished(result(&id)));
+        }
+    }
+
+    #[test]
+    fn ids_with_the_same_hash_stay_apart_in_flight() {
+        let mut running = InFlight::default();
+        running.insert("a", 7);
+        running.insert("b", 7);
+        assert!(running.contains("a", 7) && running.contains("b", 7));
+        assert!(!running.contains("c", 7));
+        running.remove("a", 7);
+        assert!(!running.contains("a", 7) && running.contains("b", 7));
+        running.insert("c", 7);
+        assert!(running.contains("c", 7));
+        running.remove("b", 7);
+        running.remove("c", 7);
+        assert_eq!(running.len(), 0);
     }
 
     #[test]

@@ -117,6 +117,44 @@ pub fn succeeded(
     }
 }
 
+/// A ping's result with `output_json` from [`ping_output`], run at
+/// `at_unix_ms` (a ping takes no measurable time: it started and finished
+/// then). The command ends here, so its id and trace move into the result.
+pub fn ping_succeeded(command: Command, output_json: Bytes, at_unix_ms: i64) -> CommandResult {
+    CommandResult {
+        command_id: command.command_id,
+        status: Status::Succeeded as i32,
+        error: None,
+        output_json,
+        started_at_unix_ms: at_unix_ms,
+        finished_at_unix_ms: at_unix_ms,
+        trace: command.trace,
+    }
+}
+
+/// A ping's output, `{"payload_len":N}`, written directly rather than
+/// through a JSON value: the same bytes `serde_json` gives, and pings are
+/// the hottest path there is.
+pub fn ping_output(payload_len: usize) -> Bytes {
+    const HEAD: &[u8] = b"{\"payload_len\":";
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = payload_len;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(HEAD.len() + digits.len() - start + 1);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(&digits[start..]);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
 /// A command that ran and ended with `status` (FAILED, CANCELLED, TIMED_OUT).
 pub fn ended(
     command: &Command,
@@ -166,6 +204,14 @@ pub fn status_name(status: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ping_answers_what_serde_json_would() {
+        for len in [0, 7, 64, 1_000, 65_536, usize::MAX] {
+            let expected = serde_json::to_vec(&serde_json::json!({ "payload_len": len })).unwrap();
+            assert_eq!(ping_output(len), expected, "{len}");
+        }
+    }
 
     #[test]
     fn only_rate_limits_and_marked_unavailable_are_retryable() {

@@ -361,6 +361,12 @@ impl Outbox {
         Some((frame, class))
     }
 
+    /// About how many frames [`next_frame`](Self::next_frame) has ready
+    /// (queued ones; replayed ones are not counted): room to reserve.
+    pub fn ready_frames(&self) -> usize {
+        self.control.len() + self.results.len() + self.telemetry.len()
+    }
+
     /// Whether any sequenced frame is still unsent or any result is pending
     /// (used to let a draining session flush before it closes).
     pub fn has_unsent_reliable(&self) -> bool {

@@ -33,6 +33,16 @@ pub struct Answers {
 }
 
 impl Answers {
+    /// Room for `commands` accepted frames and results, so a batch's
+    /// answers are not copied as the vectors grow.
+    pub fn with_capacity(commands: usize) -> Self {
+        Self {
+            accepted: Vec::with_capacity(commands),
+            results: Vec::with_capacity(commands),
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.accepted.is_empty()
             && self.results.is_empty()
@@ -222,6 +232,7 @@ impl OutboxHandle {
         if inner.epoch != epoch {
             return false;
         }
+        out.reserve(inner.outbox.ready_frames().min(max));
         for _ in 0..max {
             match inner.outbox.next_frame() {
                 Some(frame) => out.push_back(frame),

@@ -451,6 +451,13 @@ impl InboundBatch {
                 if self.drain.is_some() {
                     self.after_drain.push(command);
                 } else {
+                    if self.commands.len() == self.commands.capacity() && !self.commands.is_empty()
+                    {
+                        // More than a few: under load the batch fills up, so
+                        // grow once to its size rather than copying the
+                        // commands at every doubling.
+                        self.commands.reserve(READ_BATCH - self.commands.len());
+                    }
                     self.commands.push(command);
                 }
             }
@@ -499,12 +506,14 @@ struct Writer {
     epoch: u64,
     welcomed: watch::Receiver<bool>,
     cancel: CancellationToken,
-    metrics: Arc<Metrics>,
-    ready: VecDeque<(RelayerFrame, FrameClass)>,
 }
 
 /// The request stream: `Hello` at once, then — after `Welcome` — frames
 /// from the outbox in priority order until the session is cancelled.
+///
+/// Frames are taken from the outbox in batches and the waiting logic runs
+/// once per batch, not per frame: under load one lock and one turn of the
+/// writer's future serve up to `WRITE_BATCH` frames.
 fn outbound_frames(
     hello: Hello,
     outbox: OutboxHandle,
@@ -519,17 +528,14 @@ fn outbound_frames(
         epoch,
         welcomed,
         cancel,
-        metrics,
-        ready: VecDeque::new(),
     };
-    futures::stream::unfold(writer, |mut w| async move {
+    let batches = futures::stream::unfold(writer, |mut w| async move {
         if let Some(hello) = w.hello.take() {
-            w.metrics.frames_out.control.inc();
             let frame = RelayerFrame {
                 seq: 0,
                 body: Some(Body::Hello(hello)),
             };
-            return Some((frame, w));
+            return Some((VecDeque::from([(frame, FrameClass::Control)]), w));
         }
         if !*w.welcomed.borrow() {
             tokio::select! {
@@ -538,19 +544,23 @@ fn outbound_frames(
             }
         }
         loop {
-            if let Some((frame, class)) = w.ready.pop_front() {
-                class.counter(&w.metrics.frames_out).inc();
-                return Some((frame, w));
-            }
-            if w.cancel.is_cancelled() || !w.outbox.take_ready(w.epoch, &mut w.ready, WRITE_BATCH) {
+            let mut ready = VecDeque::new();
+            if w.cancel.is_cancelled() || !w.outbox.take_ready(w.epoch, &mut ready, WRITE_BATCH) {
                 return None;
             }
-            if w.ready.is_empty() {
-                tokio::select! {
-                    _ = w.cancel.cancelled() => return None,
-                    _ = w.outbox.wait_ready() => {}
-                }
+            if !ready.is_empty() {
+                return Some((ready, w));
+            }
+            tokio::select! {
+                _ = w.cancel.cancelled() => return None,
+                _ = w.outbox.wait_ready() => {}
             }
         }
-    })
+    });
+    batches
+        .flat_map(futures::stream::iter)
+        .map(move |(frame, class)| {
+            class.counter(&metrics.frames_out).inc();
+            frame
+        })
 }
