@@ -478,7 +478,8 @@ fn wire_walk_ns_per_span() -> Vec<f64> {
 }
 
 /// Profiling mode (`TELEMETRY_PROFILE_SECS=N`): only the relayer under the
-/// same load for N seconds, its pid printed first so a profiler
+/// same load for N seconds (after 3 s idle, whose RSS is printed), its pid
+/// printed first so a profiler
 /// (`perf record -p`, or `perf stat`) can attach; then its CPU per span and
 /// RSS (now and the peak, sampled every 100 ms). With
 /// `TELEMETRY_PROFILE_WITHHOLD=1` the backend withholds every ack: the
@@ -496,12 +497,16 @@ async fn profile_relayer(duration: Duration) {
     let url = format!("http://{addr}");
     let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
     wait_listening(otlp).await;
+    // Idle first: connected, telemetry on, no load yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = rss_kib(relayer.0.id()).unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     start_load(otlp, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
-        "relayer pid {} (wire walk alone: {walk:.1} ns per span)",
-        relayer.0.id()
+        "relayer pid {} (wire walk alone: {walk:.1} ns per span; idle RSS {:.1} MiB)",
+        relayer.0.id(),
+        idle_rss as f64 / 1024.0
     );
     let before = backend.spans.load(Relaxed);
     let cpu_before = cpu_seconds(relayer.0.id());

@@ -187,9 +187,25 @@ pub async fn shutdown_signal() {
 
 /// The runtime every command runs on: actix's system arbiter on the main
 /// thread for the actors, tokio's multi-thread pool for sockets and sessions.
+///
+/// The pool has **one** worker unless `TOKIO_WORKER_THREADS` (tokio's own
+/// variable) says otherwise. The relayer's work is hand-offs between
+/// sockets, the outbox and the actors; with a worker per core, each OTLP
+/// request or command woke a parked worker on the other core (a futex wake
+/// and a context switch, the largest item in its profile). One worker
+/// spends a third less CPU per span and a tenth less per command, at the
+/// same or better throughput (benches/README.md, issue 16). What takes CPU
+/// on it is bounded per request or command (gzip and splitting up to
+/// `telemetry.max_request_bytes`, a signature check ≈ 40 µs); Kubernetes
+/// calls wait on the API server, and manifests are validated on the
+/// blocking pool.
 pub fn system() -> actix_rt::SystemRunner {
     actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            builder.worker_threads(1);
+        }
+        builder
             .enable_all()
             .thread_name("relayer-io")
             .build()

@@ -103,6 +103,20 @@ fn the_dependency_layer_workspace_loads_with_stub_sources() {
         );
     }
     assert!(dir.path().join("crates/dev/src/main.rs").exists());
+    // A build script decides how its crate compiles or links (the
+    // relayer's sets its link options): the dependency layer must have
+    // each one, or the image's binary would be built without it.
+    for entry in std::fs::read_dir(repo.join("crates")).unwrap() {
+        let crate_dir = entry.unwrap().path();
+        if crate_dir.join("build.rs").exists() {
+            let relative = crate_dir.strip_prefix(&repo).unwrap().join("build.rs");
+            assert!(
+                dir.path().join(&relative).exists(),
+                "the Dockerfile's first stage does not copy {}",
+                relative.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -111,17 +125,17 @@ fn the_dockerfile_builds_only_the_production_package() {
     assert!(dockerfile.contains("COPY docker/stub-sources.sh"));
     assert_eq!(
         dockerfile
-            .matches("&& cargo build --release --locked -p consonant-relayer \\")
+            .matches("&& cargo build --profile production --locked -p consonant-relayer \\")
             .count(),
         2,
-        "both build steps build the production package alone"
+        "both build steps build the production package alone, with the production profile"
     );
     assert_eq!(
         dockerfile.matches("&& cargo ").count(),
         2,
         "no other cargo step"
     );
-    assert!(dockerfile.contains("cp target/release/consonant-relayer /consonant-relayer"));
+    assert!(dockerfile.contains("cp target/production/consonant-relayer /consonant-relayer"));
     assert!(dockerfile.contains("USER 65532:65532"));
     assert!(dockerfile.contains("EXPOSE 8080 4317 4318"));
     let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();

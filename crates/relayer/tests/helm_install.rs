@@ -32,19 +32,20 @@ fn repo() -> PathBuf {
     common::chart_tools::repo()
 }
 
-/// The production binary as the image builds it: release profile, no
-/// test-only features. Built once into its own target directory (so this
+/// The production binary as the image builds it: the `production` profile
+/// (release plus fat LTO), no test-only features. Built once into its own target directory (so this
 /// test never waits on the build lock of the `cargo test` running it).
-fn release_binary() -> PathBuf {
+fn production_binary() -> PathBuf {
     let target = repo().join("target/helm-install");
     eprintln!(
-        "building the release relayer for the helm test into {} (minutes the first time)",
+        "building the production relayer for the helm test into {} (minutes the first time)",
         target.display()
     );
     let out = Command::new(env!("CARGO"))
         .args([
             "build",
-            "--release",
+            "--profile",
+            "production",
             "--locked",
             "-p",
             "consonant-relayer",
@@ -53,13 +54,13 @@ fn release_binary() -> PathBuf {
         .arg(&target)
         .current_dir(repo())
         .output()
-        .expect("run cargo build --release");
+        .expect("run cargo build --profile production");
     assert!(
         out.status.success(),
-        "cargo build --release -p consonant-relayer failed:\n{}",
+        "cargo build --profile production -p consonant-relayer failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    target.join("release/consonant-relayer")
+    target.join("production/consonant-relayer")
 }
 
 fn helm_binary() -> PathBuf {
@@ -127,7 +128,7 @@ async fn helm(plane: &ControlPlane, namespace: &str, args: &[String]) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
     let plane = ControlPlane::shared();
-    let binary = tokio::task::spawn_blocking(release_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(production_binary).await.unwrap();
     plane.run_image_as(IMAGE, &binary);
     let backend = devbackend::start(DevBackendOptions {
         grpc_listen: free_addr(),
