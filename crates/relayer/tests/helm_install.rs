@@ -128,7 +128,9 @@ async fn helm(plane: &ControlPlane, namespace: &str, args: &[String]) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_upgrade_and_uninstall_on_the_real_api_server() {
     let plane = ControlPlane::shared();
-    let binary = tokio::task::spawn_blocking(production_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(production_binary)
+        .await
+        .unwrap();
     plane.run_image_as(IMAGE, &binary);
     let backend = devbackend::start(DevBackendOptions {
         grpc_listen: free_addr(),

@@ -19,13 +19,13 @@ use crate::proto::{telemetry_batch, TelemetryBatch};
 
 /// A request at least this large is a batch of its own (after the pending
 /// batch of its signal, so order is kept) instead of being copied into the
-/// pending one: copying it would cost more CPU than the frame it saves
-/// (measured in `benches/telemetry.rs`: the coalescer's copy was 4 % of the
-/// relayer's CPU with 49 KB requests), and at this size the per-frame
-/// overhead — a replay entry, 14 bytes of HTTP/2 and gRPC framing, one
-/// share of an ack — is below 1 %. Small requests, where frames would cost
-/// more than copies, are still coalesced.
-pub const ALONE_BYTES: usize = 16 * 1024;
+/// pending one: at this size the copy costs more than the frame it saves.
+/// Below it, coalescing wins: with 49 KB requests (100 spans each) sending
+/// each alone cost 8 % more CPU per span than copying them into 1 MiB
+/// batches (more frames, acks and writer wake-ups; `benches/telemetry.rs`,
+/// one IO worker), while coalescing them costs ≈ 11 MiB more RSS under full
+/// load (batch buffers in flight; still bounded by `telemetry.buffer_bytes`).
+pub const ALONE_BYTES: usize = 256 * 1024;
 
 /// A point in time as the coalescer needs it: monotonic for ages, wall
 /// clock for `received_at_unix_ms`.
