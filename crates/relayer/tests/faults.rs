@@ -1,0 +1,641 @@
+//! Faults on purpose (issue 17), short versions: the relayer against the
+//! reference backend across the fault rig (`common/fault_rig.rs`: real veth
+//! links between network namespaces, packets through a userspace netem),
+//! with a steady stream of commands while the fault runs, and the
+//! invariants checked from outside the relayer afterwards:
+//!
+//! - every command the test submitted has exactly one result at the
+//!   backend (counted in the backend's record of reliable frames, where a
+//!   second result for one command would show as a second frame);
+//! - `/livez` never failed (polled every 100 ms throughout);
+//! - the relayer's RSS (from `/proc`) stayed under `replay_buffer_bytes +
+//!   telemetry.buffer_bytes + dedup_max_bytes + 40 MiB`;
+//! - after the fault heals, the relayer is connected again within one
+//!   breaker period plus the backoff cap.
+//!
+//! Needs root (the rig says why when it cannot be built). Its own test
+//! binary: the rig re-runs it as the backend process
+//! (`fault_rig_backend_process`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fault_rig::FaultRig;
+use common::*;
+use serde_json::{json, Value};
+
+/// The rig's backend process: returns at once unless the rig started it.
+#[test]
+fn fault_rig_backend_process() {
+    common::fault_rig::backend_process();
+}
+
+/// Tight timings so a scenario takes seconds: dead streams are found after
+/// 3 heartbeats (1.5 s), reconnects back off to at most 2 s, the breaker
+/// opens for 2 s.
+const CONNECTION: &str = r#"
+heartbeat_interval = "500ms"
+backoff_base = "100ms"
+backoff_max = "2s"
+breaker_open_duration = "2s"
+replay_buffer_bytes = "8MiB"
+"#;
+const COMMANDS: &str = r#"
+dedup_max_bytes = "8MiB"
+"#;
+const BREAKER_PLUS_BACKOFF_CAP: Duration = Duration::from_secs(4);
+/// replay (8 MiB) + telemetry buffer (off: 0) + dedup (8 MiB) + 40 MiB.
+const RSS_BOUND_KIB: u64 = (8 + 8 + 40) * 1024;
+
+fn rig() -> FaultRig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    FaultRig::new(Some(500)).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// What the relayer and the backend did during a scenario, gathered by
+/// tasks that run beside it.
+#[derive(Default)]
+struct Watch {
+    livez_failures: AtomicU64,
+    livez_checks: AtomicU64,
+    max_rss_kib: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn watch(relayer: &Arc<Relayer>) -> Arc<Watch> {
+    let watch = Arc::new(Watch::default());
+    let (w, r) = (watch.clone(), relayer.clone());
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        while !w.stop.load(Relaxed) {
+            let ok = client
+                .get(format!("{}/livez", r.health))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .map(|resp| resp.status().is_success())
+                .unwrap_or(false);
+            w.livez_checks.fetch_add(1, Relaxed);
+            if !ok {
+                w.livez_failures.fetch_add(1, Relaxed);
+            }
+            w.max_rss_kib.fetch_max(r.rss_kib(), Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    watch
+}
+
+/// Submits pings with the test's own ids through the admin API (on the
+/// rig's management link, which faults never touch), one every `every`,
+/// until `stop`; returns the ids submitted.
+fn submit_pings(
+    http: String,
+    prefix: &'static str,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut ids = Vec::new();
+        let mut i = 0;
+        while !stop.load(Relaxed) {
+            let id = format!("{prefix}-{i}");
+            let resp = client
+                .post(format!("{http}/api/v1/clusters/{CLUSTER_ID}/commands"))
+                .json(&json!({"command_id": id, "ping": {}}))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .expect("the admin API answers on the management link");
+            assert_eq!(
+                resp.status().as_u16(),
+                202,
+                "{}",
+                resp.text().await.unwrap()
+            );
+            ids.push(id);
+            i += 1;
+            tokio::time::sleep(every).await;
+        }
+        ids
+    })
+}
+
+async fn backend_json(http: &str, path: &str) -> Value {
+    reqwest::get(format!("{http}{path}"))
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("admin API JSON")
+}
+
+/// Result frames per command id, as the backend recorded them.
+async fn results_per_command(http: &str) -> HashMap<String, u32> {
+    let frames = backend_json(http, &format!("/api/v1/clusters/{CLUSTER_ID}/frames")).await;
+    let mut counts = HashMap::new();
+    for frame in frames["frames"].as_array().expect("frames") {
+        if frame["kind"] == "result" {
+            *counts
+                .entry(frame["command_id"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits until every id has a completed result at the backend; panics with
+/// the ones missing.
+async fn wait_all_completed(http: &str, ids: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let counts = results_per_command(http).await;
+        let missing: Vec<&String> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} commands have no result after {within:?}: {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_connected_within(relayer: &Relayer, within: Duration) -> Duration {
+    let started = Instant::now();
+    relayer
+        .wait_health(within + Duration::from_secs(10), |h| {
+            h["grpc"]["connected"] == true
+        })
+        .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
+    let mut rig = rig();
+    let relayer = Arc::new(Relayer::start(
+        RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
+            .connection(CONNECTION)
+            .commands(COMMANDS),
+    ));
+    relayer.wait_connected().await;
+    let watch = watch(&relayer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = submit_pings(
+        rig.http_url(),
+        "bh",
+        Duration::from_millis(50),
+        stop.clone(),
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.black_hole(true);
+    // Long enough for both sides to call the stream dead (3 heartbeats) and
+    // for the relayer's redials to fail into the breaker.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = relayer.json("/health").await.expect("/health");
+    assert_eq!(
+        during["grpc"]["connected"], false,
+        "the relayer noticed the black hole: {during}"
+    );
+    rig.black_hole(false);
+    let reconnect = wait_connected_within(&relayer, BREAKER_PLUS_BACKOFF_CAP).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Relaxed);
+    let ids = pings.await.unwrap();
+    wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(20)).await;
+    watch.stop.store(true, Relaxed);
+
+    let counts = results_per_command(&rig.http_url()).await;
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "commands with more than one result: {twice:?}"
+    );
+    assert!(
+        reconnect <= BREAKER_PLUS_BACKOFF_CAP,
+        "connected again {reconnect:?} after the heal (bound {BREAKER_PLUS_BACKOFF_CAP:?})"
+    );
+    assert_eq!(
+        watch.livez_failures.load(Relaxed),
+        0,
+        "/livez failed during the black hole ({} checks)",
+        watch.livez_checks.load(Relaxed)
+    );
+    assert!(watch.livez_checks.load(Relaxed) > 50);
+    let max_rss = watch.max_rss_kib.load(Relaxed);
+    assert!(
+        max_rss > 0 && max_rss < RSS_BOUND_KIB,
+        "RSS {max_rss} KiB (bound {RSS_BOUND_KIB} KiB)"
+    );
+    eprintln!(
+        "black hole: {} commands, each one result; reconnected {reconnect:?} after the heal; max RSS {max_rss} KiB; wire {}",
+        ids.len(),
+        rig.wire_counters()
+    );
+}
+
+/// The executions the relayer counted (`commands_total`, every status): a
+/// duplicate answered from the dedup cache is not an execution.
+async fn pings_executed(relayer: &Relayer) -> f64 {
+    relayer
+        .metric("consonant_relayer_commands_total", "action=\"ping\"")
+        .await
+}
+
+/// Ids whose command has a final result at the backend now.
+async fn completed(http: &str, ids: &[String]) -> Vec<String> {
+    let counts = results_per_command(http).await;
+    ids.iter()
+        .filter(|id| counts.contains_key(*id))
+        .cloned()
+        .collect()
+}
+
+async fn submit(client: &reqwest::Client, http: &str, id: &str) {
+    let resp = client
+        .post(format!("{http}/api/v1/clusters/{CLUSTER_ID}/commands"))
+        .json(&json!({"command_id": id, "ping": {}}))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the admin API answers on the management link");
+    assert_eq!(
+        resp.status().as_u16(),
+        202,
+        "{}",
+        resp.text().await.unwrap()
+    );
+}
+
+/// The backend SIGKILLed and restarted, and the stream reset from the
+/// backend's side (`ss -K`), at random moments while pings flow. The test
+/// plays the durable part of a real backend: whatever a killed backend had
+/// not answered is sent again, with the same id, to the next one. Every
+/// ping ends with a result and none runs twice: the relayer answers a
+/// re-sent one from its dedup cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
+    const RESTARTS: usize = 4;
+    const CUTS: usize = 6;
+    let mut rig = rig();
+    let http = rig.http_url();
+    let relayer = Arc::new(Relayer::start(
+        RelayerOptions::to(&rig.grpc_url(), &http)
+            .connection(CONNECTION)
+            .commands(COMMANDS),
+    ));
+    relayer.wait_connected().await;
+    let watch = watch(&relayer);
+    let client = reqwest::Client::new();
+    let mut faults: Vec<bool> = [vec![true; RESTARTS], vec![false; CUTS]].concat();
+    // A fixed shuffle per run, printed so a failure can be replayed.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut state = seed | 1;
+    let mut random = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for i in (1..faults.len()).rev() {
+        faults.swap(i, random(i as u64 + 1) as usize);
+    }
+    let mut ids: Vec<String> = Vec::new();
+    let mut done: std::collections::HashSet<String> = Default::default();
+    let mut reconnects = Vec::new();
+    let mut next = 0;
+    for restart in faults {
+        // Pings for 300–1,000 ms, one every 20 ms.
+        let until = Instant::now() + Duration::from_millis(300 + random(700));
+        while Instant::now() < until {
+            let id = format!("rs-{next}");
+            next += 1;
+            submit(&client, &http, &id).await;
+            ids.push(id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done.extend(completed(&http, &ids).await);
+        if restart {
+            rig.kill_backend();
+            tokio::time::sleep(Duration::from_millis(random(500))).await;
+            rig.start_backend();
+            // The new backend knows nothing: send it what is unanswered.
+            for id in ids.iter().filter(|id| !done.contains(*id)) {
+                submit(&client, &http, id).await;
+            }
+        } else {
+            rig.cut_streams();
+        }
+        let started = Instant::now();
+        relayer.wait_connected().await;
+        reconnects.push(started.elapsed());
+    }
+    // Every id is answered: by a backend that is gone (seen before it went)
+    // or by this one.
+    let unanswered: Vec<String> = ids
+        .iter()
+        .filter(|id| !done.contains(*id))
+        .cloned()
+        .collect();
+    wait_all_completed(&http, &unanswered, Duration::from_secs(20)).await;
+    watch.stop.store(true, Relaxed);
+
+    let executed = pings_executed(&relayer).await;
+    assert_eq!(
+        executed,
+        ids.len() as f64,
+        "pings executed by the relayer vs distinct pings sent (seed {seed})"
+    );
+    let slowest = reconnects.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest <= BREAKER_PLUS_BACKOFF_CAP,
+        "slowest reconnect {slowest:?} (bound {BREAKER_PLUS_BACKOFF_CAP:?}; seed {seed})"
+    );
+    assert_eq!(
+        watch.livez_failures.load(Relaxed),
+        0,
+        "/livez failed ({} checks; seed {seed})",
+        watch.livez_checks.load(Relaxed)
+    );
+    let max_rss = watch.max_rss_kib.load(Relaxed);
+    assert!(max_rss > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
+    eprintln!(
+        "restarts and cuts: {} pings, {} answered before the last fault, {executed} executed; {RESTARTS} restarts, {CUTS} cuts; slowest reconnect {slowest:?}; max RSS {max_rss} KiB (seed {seed})",
+        ids.len(),
+        done.len()
+    );
+}
+
+/// 5 % loss with 200 ms ± 100 ms of delay each way (so reordering too) for
+/// a while, then a clean path: TCP retransmits under it, heartbeats arrive
+/// late but within 3 intervals or the stream is redialled; either way every
+/// ping ends with exactly one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
+    let mut rig = rig();
+    let relayer = Arc::new(Relayer::start(
+        RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
+            // Slower heartbeats than the other scenarios: a 500 ms interval
+            // with 600 ms round trips and retransmissions would be a test of
+            // the heartbeat setting, not of the relayer.
+            .connection(&CONNECTION.replace("\"500ms\"", "\"2s\""))
+            .commands(COMMANDS),
+    ));
+    relayer.wait_connected().await;
+    let watch = watch(&relayer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = submit_pings(
+        rig.http_url(),
+        "ld",
+        Duration::from_millis(50),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rig.impair("delay_ms=200 jitter_ms=100 loss=0.05");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    rig.impair("delay_ms=0 jitter_ms=0 loss=0");
+    stop.store(true, Relaxed);
+    let ids = pings.await.unwrap();
+    wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(30)).await;
+    relayer.wait_connected().await;
+    watch.stop.store(true, Relaxed);
+
+    let counts = results_per_command(&rig.http_url()).await;
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "commands with more than one result: {twice:?}"
+    );
+    assert_eq!(
+        pings_executed(&relayer).await,
+        ids.len() as f64,
+        "executions"
+    );
+    assert_eq!(
+        watch.livez_failures.load(Relaxed),
+        0,
+        "/livez failed ({} checks)",
+        watch.livez_checks.load(Relaxed)
+    );
+    let max_rss = watch.max_rss_kib.load(Relaxed);
+    assert!(max_rss > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
+    eprintln!(
+        "loss and delay: {} commands, each one result; max RSS {max_rss} KiB; wire {}",
+        ids.len(),
+        rig.wire_counters()
+    );
+}
+
+/// The relayer SIGKILLed while pings flow and started again (a new
+/// incarnation, as a pod restart makes one): what the killed process had
+/// read but not answered, the backend sends again on the new session, so
+/// every ping ends with exactly one result at the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
+    const KILLS: usize = 3;
+    let rig = rig();
+    let options = || {
+        RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
+            .connection(CONNECTION)
+            .commands(COMMANDS)
+    };
+    let mut relayer = Relayer::start(options());
+    relayer.wait_connected().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = submit_pings(
+        rig.http_url(),
+        "kill",
+        Duration::from_millis(10),
+        stop.clone(),
+    );
+    let mut restarts = Vec::new();
+    for round in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(400 + 200 * round as u64)).await;
+        drop(relayer); // SIGKILL
+        let started = Instant::now();
+        relayer = Relayer::start(options());
+        relayer.wait_connected().await;
+        restarts.push(started.elapsed());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Relaxed);
+    let ids = pings.await.unwrap();
+    wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(20)).await;
+    let counts = results_per_command(&rig.http_url()).await;
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "commands with more than one result: {twice:?}"
+    );
+    eprintln!(
+        "relayer killed {KILLS} times: {} pings, each one result; connected again after {restarts:?}",
+        ids.len()
+    );
+}
+
+/// A restart storm: the CommandRouter panics on every batch it reads
+/// (`FAILPOINTS`, compiled in with the `failpoints` feature), its
+/// supervisor restarts it until the intensity (5 in 60 s) is exceeded, the
+/// root escalates and the process exits 70 — and the test starts it again,
+/// as Kubernetes restarts a crashed container. The pings the storm
+/// swallowed are re-sent by the backend to the new process and each ends
+/// with exactly one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
+    let backend = backend().await;
+    let http = backend.http_url();
+    let mut stormy = Relayer::start(
+        RelayerOptions::new(&backend)
+            .connection(CONNECTION)
+            .env("FAILPOINTS", "router-incoming=panic"),
+    );
+    stormy.wait_connected().await;
+    let client = reqwest::Client::new();
+    let ids: Vec<String> = (0..20).map(|i| format!("storm-{i}")).collect();
+    for id in &ids {
+        submit(&client, &http, id).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = stormy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the storm ends the process");
+    assert_eq!(status.code(), Some(70), "{}", stormy.output());
+    let calm = Relayer::start(RelayerOptions::new(&backend).connection(CONNECTION));
+    calm.wait_connected().await;
+    wait_all_completed(&http, &ids, Duration::from_secs(20)).await;
+    let counts = results_per_command(&http).await;
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "commands with more than one result: {twice:?}"
+    );
+    assert_eq!(pings_executed(&calm).await, ids.len() as f64);
+}
+
+/// Rollout restarts of one Deployment flow while the real kube-apiserver is
+/// restarted and then etcd is: each command has exactly one result, and
+/// the Deployment's generation moved once per restart that took effect —
+/// at least once per command that succeeded, never more than once per
+/// command (a restart writes its command id into the pod template, so even
+/// a re-run could not move it twice; a command that failed because the API
+/// server went away mid-request may or may not have been applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_and_etcd_restarts_mid_command_apply_no_action_twice() {
+    use consonant_kube_testenv::ControlPlane;
+    use consonant_relayer::proto::{command, command_result::Status, Command};
+    use k8s_openapi::api::apps::v1::Deployment;
+    const RESTARTS: usize = 30;
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("faults").await;
+    let backend = backend().await;
+    let relayer = Relayer::start(
+        RelayerOptions::new(&backend)
+            .connection(CONNECTION)
+            .kubernetes(&plane.kubeconfig, false),
+    );
+    relayer.wait_connected().await;
+    let apply = Command {
+        command_id: "apply-web".into(),
+        action: Some(command::Action::Apply(
+            consonant_relayer::proto::ApplyManifest {
+                manifest: consonant_kube_sim::SAMPLE_DEPLOYMENT
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+                namespace: ns.clone(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let applied = run_command(&backend, apply).await;
+    assert_eq!(applied.status, Status::Succeeded as i32, "{applied:?}");
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(plane.client().await, &ns);
+    let generation = |d: Deployment| d.metadata.generation.unwrap_or_default();
+    let before = generation(deployments.get("web").await.unwrap());
+
+    let state = backend.state().clone();
+    let target_ns = ns.clone();
+    let driver = tokio::spawn(async move {
+        let mut waiters = Vec::new();
+        for i in 0..RESTARTS {
+            let command = Command {
+                command_id: format!("restart-{i}"),
+                action: Some(command::Action::Restart(
+                    consonant_relayer::proto::RestartWorkload {
+                        target: Some(consonant_relayer::proto::ObjectRef {
+                            api_version: "apps/v1".into(),
+                            kind: "Deployment".into(),
+                            namespace: target_ns.clone(),
+                            name: "web".into(),
+                            uid: String::new(),
+                        }),
+                    },
+                )),
+                ..Default::default()
+            };
+            waiters.push(state.submit_command(CLUSTER_ID, command).expect("submit"));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        waiters
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::task::spawn_blocking(|| ControlPlane::shared().restart("kube-apiserver"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(|| ControlPlane::shared().restart("etcd"))
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for waiter in driver.await.unwrap() {
+        let result = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("every restart is answered")
+            .expect("result sender kept");
+        statuses.push(result.status);
+    }
+    let succeeded = statuses
+        .iter()
+        .filter(|s| **s == Status::Succeeded as i32)
+        .count() as i64;
+    let counts = results_per_command(&backend.http_url()).await;
+    for i in 0..RESTARTS {
+        assert_eq!(
+            counts.get(&format!("restart-{i}")),
+            Some(&1),
+            "restart-{i}: {counts:?}"
+        );
+    }
+    // The API server answers again (etcd may take a moment after its restart).
+    let mut after = None;
+    for _ in 0..60 {
+        if let Ok(d) = deployments.get("web").await {
+            after = Some(generation(d));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let moved = after.expect("the API server answers after the restarts") - before;
+    assert!(
+        moved >= succeeded && moved <= RESTARTS as i64,
+        "generation moved {moved} times for {RESTARTS} restart commands, {succeeded} succeeded"
+    );
+    eprintln!(
+        "API server and etcd restarts: {RESTARTS} restart commands, {succeeded} succeeded, generation moved {moved}"
+    );
+}
