@@ -48,8 +48,100 @@ const COMMANDS: &str = r#"
 dedup_max_bytes = "8MiB"
 "#;
 const BREAKER_PLUS_BACKOFF_CAP: Duration = Duration::from_secs(4);
-/// replay (8 MiB) + telemetry buffer (off: 0) + dedup (8 MiB) + 40 MiB.
-const RSS_BOUND_KIB: u64 = (8 + 8 + 40) * 1024;
+/// replay (8 MiB) + telemetry buffer (8 MiB) + dedup (8 MiB) + 40 MiB.
+const RSS_BOUND_KIB: u64 = (8 + 8 + 8 + 40) * 1024;
+
+/// Telemetry on (OTLP/HTTP on a loopback port), with the buffer the RSS
+/// bound counts; returns the options and the OTLP/HTTP base URL.
+fn with_telemetry(options: RelayerOptions) -> (RelayerOptions, String) {
+    let otlp = free_addr();
+    let mut options = options;
+    options.telemetry = format!(
+        "enabled = true\notlp_grpc_listen = \"{}\"\notlp_http_listen = \"{otlp}\"\nflush_interval = \"100ms\"\nbuffer_bytes = \"8MiB\"",
+        free_addr()
+    );
+    (options, format!("http://{otlp}"))
+}
+
+/// An OTLP exporter as the collector's behaves: 10-span requests every
+/// 50 ms, a refused one (429/503, "retry later") sent again until taken.
+/// Returns the spans the relayer accepted.
+fn send_spans(otlp: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut accepted = 0u64;
+        let mut batch = 0u64;
+        while !stop.load(Relaxed) {
+            let spans = (0..10u64)
+                .map(|i| Span {
+                    trace_id: vec![7; 16],
+                    span_id: (batch * 10 + i + 1).to_be_bytes().to_vec(),
+                    name: "agent.step".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let body = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec();
+            batch += 1;
+            loop {
+                let status = client
+                    .post(format!("{otlp}/v1/traces"))
+                    .header("content-type", "application/x-protobuf")
+                    .body(body.clone())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                match status {
+                    200 => {
+                        accepted += 10;
+                        break;
+                    }
+                    429 | 503 | 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+                    other => panic!("OTLP/HTTP answered {other}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        accepted
+    })
+}
+
+/// Every accepted span arrived exactly once or is counted as dropped in
+/// the `TelemetryStats` the relayer reports: waits for the backend's count
+/// to settle there.
+async fn assert_telemetry_accounted(http: &str, accepted: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = backend_json(http, &format!("/api/v1/clusters/{CLUSTER_ID}/telemetry")).await;
+        let spans = t["spans"].as_u64().unwrap_or(0);
+        let dropped = t["dropped_reported"].as_u64().unwrap_or(0);
+        assert!(
+            spans <= accepted,
+            "{spans} spans arrived of {accepted} accepted: duplicates ({t})"
+        );
+        if spans + dropped == accepted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{accepted} spans accepted, {spans} arrived, {dropped} reported dropped ({t})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 fn rig() -> FaultRig {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -183,11 +275,12 @@ async fn wait_connected_within(relayer: &Relayer, within: Duration) -> Duration 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     let mut rig = rig();
-    let relayer = Arc::new(Relayer::start(
+    let (options, otlp) = with_telemetry(
         RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
             .connection(CONNECTION)
             .commands(COMMANDS),
-    ));
+    );
+    let relayer = Arc::new(Relayer::start(options));
     relayer.wait_connected().await;
     let watch = watch(&relayer);
     let stop = Arc::new(AtomicBool::new(false));
@@ -197,6 +290,7 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
         Duration::from_millis(50),
         stop.clone(),
     );
+    let spans = send_spans(otlp, stop.clone());
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.black_hole(true);
@@ -213,7 +307,9 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Relaxed);
     let ids = pings.await.unwrap();
+    let accepted = spans.await.unwrap();
     wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(20)).await;
+    assert_telemetry_accounted(&rig.http_url(), accepted).await;
     watch.stop.store(true, Relaxed);
 
     let counts = results_per_command(&rig.http_url()).await;
@@ -239,7 +335,7 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
         "RSS {max_rss} KiB (bound {RSS_BOUND_KIB} KiB)"
     );
     eprintln!(
-        "black hole: {} commands, each one result; reconnected {reconnect:?} after the heal; max RSS {max_rss} KiB; wire {}",
+        "black hole: {} commands, each one result; {accepted} spans accounted for; reconnected {reconnect:?} after the heal; max RSS {max_rss} KiB; wire {}",
         ids.len(),
         rig.wire_counters()
     );
@@ -387,14 +483,15 @@ async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
     let mut rig = rig();
-    let relayer = Arc::new(Relayer::start(
+    let (options, otlp) = with_telemetry(
         RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
             // Slower heartbeats than the other scenarios: a 500 ms interval
             // with 600 ms round trips and retransmissions would be a test of
             // the heartbeat setting, not of the relayer.
             .connection(&CONNECTION.replace("\"500ms\"", "\"2s\""))
             .commands(COMMANDS),
-    ));
+    );
+    let relayer = Arc::new(Relayer::start(options));
     relayer.wait_connected().await;
     let watch = watch(&relayer);
     let stop = Arc::new(AtomicBool::new(false));
@@ -404,13 +501,16 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
         Duration::from_millis(50),
         stop.clone(),
     );
+    let spans = send_spans(otlp, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.impair("delay_ms=200 jitter_ms=100 loss=0.05");
     tokio::time::sleep(Duration::from_secs(8)).await;
     rig.impair("delay_ms=0 jitter_ms=0 loss=0");
     stop.store(true, Relaxed);
     let ids = pings.await.unwrap();
+    let accepted = spans.await.unwrap();
     wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(30)).await;
+    assert_telemetry_accounted(&rig.http_url(), accepted).await;
     relayer.wait_connected().await;
     watch.stop.store(true, Relaxed);
 
@@ -434,7 +534,7 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
     let max_rss = watch.max_rss_kib.load(Relaxed);
     assert!(max_rss > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
     eprintln!(
-        "loss and delay: {} commands, each one result; max RSS {max_rss} KiB; wire {}",
+        "loss and delay: {} commands, each one result; {accepted} spans accounted for; max RSS {max_rss} KiB; wire {}",
         ids.len(),
         rig.wire_counters()
     );

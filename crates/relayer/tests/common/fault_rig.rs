@@ -164,12 +164,16 @@ fn check_prerequisites() -> Result<(), RigUnavailable> {
             "/dev/net/tun is missing (the kernel's TUN driver, CONFIG_TUN)".into(),
         ));
     }
-    let probe = format!("consonant-fault-probe-{}", std::process::id());
+    // Tests of one binary build rigs at the same time: a probe each.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let probe = format!("consonant-fault-probe-{pid}-{n}");
     ip(&format!("netns add {probe}"))
         .map_err(|e| RigUnavailable(format!("cannot create a network namespace: {e}")))?;
     let veth = ip(&format!(
-        "link add cfprobe{} netns {probe} type veth peer name cfprobe netns {probe}",
-        std::process::id() % 10000
+        "link add cfp{}x{n} netns {probe} type veth peer name cfprobe netns {probe}",
+        pid % 100_000
     ));
     let _ = ip(&format!("netns del {probe}"));
     veth.map_err(|e| RigUnavailable(format!("cannot create a veth pair (CONFIG_VETH): {e}")))
