@@ -51,6 +51,40 @@ const BREAKER_PLUS_BACKOFF_CAP: Duration = Duration::from_secs(4);
 /// replay (8 MiB) + telemetry buffer (8 MiB) + dedup (8 MiB) + 40 MiB.
 const RSS_BOUND_KIB: u64 = (8 + 8 + 8 + 40) * 1024;
 
+/// `scripts/soak` sets `CONSONANT_SOAK=1`: the scenarios run their long
+/// versions (minutes each) instead of the seconds the test command spends.
+fn soak() -> bool {
+    std::env::var_os("CONSONANT_SOAK").is_some()
+}
+
+fn short_or_long<T>(short: T, long: T) -> T {
+    if soak() {
+        long
+    } else {
+        short
+    }
+}
+
+/// One row of the soak report, on stderr for `scripts/soak` to collect:
+/// scenario, commands, results, duplicates, max RSS, reconnect times,
+/// dead-stream detection time, telemetry.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    scenario: &str,
+    commands: usize,
+    results: usize,
+    duplicates: usize,
+    max_rss_kib: u64,
+    reconnects: &str,
+    detection: &str,
+    telemetry: &str,
+) {
+    eprintln!(
+        "SOAK-REPORT\t{scenario}\t{commands}\t{results}\t{duplicates}\t{:.1} MiB\t{reconnects}\t{detection}\t{telemetry}",
+        max_rss_kib as f64 / 1024.0
+    );
+}
+
 /// Telemetry on (OTLP/HTTP on a loopback port), with the buffer the RSS
 /// bound counts; returns the options and the OTLP/HTTP base URL.
 fn with_telemetry(options: RelayerOptions) -> (RelayerOptions, String) {
@@ -294,13 +328,20 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.black_hole(true);
-    // Long enough for both sides to call the stream dead (3 heartbeats) and
-    // for the relayer's redials to fail into the breaker.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dark = Instant::now();
+    // Dead-stream detection: no frame for 3 heartbeat intervals (1.5 s).
+    relayer
+        .wait_health(Duration::from_secs(10), |h| h["grpc"]["connected"] == false)
+        .await;
+    let detected = dark.elapsed();
+    // Then long enough for the relayer's redials to fail into the breaker
+    // (6 s; the soak: 2 minutes).
+    let hole = short_or_long(Duration::from_secs(6), Duration::from_secs(120));
+    tokio::time::sleep(hole.saturating_sub(detected)).await;
     let during = relayer.json("/health").await.expect("/health");
     assert_eq!(
         during["grpc"]["connected"], false,
-        "the relayer noticed the black hole: {during}"
+        "the relayer still sees the black hole: {during}"
     );
     rig.black_hole(false);
     let reconnect = wait_connected_within(&relayer, BREAKER_PLUS_BACKOFF_CAP).await;
@@ -338,6 +379,16 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
         "black hole: {} commands, each one result; {accepted} spans accounted for; reconnected {reconnect:?} after the heal; max RSS {max_rss} KiB; wire {}",
         ids.len(),
         rig.wire_counters()
+    );
+    report(
+        &format!("black hole {hole:?}, then heal"),
+        ids.len(),
+        counts.len(),
+        twice.len(),
+        max_rss,
+        &format!("{reconnect:.2?} after the heal"),
+        &format!("{detected:.2?}"),
+        &format!("{accepted} spans accepted, all accounted for"),
     );
 }
 
@@ -382,8 +433,8 @@ async fn submit(client: &reqwest::Client, http: &str, id: &str) {
 /// re-sent one from its dedup cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
-    const RESTARTS: usize = 4;
-    const CUTS: usize = 6;
+    let restarts = short_or_long(4, 20);
+    let cuts = short_or_long(6, 50);
     let mut rig = rig();
     let http = rig.http_url();
     let relayer = Arc::new(Relayer::start(
@@ -394,7 +445,7 @@ async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
     relayer.wait_connected().await;
     let watch = watch(&relayer);
     let client = reqwest::Client::new();
-    let mut faults: Vec<bool> = [vec![true; RESTARTS], vec![false; CUTS]].concat();
+    let mut faults: Vec<bool> = [vec![true; restarts], vec![false; cuts]].concat();
     // A fixed shuffle per run, printed so a failure can be replayed.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -470,9 +521,21 @@ async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
     let max_rss = watch.max_rss_kib.load(Relaxed);
     assert!(max_rss > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
     eprintln!(
-        "restarts and cuts: {} pings, {} answered before the last fault, {executed} executed; {RESTARTS} restarts, {CUTS} cuts; slowest reconnect {slowest:?}; max RSS {max_rss} KiB (seed {seed})",
+        "restarts and cuts: {} pings, {} answered before the last fault, {executed} executed; {restarts} restarts, {cuts} cuts; slowest reconnect {slowest:?}; max RSS {max_rss} KiB (seed {seed})",
         ids.len(),
         done.len()
+    );
+    let mut sorted = reconnects.clone();
+    sorted.sort();
+    report(
+        &format!("backend SIGKILLed {restarts}×, stream cut {cuts}×"),
+        ids.len(),
+        ids.len(),
+        executed as usize - ids.len(),
+        max_rss,
+        &format!("median {:.2?}, max {slowest:.2?}", sorted[sorted.len() / 2]),
+        "—",
+        "—",
     );
 }
 
@@ -504,7 +567,8 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
     let spans = send_spans(otlp, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.impair("delay_ms=200 jitter_ms=100 loss=0.05");
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let lossy = short_or_long(Duration::from_secs(8), Duration::from_secs(300));
+    tokio::time::sleep(lossy).await;
     rig.impair("delay_ms=0 jitter_ms=0 loss=0");
     stop.store(true, Relaxed);
     let ids = pings.await.unwrap();
@@ -538,6 +602,16 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
         ids.len(),
         rig.wire_counters()
     );
+    report(
+        &format!("5 % loss, 200 ± 100 ms, {lossy:?}"),
+        ids.len(),
+        counts.len(),
+        twice.len(),
+        max_rss,
+        "—",
+        "—",
+        &format!("{accepted} spans accepted, all accounted for"),
+    );
 }
 
 /// The relayer SIGKILLed while pings flow and started again (a new
@@ -546,7 +620,7 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
 /// every ping ends with exactly one result at the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
-    const KILLS: usize = 3;
+    let kills = short_or_long(3, 10);
     let rig = rig();
     let options = || {
         RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
@@ -563,8 +637,10 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
         stop.clone(),
     );
     let mut restarts = Vec::new();
-    for round in 0..KILLS {
+    let mut max_rss = 0;
+    for round in 0..kills {
         tokio::time::sleep(Duration::from_millis(400 + 200 * round as u64)).await;
+        max_rss = max_rss.max(relayer.rss_kib());
         drop(relayer); // SIGKILL
         let started = Instant::now();
         relayer = Relayer::start(options());
@@ -582,8 +658,18 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
         "commands with more than one result: {twice:?}"
     );
     eprintln!(
-        "relayer killed {KILLS} times: {} pings, each one result; connected again after {restarts:?}",
+        "relayer killed {kills} times: {} pings, each one result; connected again after {restarts:?}",
         ids.len()
+    );
+    report(
+        &format!("relayer SIGKILLed {kills}×"),
+        ids.len(),
+        counts.len(),
+        twice.len(),
+        max_rss,
+        &format!("max {:.2?} from start", restarts.iter().max().unwrap()),
+        "—",
+        "—",
     );
 }
 
@@ -624,6 +710,16 @@ async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
         "commands with more than one result: {twice:?}"
     );
     assert_eq!(pings_executed(&calm).await, ids.len() as f64);
+    report(
+        "restart storm: router panics until exit 70, restarted",
+        ids.len(),
+        counts.len(),
+        twice.len(),
+        calm.rss_kib(),
+        "—",
+        "—",
+        "—",
+    );
 }
 
 /// Rollout restarts of one Deployment flow while the real kube-apiserver is
@@ -737,5 +833,15 @@ async fn api_server_and_etcd_restarts_mid_command_apply_no_action_twice() {
     );
     eprintln!(
         "API server and etcd restarts: {RESTARTS} restart commands, {succeeded} succeeded, generation moved {moved}"
+    );
+    report(
+        "kube-apiserver, then etcd restarted under rollout restarts",
+        RESTARTS,
+        counts.len() - 1,
+        0,
+        relayer.rss_kib(),
+        "—",
+        "—",
+        &format!("{succeeded} succeeded; generation moved {moved}"),
     );
 }
