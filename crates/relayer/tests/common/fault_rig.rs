@@ -426,3 +426,66 @@ impl Drop for FaultRig {
         let _ = ip(&format!("link del cfm{}", self.n));
     }
 }
+
+// Shared by the fault scenarios (tests/faults.rs, tests/kube_faults.rs).
+
+/// `scripts/soak` sets `CONSONANT_SOAK=1`: the scenarios run their long
+/// versions (minutes each) instead of the seconds the test command spends.
+pub(crate) fn soak() -> bool {
+    std::env::var_os("CONSONANT_SOAK").is_some()
+}
+
+pub(crate) fn short_or_long<T>(short: T, long: T) -> T {
+    if soak() {
+        long
+    } else {
+        short
+    }
+}
+
+/// One row of the soak report, on stderr for `scripts/soak` to collect:
+/// scenario, commands, results, duplicates, max RSS, reconnect times,
+/// dead-stream detection time, telemetry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn report(
+    scenario: &str,
+    commands: usize,
+    results: usize,
+    duplicates: usize,
+    max_rss_kib: u64,
+    reconnects: &str,
+    detection: &str,
+    telemetry: &str,
+) {
+    eprintln!(
+        "SOAK-REPORT\t{scenario}\t{commands}\t{results}\t{duplicates}\t{:.1} MiB\t{reconnects}\t{detection}\t{telemetry}",
+        max_rss_kib as f64 / 1024.0
+    );
+}
+
+pub(crate) async fn backend_json(http: &str, path: &str) -> serde_json::Value {
+    reqwest::get(format!("{http}{path}"))
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("admin API JSON")
+}
+
+/// Result frames per command id, as the backend recorded them.
+pub(crate) async fn results_per_command(http: &str) -> std::collections::HashMap<String, u32> {
+    let frames = backend_json(
+        http,
+        &format!("/api/v1/clusters/{}/frames", super::CLUSTER_ID),
+    )
+    .await;
+    let mut counts = std::collections::HashMap::new();
+    for frame in frames["frames"].as_array().expect("frames") {
+        if frame["kind"] == "result" {
+            *counts
+                .entry(frame["command_id"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
