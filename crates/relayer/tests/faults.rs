@@ -43,15 +43,18 @@ backoff_max = "2s"
 breaker_open_duration = "2s"
 replay_buffer_bytes = "8MiB"
 "#;
-/// The rate limit raised out of the way: after an outage the backend sends
-/// its backlog at once, and the default limit (50/s, burst 100) answers
-/// part of it RATE_LIMITED, retryable, a result the backend then replaces
-/// by re-sending. These scenarios count final results per command, so they
-/// leave rate limiting to its own tests.
+/// The rate limit and the in-flight bound raised out of the way: after an
+/// outage the backend sends its backlog at once (thousands of commands
+/// after the 2-minute black hole), and the defaults (50/s with a burst of
+/// 100; 64 in flight) answer part of it RATE_LIMITED or UNAVAILABLE,
+/// retryable — results the backend replaces by sending the command again.
+/// These scenarios count final results and runs per command, so they leave
+/// load shedding to its own tests (`stream.rs`, `hostile_backend.rs`).
 const COMMANDS: &str = r#"
 dedup_max_bytes = "8MiB"
 rate_per_second = 100000
 burst = 100000
+max_in_flight = 10000
 "#;
 const BREAKER_PLUS_BACKOFF_CAP: Duration = Duration::from_secs(4);
 /// replay (8 MiB) + telemetry buffer (8 MiB) + dedup (8 MiB) + 40 MiB.
@@ -273,6 +276,67 @@ fn submit_restarts(
     })
 }
 
+/// No command ran twice, though the backend sent again the ones a fault
+/// swallowed: runs plus refusals add up to the commands sent (a re-run would
+/// count twice; a duplicate answered from the dedup cache counts nothing),
+/// and the API server saw at most one write per rollout restart. Returns a
+/// summary for the report.
+async fn kube_effects(
+    relayer: &Relayer,
+    plane: &consonant_kube_testenv::ControlPlane,
+    namespace: &str,
+    generation_before: i64,
+    restart_ids: &[String],
+    pings_sent: usize,
+) -> String {
+    let outcomes = |action: &'static str, status: &'static str| async move {
+        let labels = if status.is_empty() {
+            format!("action=\"{action}\"")
+        } else {
+            format!("action=\"{action}\",status=\"{status}\"")
+        };
+        relayer
+            .metric("consonant_relayer_commands_total", &labels)
+            .await as usize
+    };
+    let succeeded = outcomes("restart", "succeeded").await;
+    let refused = outcomes("restart", "rejected").await;
+    assert_eq!(
+        refused + outcomes("ping", "rejected").await,
+        0,
+        "nothing refused (the limits are raised for these scenarios)"
+    );
+    assert_eq!(
+        outcomes("restart", "").await,
+        restart_ids.len(),
+        "one outcome per rollout restart"
+    );
+    assert_eq!(
+        outcomes("ping", "").await,
+        pings_sent,
+        "one outcome per ping"
+    );
+    // Every write carries its command's id into the pod template, so a
+    // write that repeated an earlier command's would leave the generation
+    // behind the count of writes. A restart that timed out or failed after
+    // its write reached the API server is a write without a success.
+    let writes = patches_of_web(plane, namespace);
+    let moved = generation_of_web(plane, namespace).await - generation_before;
+    assert_eq!(
+        moved as usize, writes,
+        "generation moves vs API writes to web"
+    );
+    assert!(
+        writes >= succeeded && writes <= restart_ids.len(),
+        "{writes} API writes for {} restarts, {succeeded} succeeded",
+        restart_ids.len()
+    );
+    format!(
+        "{} rollout restarts: {succeeded} succeeded, {refused} refused, {writes} API writes, generation +{moved}",
+        restart_ids.len()
+    )
+}
+
 /// `web`'s `metadata.generation`.
 async fn generation_of_web(plane: &consonant_kube_testenv::ControlPlane, namespace: &str) -> i64 {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -394,56 +458,16 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(20)).await;
     assert_telemetry_accounted(&rig.http_url(), accepted).await;
     watch.stop.store(true, Relaxed);
-    // No command ran twice, though the backend sent again the ones lost in
-    // the black hole: the API server saw one write per rollout restart that
-    // ran, and runs plus refusals add up to the commands sent. (After a long
-    // outage the backlog arrives at once and the relayer sheds what exceeds
-    // `commands.max_in_flight`: REJECTED/UNAVAILABLE, retryable, one final
-    // result like any other.)
-    let ran = |action: &'static str, status: &'static str| {
-        let relayer = relayer.clone();
-        async move {
-            relayer
-                .metric(
-                    "consonant_relayer_commands_total",
-                    &if status.is_empty() {
-                        format!("action=\"{action}\"")
-                    } else {
-                        format!("action=\"{action}\",status=\"{status}\"")
-                    },
-                )
-                .await as usize
-        }
-    };
-    let restarts_ran = ran("restart", "succeeded").await;
-    let restarts_refused = ran("restart", "rejected").await;
-    let restart_outcomes = ran("restart", "").await;
-    assert_eq!(
-        restart_outcomes,
-        restart_ids.len(),
-        "one outcome per rollout restart (a re-run would count twice)"
-    );
-    // Every write carries its command's id into the pod template, so a
-    // write that repeated an earlier command's would leave the generation
-    // behind the count of writes. A restart that timed out or failed after
-    // its write reached the API server is a write without a success.
-    let writes = patches_of_web(plane, &namespace);
-    let moved = generation_of_web(plane, &namespace).await - generation_before;
-    assert_eq!(
-        moved as usize, writes,
-        "generation moves vs API writes to web"
-    );
-    assert!(
-        writes >= restarts_ran && writes <= restart_ids.len(),
-        "{writes} API writes for {} restarts, {restarts_ran} succeeded",
-        restart_ids.len()
-    );
     let pings_sent = ids.len() - restart_ids.len();
-    assert_eq!(
-        ran("ping", "").await,
+    let kube = kube_effects(
+        &relayer,
+        plane,
+        &namespace,
+        generation_before,
+        &restart_ids,
         pings_sent,
-        "one outcome per ping (a re-run would count twice)"
-    );
+    )
+    .await;
 
     let counts = results_per_command(&rig.http_url()).await;
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
@@ -473,10 +497,7 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
         rig.wire_counters()
     );
     report(
-        &format!(
-            "black hole {hole:?}, then heal (pings, {} rollout restarts: {restarts_ran} succeeded, {restarts_refused} refused, {writes} API writes, generation +{moved})",
-            restart_ids.len()
-        ),
+        &format!("black hole {hole:?}, then heal (pings, {kube})"),
         ids.len(),
         counts.len(),
         twice.len(),
@@ -647,13 +668,17 @@ async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
     let mut rig = rig();
+    let plane = consonant_kube_testenv::ControlPlane::shared();
+    let namespace = sample_deployment(plane).await;
+    let generation_before = generation_of_web(plane, &namespace).await;
     let (options, otlp) = with_telemetry(
         RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
             // Slower heartbeats than the other scenarios: a 500 ms interval
             // with 600 ms round trips and retransmissions would be a test of
             // the heartbeat setting, not of the relayer.
             .connection(&CONNECTION.replace("\"500ms\"", "\"2s\""))
-            .commands(COMMANDS),
+            .commands(COMMANDS)
+            .kubernetes(&plane.kubeconfig, false),
     );
     let relayer = Arc::new(Relayer::start(options));
     relayer.wait_connected().await;
@@ -666,14 +691,23 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
         stop.clone(),
     );
     let spans = send_spans(otlp, stop.clone());
+    let restarts = submit_restarts(
+        rig.http_url(),
+        namespace.clone(),
+        Duration::from_millis(400),
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.impair("delay_ms=200 jitter_ms=100 loss=0.05");
     let lossy = short_or_long(Duration::from_secs(8), Duration::from_secs(300));
     tokio::time::sleep(lossy).await;
     rig.impair("delay_ms=0 jitter_ms=0 loss=0");
     stop.store(true, Relaxed);
-    let ids = pings.await.unwrap();
+    let mut ids = pings.await.unwrap();
     let accepted = spans.await.unwrap();
+    let restart_ids = restarts.await.unwrap();
+    let pings_sent = ids.len();
+    ids.extend(restart_ids.iter().cloned());
     wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(30)).await;
     assert_telemetry_accounted(&rig.http_url(), accepted).await;
     relayer.wait_connected().await;
@@ -685,11 +719,15 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
         twice.is_empty(),
         "commands with more than one result: {twice:?}"
     );
-    assert_eq!(
-        pings_executed(&relayer).await,
-        ids.len() as f64,
-        "executions"
-    );
+    let kube = kube_effects(
+        &relayer,
+        plane,
+        &namespace,
+        generation_before,
+        &restart_ids,
+        pings_sent,
+    )
+    .await;
     assert_eq!(
         watch.livez_failures.load(Relaxed),
         0,
@@ -704,7 +742,7 @@ async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
         rig.wire_counters()
     );
     report(
-        &format!("5 % loss, 200 ± 100 ms, {lossy:?}"),
+        &format!("5 % loss, 200 ± 100 ms, {lossy:?} (pings, {kube})"),
         ids.len(),
         counts.len(),
         twice.len(),
