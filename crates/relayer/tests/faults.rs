@@ -455,7 +455,11 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     let accepted = spans.await.unwrap();
     let restart_ids = restarts.await.unwrap();
     ids.extend(restart_ids.iter().cloned());
-    wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(20)).await;
+    // The backlog arrives at once after the heal: after the 2-minute hole,
+    // some 300 rollout restarts, each a new ReplicaSet for the controller
+    // manager and the API server on the same 2 cores, take minutes to settle.
+    let settle = short_or_long(Duration::from_secs(20), Duration::from_secs(300));
+    wait_all_completed(&rig.http_url(), &ids, settle).await;
     assert_telemetry_accounted(&rig.http_url(), accepted).await;
     watch.stop.store(true, Relaxed);
     let pings_sent = ids.len() - restart_ids.len();
