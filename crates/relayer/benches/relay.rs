@@ -247,22 +247,7 @@ const ECHO_ROLE: &str = "RELAY_BENCH_ECHO_BACKEND";
 /// the read loop, until the stream ends or the process is stopped.
 fn echo_process(backend: &str) {
     runtime().block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{backend}"))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("the echo dials the lean generator");
-        let (tx, rx) = mpsc::channel::<RelayerFrame>(8192);
-        tx.send(hello(CLUSTER, "echo")).await.unwrap();
-        let mut inbound = RelayServiceClient::new(channel)
-            .connect(authorized(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                CLUSTER,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut inbound) = open_stream(format!("http://{backend}"), CLUSTER, "echo").await;
         let mut seq = 0;
         while let Ok(Some(frame)) = inbound.message().await {
             if let Some(backend_frame::Body::Command(command)) = frame.body {
@@ -412,6 +397,35 @@ async fn profile(commands: u64) {
 }
 
 /// The `Hello` a client of these backends opens its stream with.
+/// Dials `url` (Nagle off), sends `Hello` for `cluster` and opens the relay
+/// stream: the sender for further frames and the backend's frames.
+async fn open_stream(
+    url: String,
+    cluster: &str,
+    incarnation: &str,
+) -> (
+    mpsc::Sender<RelayerFrame>,
+    tonic::Streaming<consonant_relayer::proto::BackendFrame>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("dial the backend");
+    let (tx, rx) = mpsc::channel::<RelayerFrame>(8192);
+    tx.send(hello(cluster, incarnation)).await.unwrap();
+    let inbound = RelayServiceClient::new(channel)
+        .connect(authorized(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            cluster,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, inbound)
+}
+
 fn hello(cluster: &str, incarnation: &str) -> RelayerFrame {
     use consonant_relayer::proto::Hello;
     RelayerFrame {
@@ -446,22 +460,7 @@ fn authorized<T>(outbound: T, cluster: &str) -> tonic::Request<T> {
 /// this backend and load generator allow on this machine.
 async fn minimal_relayer(backend: &DevBackendHandle) -> tokio::task::JoinHandle<()> {
     use consonant_relayer::proto::CommandAccepted;
-    let channel = tonic::transport::Endpoint::from_shared(backend.grpc_url())
-        .unwrap()
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel::<RelayerFrame>(8192);
-    tx.send(hello(MINIMAL_CLUSTER, "minimal")).await.unwrap();
-    let mut inbound = RelayServiceClient::new(channel)
-        .connect(authorized(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            MINIMAL_CLUSTER,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open_stream(backend.grpc_url(), MINIMAL_CLUSTER, "minimal").await;
     tokio::spawn(async move {
         let mut seq = 0;
         while let Ok(Some(frame)) = inbound.message().await {

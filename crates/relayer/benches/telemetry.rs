@@ -442,6 +442,18 @@ async fn measure(spans: &AtomicU64, window: Duration, pid: u32) -> (Vec<f64>, Ve
     (rates, cpu)
 }
 
+/// The relayer binary (own process, config in a temp dir kept alive by the
+/// caller) connected to `backend`, its OTLP/gRPC receiver listening.
+async fn relayer_facing(backend: &LeanBackend) -> (RelayerProcess, SocketAddr, tempfile::TempDir) {
+    let addr = serve_relay(backend.clone()).await.0;
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = free_addr();
+    let url = format!("http://{addr}");
+    let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
+    wait_listening(otlp).await;
+    (relayer, otlp, dir)
+}
+
 fn relayer_sections(otlp: SocketAddr) -> String {
     format!(
         "[telemetry]\nenabled = true\notlp_grpc_listen = \"{otlp}\"\notlp_http_listen = \"{}\"\nbuffer_bytes = {BUFFER_BYTES}\n[kubernetes]\nenabled = false\n",
@@ -491,12 +503,7 @@ async fn profile_relayer(duration: Duration) {
     if std::env::var_os("TELEMETRY_PROFILE_WITHHOLD").is_some() {
         backend.withhold_acks.store(true, Relaxed);
     }
-    let addr = serve_relay(backend.clone()).await.0;
-    let dir = tempfile::tempdir().unwrap();
-    let otlp = free_addr();
-    let url = format!("http://{addr}");
-    let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
-    wait_listening(otlp).await;
+    let (relayer, otlp, _dir) = relayer_facing(&backend).await;
     // Idle first: connected, telemetry on, no load yet.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = rss_kib(relayer.0.id()).unwrap_or(0);
@@ -562,12 +569,7 @@ fn main() {
 
         // The relayer.
         let relay_backend = LeanBackend::default();
-        let addr = serve_relay(relay_backend.clone()).await.0;
-        let dir = tempfile::tempdir().unwrap();
-        let otlp = free_addr();
-        let url = format!("http://{addr}");
-        let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
-        wait_listening(otlp).await;
+        let (relayer, otlp, _dir) = relayer_facing(&relay_backend).await;
         // Idle, connected, telemetry on (the chart's default), before any load.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle_rss = rss_kib(relayer.0.id());
@@ -603,12 +605,7 @@ fn main() {
         // Overload: acks withheld for the whole window.
         let overload_backend = LeanBackend::default();
         overload_backend.withhold_acks.store(true, Relaxed);
-        let addr = serve_relay(overload_backend.clone()).await.0;
-        let dir = tempfile::tempdir().unwrap();
-        let otlp = free_addr();
-        let url = format!("http://{addr}");
-        let relayer = spawn_relayer_with(&url, &url, dir.path(), &relayer_sections(otlp));
-        wait_listening(otlp).await;
+        let (relayer, otlp, _dir) = relayer_facing(&overload_backend).await;
         let stop = Arc::new(AtomicBool::new(false));
         let refused = start_load(otlp, stop.clone());
         let overload = overload_window();

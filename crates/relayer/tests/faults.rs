@@ -400,35 +400,152 @@ async fn wait_connected_within(relayer: &Relayer, within: Duration) -> Duration 
     started.elapsed()
 }
 
+/// The steady mix a network-fault scenario runs under: pings, rollout
+/// restarts of `web` on the real API server and spans, all flowing through
+/// the rig while the test breaks the path; the relayer watched from outside
+/// (`/livez`, RSS) throughout.
+struct MixedLoad {
+    relayer: Arc<Relayer>,
+    plane: &'static consonant_kube_testenv::ControlPlane,
+    namespace: String,
+    generation_before: i64,
+    watch: Arc<Watch>,
+    stop: Arc<AtomicBool>,
+    pings: tokio::task::JoinHandle<Vec<String>>,
+    spans: tokio::task::JoinHandle<u64>,
+    restarts: tokio::task::JoinHandle<Vec<String>>,
+}
+
+/// What a scenario's mixed load came to, its invariants checked.
+struct MixedOutcome {
+    commands: usize,
+    results: usize,
+    redelivered: usize,
+    accepted_spans: u64,
+    max_rss_kib: u64,
+    kube: String,
+}
+
+impl MixedLoad {
+    /// Starts the relayer (telemetry and Kubernetes on, `connection` as its
+    /// `[connection]` section) against the rig's backend, then the load;
+    /// command ids start with `prefix`.
+    async fn start(rig: &FaultRig, connection: &str, prefix: &'static str) -> Self {
+        let plane = consonant_kube_testenv::ControlPlane::shared();
+        let namespace = sample_deployment(plane).await;
+        let generation_before = generation_of_web(plane, &namespace).await;
+        let (options, otlp) = with_telemetry(
+            RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
+                .connection(connection)
+                .commands(COMMANDS)
+                .kubernetes(&plane.kubeconfig, false),
+        );
+        let relayer = Arc::new(Relayer::start(options));
+        relayer.wait_connected().await;
+        let watch = watch(&relayer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pings = submit_pings(
+            rig.http_url(),
+            prefix,
+            Duration::from_millis(50),
+            stop.clone(),
+        );
+        let spans = send_spans(otlp, stop.clone());
+        let restarts = submit_restarts(
+            rig.http_url(),
+            namespace.clone(),
+            Duration::from_millis(400),
+            stop.clone(),
+        );
+        Self {
+            relayer,
+            plane,
+            namespace,
+            generation_before,
+            watch,
+            stop,
+            pings,
+            spans,
+            restarts,
+        }
+    }
+
+    /// Stops the load once the fault has healed, waits up to `settle` for
+    /// every command's result, and checks the invariants: every accepted
+    /// span arrived once or is reported dropped, one run per command and at
+    /// most one API write per rollout restart, `/livez` never failed, RSS
+    /// under its bound, connected again.
+    async fn finish(self, rig: &FaultRig, settle: Duration) -> MixedOutcome {
+        self.stop.store(true, Relaxed);
+        let mut ids = self.pings.await.unwrap();
+        let accepted_spans = self.spans.await.unwrap();
+        let restart_ids = self.restarts.await.unwrap();
+        let pings_sent = ids.len();
+        ids.extend(restart_ids.iter().cloned());
+        wait_all_completed(&rig.http_url(), &ids, settle).await;
+        assert_telemetry_accounted(&rig.http_url(), accepted_spans).await;
+        self.relayer.wait_connected().await;
+        self.watch.stop.store(true, Relaxed);
+        let kube = kube_effects(
+            &self.relayer,
+            self.plane,
+            &self.namespace,
+            self.generation_before,
+            &restart_ids,
+            pings_sent,
+        )
+        .await;
+        // Results are delivered at least once: a result lost with the
+        // stream is replayed on the next session, and if the backend sent
+        // the command again meanwhile, the dedup cache answers it too — the
+        // same result twice, for the backend to dedup by command id. Runs
+        // are what must be one per command (checked above); re-deliveries
+        // are counted.
+        let counts = results_per_command(&rig.http_url()).await;
+        let redelivered = counts.values().filter(|n| **n > 1).count();
+        assert_eq!(
+            self.watch.livez_failures.load(Relaxed),
+            0,
+            "/livez failed during the fault ({} checks)",
+            self.watch.livez_checks.load(Relaxed)
+        );
+        assert!(self.watch.livez_checks.load(Relaxed) > 50);
+        let max_rss_kib = self.watch.max_rss_kib.load(Relaxed);
+        assert!(
+            max_rss_kib > 0 && max_rss_kib < RSS_BOUND_KIB,
+            "RSS {max_rss_kib} KiB (bound {RSS_BOUND_KIB} KiB)"
+        );
+        MixedOutcome {
+            commands: ids.len(),
+            results: counts.len(),
+            redelivered,
+            accepted_spans,
+            max_rss_kib,
+            kube,
+        }
+    }
+}
+
+impl MixedOutcome {
+    fn report(&self, fault: &str, reconnects: &str, detection: &str) {
+        report(
+            &format!("{fault} (pings, {})", self.kube),
+            self.commands,
+            self.results,
+            self.redelivered,
+            self.max_rss_kib,
+            reconnects,
+            detection,
+            &format!("{} spans accepted, all accounted for", self.accepted_spans),
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     let mut rig = rig();
-    let plane = consonant_kube_testenv::ControlPlane::shared();
-    let namespace = sample_deployment(plane).await;
-    let generation_before = generation_of_web(plane, &namespace).await;
-    let (options, otlp) = with_telemetry(
-        RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
-            .connection(CONNECTION)
-            .commands(COMMANDS)
-            .kubernetes(&plane.kubeconfig, false),
-    );
-    let relayer = Arc::new(Relayer::start(options));
-    relayer.wait_connected().await;
-    let watch = watch(&relayer);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pings = submit_pings(
-        rig.http_url(),
-        "bh",
-        Duration::from_millis(50),
-        stop.clone(),
-    );
-    let spans = send_spans(otlp, stop.clone());
-    let restarts = submit_restarts(
-        rig.http_url(),
-        namespace.clone(),
-        Duration::from_millis(400),
-        stop.clone(),
-    );
+    let load = MixedLoad::start(&rig, CONNECTION, "bh").await;
+    let relayer = load.relayer.clone();
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     rig.black_hole(true);
@@ -450,66 +567,26 @@ async fn a_black_hole_then_heal_loses_no_command_and_runs_none_twice() {
     rig.black_hole(false);
     let reconnect = wait_connected_within(&relayer, BREAKER_PLUS_BACKOFF_CAP).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Relaxed);
-    let mut ids = pings.await.unwrap();
-    let accepted = spans.await.unwrap();
-    let restart_ids = restarts.await.unwrap();
-    ids.extend(restart_ids.iter().cloned());
     // The backlog arrives at once after the heal: after the 2-minute hole,
     // some 300 rollout restarts, each a new ReplicaSet for the controller
     // manager and the API server on the same 2 cores, take minutes to settle.
     let settle = short_or_long(Duration::from_secs(20), Duration::from_secs(300));
-    wait_all_completed(&rig.http_url(), &ids, settle).await;
-    assert_telemetry_accounted(&rig.http_url(), accepted).await;
-    watch.stop.store(true, Relaxed);
-    let pings_sent = ids.len() - restart_ids.len();
-    let kube = kube_effects(
-        &relayer,
-        plane,
-        &namespace,
-        generation_before,
-        &restart_ids,
-        pings_sent,
-    )
-    .await;
-
-    // Results are delivered at least once: a result lost with the stream is
-    // replayed on the next session, and if the backend sent the command
-    // again meanwhile, the dedup cache answers it too — the same result
-    // twice, for the backend to dedup by command id. Runs are what must be
-    // one per command (checked above); re-deliveries are counted.
-    let counts = results_per_command(&rig.http_url()).await;
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let done = load.finish(&rig, settle).await;
     assert!(
         reconnect <= BREAKER_PLUS_BACKOFF_CAP,
         "connected again {reconnect:?} after the heal (bound {BREAKER_PLUS_BACKOFF_CAP:?})"
     );
-    assert_eq!(
-        watch.livez_failures.load(Relaxed),
-        0,
-        "/livez failed during the black hole ({} checks)",
-        watch.livez_checks.load(Relaxed)
-    );
-    assert!(watch.livez_checks.load(Relaxed) > 50);
-    let max_rss = watch.max_rss_kib.load(Relaxed);
-    assert!(
-        max_rss > 0 && max_rss < RSS_BOUND_KIB,
-        "RSS {max_rss} KiB (bound {RSS_BOUND_KIB} KiB)"
-    );
     eprintln!(
-        "black hole: {} commands, each one result; {accepted} spans accounted for; reconnected {reconnect:?} after the heal; max RSS {max_rss} KiB; wire {}",
-        ids.len(),
+        "black hole: {} commands, each one result; {} spans accounted for; reconnected {reconnect:?} after the heal; max RSS {} KiB; wire {}",
+        done.commands,
+        done.accepted_spans,
+        done.max_rss_kib,
         rig.wire_counters()
     );
-    report(
-        &format!("black hole {hole:?}, then heal (pings, {kube})"),
-        ids.len(),
-        counts.len(),
-        twice.len(),
-        max_rss,
+    done.report(
+        &format!("black hole {hole:?}, then heal"),
         &format!("{reconnect:.2?} after the heal"),
         &format!("{detected:.2?}"),
-        &format!("{accepted} spans accepted, all accounted for"),
     );
 }
 
@@ -673,90 +750,25 @@ async fn backend_restarts_and_stream_cuts_lose_no_command_and_run_none_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_delay_and_reordering_lose_no_command_and_run_none_twice() {
     let mut rig = rig();
-    let plane = consonant_kube_testenv::ControlPlane::shared();
-    let namespace = sample_deployment(plane).await;
-    let generation_before = generation_of_web(plane, &namespace).await;
-    let (options, otlp) = with_telemetry(
-        RelayerOptions::to(&rig.grpc_url(), &rig.http_url())
-            // Slower heartbeats than the other scenarios: a 500 ms interval
-            // with 600 ms round trips and retransmissions would be a test of
-            // the heartbeat setting, not of the relayer.
-            .connection(&CONNECTION.replace("\"500ms\"", "\"2s\""))
-            .commands(COMMANDS)
-            .kubernetes(&plane.kubeconfig, false),
-    );
-    let relayer = Arc::new(Relayer::start(options));
-    relayer.wait_connected().await;
-    let watch = watch(&relayer);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pings = submit_pings(
-        rig.http_url(),
-        "ld",
-        Duration::from_millis(50),
-        stop.clone(),
-    );
-    let spans = send_spans(otlp, stop.clone());
-    let restarts = submit_restarts(
-        rig.http_url(),
-        namespace.clone(),
-        Duration::from_millis(400),
-        stop.clone(),
-    );
+    // Slower heartbeats than the other scenarios: a 500 ms interval with
+    // 600 ms round trips and retransmissions would be a test of the
+    // heartbeat setting, not of the relayer.
+    let connection = CONNECTION.replace("\"500ms\"", "\"2s\"");
+    let load = MixedLoad::start(&rig, &connection, "ld").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     rig.impair("delay_ms=200 jitter_ms=100 loss=0.05");
     let lossy = short_or_long(Duration::from_secs(8), Duration::from_secs(300));
     tokio::time::sleep(lossy).await;
     rig.impair("delay_ms=0 jitter_ms=0 loss=0");
-    stop.store(true, Relaxed);
-    let mut ids = pings.await.unwrap();
-    let accepted = spans.await.unwrap();
-    let restart_ids = restarts.await.unwrap();
-    let pings_sent = ids.len();
-    ids.extend(restart_ids.iter().cloned());
-    wait_all_completed(&rig.http_url(), &ids, Duration::from_secs(30)).await;
-    assert_telemetry_accounted(&rig.http_url(), accepted).await;
-    relayer.wait_connected().await;
-    watch.stop.store(true, Relaxed);
-
-    // Results are delivered at least once: a result lost with the stream is
-    // replayed on the next session, and if the backend sent the command
-    // again meanwhile, the dedup cache answers it too — the same result
-    // twice, for the backend to dedup by command id. Runs are what must be
-    // one per command (checked above); re-deliveries are counted.
-    let counts = results_per_command(&rig.http_url()).await;
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    let kube = kube_effects(
-        &relayer,
-        plane,
-        &namespace,
-        generation_before,
-        &restart_ids,
-        pings_sent,
-    )
-    .await;
-    assert_eq!(
-        watch.livez_failures.load(Relaxed),
-        0,
-        "/livez failed ({} checks)",
-        watch.livez_checks.load(Relaxed)
-    );
-    let max_rss = watch.max_rss_kib.load(Relaxed);
-    assert!(max_rss > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
+    let done = load.finish(&rig, Duration::from_secs(30)).await;
     eprintln!(
-        "loss and delay: {} commands, each one result; {accepted} spans accounted for; max RSS {max_rss} KiB; wire {}",
-        ids.len(),
+        "loss and delay: {} commands, each one result; {} spans accounted for; max RSS {} KiB; wire {}",
+        done.commands,
+        done.accepted_spans,
+        done.max_rss_kib,
         rig.wire_counters()
     );
-    report(
-        &format!("5 % loss, 200 ± 100 ms, {lossy:?} (pings, {kube})"),
-        ids.len(),
-        counts.len(),
-        twice.len(),
-        max_rss,
-        "—",
-        "—",
-        &format!("{accepted} spans accepted, all accounted for"),
-    );
+    done.report(&format!("5 % loss, 200 ± 100 ms, {lossy:?}"), "—", "—");
 }
 
 /// The relayer SIGKILLed while pings flow and started again (a new

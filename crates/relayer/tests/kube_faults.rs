@@ -43,17 +43,7 @@ async fn api_server_and_etcd_restarts_mid_command_apply_no_action_twice() {
     relayer.wait_connected().await;
     let apply = Command {
         command_id: "apply-web".into(),
-        action: Some(command::Action::Apply(
-            consonant_relayer::proto::ApplyManifest {
-                manifest: consonant_kube_sim::SAMPLE_DEPLOYMENT
-                    .as_bytes()
-                    .to_vec()
-                    .into(),
-                namespace: ns.clone(),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
+        ..apply_manifest(&ns, consonant_kube_sim::SAMPLE_DEPLOYMENT)
     };
     let applied = run_command(&backend, apply).await;
     assert_eq!(applied.status, Status::Succeeded as i32, "{applied:?}");

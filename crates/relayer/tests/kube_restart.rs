@@ -11,25 +11,11 @@ use std::time::Duration;
 
 use common::*;
 use consonant_kube_testenv::ControlPlane;
-use consonant_relayer::proto::{command, command_result::Status, Command};
+use consonant_relayer::proto::command_result::Status;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
 const WEB: &str = consonant_kube_sim::SAMPLE_DEPLOYMENT;
-
-fn apply(namespace: &str, manifest: &str) -> Command {
-    Command {
-        command_id: uuid::Uuid::new_v4().to_string(),
-        action: Some(command::Action::Apply(
-            consonant_relayer::proto::ApplyManifest {
-                manifest: manifest.as_bytes().to_vec().into(),
-                namespace: namespace.into(),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_the_api_server_restarts_and_their_version_expired() {
@@ -55,7 +41,7 @@ async fn watches_resume_after_the_api_server_restarts_and_their_version_expired(
             })
             .count()
     };
-    let result = run_command(&backend, apply(&ns, WEB)).await;
+    let result = run_command(&backend, apply_manifest(&ns, WEB)).await;
     assert_eq!(result.status, Status::Succeeded as i32, "{result:?}");
     assert!(
         eventually(Duration::from_secs(20), || ready_events("web") == 1).await,
@@ -75,7 +61,7 @@ async fn watches_resume_after_the_api_server_restarts_and_their_version_expired(
     let web2 = WEB
         .replace("name: web", "name: web2")
         .replace("app: web", "app: web2");
-    let result = run_command(&backend, apply(&ns, &web2)).await;
+    let result = run_command(&backend, apply_manifest(&ns, &web2)).await;
     assert_eq!(result.status, Status::Succeeded as i32, "{result:?}");
     assert!(
         eventually(Duration::from_secs(60), || ready_events("web2") == 1).await,

@@ -390,6 +390,19 @@ pub(crate) fn ping(id: &str, payload: &[u8]) -> proto::Command {
 }
 
 /// Submits a command and waits for its result.
+/// An `apply` of `manifest` into `namespace`, with a fresh command id.
+pub(crate) fn apply_manifest(namespace: &str, manifest: &str) -> proto::Command {
+    proto::Command {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        action: Some(proto::command::Action::Apply(proto::ApplyManifest {
+            manifest: manifest.as_bytes().to_vec().into(),
+            namespace: namespace.into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 pub(crate) async fn run_command(
     backend: &DevBackendHandle,
     command: proto::Command,
