@@ -13,6 +13,7 @@ mod events;
 mod faults;
 mod frame_log;
 mod inbound;
+mod journal;
 mod registration;
 mod registry;
 mod sessions;
@@ -54,21 +55,26 @@ pub struct DevBackendState {
     pub(crate) stats: Stats,
     /// Signs commands submitted unsigned (`--signing-key`).
     signer: Option<std::sync::Arc<consonant_proto::signing::Signer>>,
+    /// Where kept reliable frames are journaled before their ack (in
+    /// process only, `DevBackendOptions::frame_journal`).
+    journal: Option<journal::FrameJournal>,
 }
 
 impl DevBackendState {
     pub(crate) fn new(
         bootstrap_tokens: Vec<Secret>,
         signer: Option<std::sync::Arc<consonant_proto::signing::Signer>>,
-    ) -> Self {
-        Self {
+        journal: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             signer,
+            journal: journal.map(journal::FrameJournal::open).transpose()?,
             clusters: Registry::default(),
             bootstrap: Mutex::new(BootstrapTokens::new(bootstrap_tokens)),
             faults: FaultSwitches::default(),
             stopping: AtomicBool::new(false),
             stats: Stats::default(),
-        }
+        })
     }
 }
 

@@ -149,6 +149,11 @@ pub struct DevBackendOptions {
     /// (a missing deadline becomes [`SIGNED_COMMAND_TTL`] from now);
     /// commands submitted already signed pass as given.
     pub signer: Option<Arc<Signer>>,
+    /// Appends every reliable frame kept (after dedup) to this file as a
+    /// JSON line before acking it, as a durable backend stores what it
+    /// acks. In process only (the fault tests, which SIGKILL the backend
+    /// and still count what it had acked).
+    pub frame_journal: Option<std::path::PathBuf>,
 }
 
 /// The deadline the backend gives a command it signs that has none: well
@@ -180,6 +185,7 @@ impl Default for DevBackendOptions {
             grpc_tls: None,
             max_frame_bytes: None,
             signer: None,
+            frame_journal: None,
         }
     }
 }
@@ -213,6 +219,7 @@ impl TryFrom<DevBackendArgs> for DevBackendOptions {
             grpc_tls: None,
             max_frame_bytes: None,
             signer,
+            frame_journal: None,
         })
     }
 }
@@ -230,6 +237,12 @@ pub enum DevBackendError {
     Bind {
         what: &'static str,
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the frame journal {path}: {source}")]
+    Journal {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -295,7 +308,15 @@ impl Drop for DevBackendHandle {
 
 /// Binds both listeners and serves until the handle is shut down or dropped.
 pub async fn start(opts: DevBackendOptions) -> Result<DevBackendHandle, DevBackendError> {
-    let state = Arc::new(DevBackendState::new(opts.bootstrap_tokens, opts.signer));
+    let journal = opts.frame_journal.as_deref();
+    let state =
+        DevBackendState::new(opts.bootstrap_tokens, opts.signer, journal).map_err(|source| {
+            DevBackendError::Journal {
+                path: opts.frame_journal.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
+    let state = Arc::new(state);
     for (id, token) in opts.clusters {
         state.add_cluster(&id, token);
     }

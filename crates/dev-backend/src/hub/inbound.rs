@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::commands::ResultOutcome;
 use super::connect::SessionStart;
 use super::frame_log::{FrameKind, FrameRecord};
+use super::journal::JournalEntry;
 use super::DevBackendState;
 use crate::otlp::OtlpCounts;
 use consonant_proto::{self as proto, relayer_frame::Body as In};
@@ -45,6 +46,20 @@ impl DevBackendState {
                 duplicate: true,
             };
         }
+        // A durable backend stores before it acks: the journal line is
+        // written before this returns and the session loop sends the ack.
+        let journal = |kind, command_id: Option<&str>, status: Option<&str>, spans| {
+            if let (Some(journal), true) = (&self.journal, frame.seq > 0) {
+                journal.append(&JournalEntry {
+                    incarnation: &session.incarnation,
+                    seq: frame.seq,
+                    kind,
+                    command_id,
+                    status,
+                    spans,
+                });
+            }
+        };
         let record = |kind, command_id| {
             if frame.seq > 0 {
                 Some(FrameRecord {
@@ -79,6 +94,9 @@ impl DevBackendState {
                 if let Some(log) = record(FrameKind::Result, Some(command_id.clone())) {
                     inner.frames.push(log);
                 }
+                let status = proto::command_result::Status::try_from(result.status)
+                    .map_or("UNKNOWN", |status| status.as_str_name());
+                journal(FrameKind::Result, Some(&command_id), Some(status), None);
                 let outcome = inner.commands.on_result(result, Instant::now());
                 drop(inner);
                 match outcome {
@@ -95,12 +113,14 @@ impl DevBackendState {
                 if let Some(log) = record(FrameKind::Event, None) {
                     inner.frames.push(log);
                 }
+                journal(FrameKind::Event, None, None, None);
                 inner.events.push(event);
             }
             In::Telemetry(batch) => {
                 if let Some(log) = record(FrameKind::Telemetry, None) {
                     inner.frames.push(log);
                 }
+                journal(FrameKind::Telemetry, None, None, counts.map(|c| c.spans));
                 inner.telemetry.record_batch(batch.otlp.len(), counts);
             }
         }

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use super::capture_output;
 
 /// The environment variable that turns the rig's backend test function into
-/// the backend process: `<grpc addr>,<http addr>[,<heartbeat ms>]`.
+/// the backend process: `<grpc addr>,<http addr>,<heartbeat ms or
+/// empty>,<frame journal path>`.
 pub(crate) const BACKEND_ROLE: &str = "CONSONANT_FAULT_RIG_BACKEND";
 
 /// The name of the test function every test binary using the rig defines
@@ -56,9 +57,10 @@ pub(crate) fn backend_process() {
     let parts: Vec<&str> = role.split(',').collect();
     let grpc: SocketAddr = parts[0].parse().expect("grpc address");
     let http: SocketAddr = parts[1].parse().expect("http address");
-    let heartbeat = parts
-        .get(2)
+    let heartbeat = Some(parts[2])
+        .filter(|ms| !ms.is_empty())
         .map(|ms| Duration::from_millis(ms.parse().expect("heartbeat ms")));
+    let journal = PathBuf::from(parts[3]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -70,6 +72,7 @@ pub(crate) fn backend_process() {
                 consonant_relayer::credentials::Secret::new(super::TOKEN),
             )],
             heartbeat_interval: heartbeat,
+            frame_journal: Some(journal),
             ..Default::default()
         })
         .await
@@ -100,6 +103,8 @@ pub(crate) struct FaultRig {
     pub backend_output: Arc<Mutex<String>>,
     heartbeat_ms: Option<u64>,
     test_binary: PathBuf,
+    /// Holds the backend's frame journal, which outlives its processes.
+    journal_dir: tempfile::TempDir,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -279,6 +284,8 @@ impl FaultRig {
             backend_output: Arc::new(Mutex::new(String::new())),
             heartbeat_ms,
             test_binary: std::env::current_exe().expect("the test binary's path"),
+            journal_dir: tempfile::tempdir()
+                .map_err(|e| RigUnavailable(format!("a temp dir for the journal: {e}")))?,
         };
         let started = Instant::now();
         while !rig.wire_output.lock().unwrap().contains("ready") {
@@ -349,14 +356,15 @@ impl FaultRig {
     /// its state in memory, so a restart forgets commands and sessions).
     pub(crate) fn start_backend(&mut self) {
         assert!(self.backend.is_none(), "the backend is already running");
-        let mut role = format!(
-            "{},{}",
+        let role = format!(
+            "{},{},{},{}",
             self.grpc_addr(),
-            self.http_url().trim_start_matches("http://")
+            self.http_url().trim_start_matches("http://"),
+            self.heartbeat_ms
+                .map(|ms| ms.to_string())
+                .unwrap_or_default(),
+            self.journal_path().display()
         );
-        if let Some(ms) = self.heartbeat_ms {
-            role.push_str(&format!(",{ms}"));
-        }
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.backend_ns])
             .arg(&self.test_binary)
@@ -368,7 +376,10 @@ impl FaultRig {
                 "1",
             ])
             .env(BACKEND_ROLE, role)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSONANT_RIG_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -398,6 +409,18 @@ impl FaultRig {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The backends' frame journal (`DevBackendOptions::frame_journal`),
+    /// for tasks that read it while the rig is borrowed elsewhere.
+    pub(crate) fn journal_path(&self) -> PathBuf {
+        self.journal_dir.path().join("frames.jsonl")
+    }
+
+    /// Every reliable frame any of the rig's backend processes kept and
+    /// acked, killed ones included.
+    pub(crate) fn journal(&self) -> Journal {
+        Journal::read(&self.journal_path())
     }
 
     /// The wire's counters: packets in, forwarded, dropped.
@@ -488,4 +511,69 @@ pub(crate) async fn results_per_command(http: &str) -> std::collections::HashMap
         }
     }
     counts
+}
+
+/// What the rig's backends acked, across their restarts: the frame
+/// journal's lines, deduplicated on `(incarnation, seq)` as a durable
+/// backend deduplicates (a frame one backend acked and died with, replayed
+/// to the next, counts once).
+pub(crate) struct Journal {
+    frames: Vec<serde_json::Value>,
+}
+
+impl Journal {
+    pub(crate) fn read(path: &std::path::Path) -> Self {
+        Self::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let frames = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|frame| {
+                seen.insert((
+                    frame["incarnation"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    frame["seq"].as_u64().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Self { frames }
+    }
+
+    /// Result frames per command id, and the status of the last one.
+    pub(crate) fn results(&self) -> std::collections::HashMap<String, (u32, String)> {
+        let mut results = std::collections::HashMap::new();
+        for frame in self.frames.iter().filter(|f| f["kind"] == "result") {
+            let id = frame["command_id"].as_str().unwrap_or_default().to_string();
+            let entry = results.entry(id).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = frame["status"].as_str().unwrap_or_default().to_string();
+        }
+        results
+    }
+
+    /// Spans that arrived, per relayer incarnation.
+    pub(crate) fn spans_by_incarnation(&self) -> std::collections::HashMap<String, u64> {
+        let mut spans = std::collections::HashMap::new();
+        for frame in self.frames.iter().filter(|f| f["kind"] == "telemetry") {
+            *spans
+                .entry(
+                    frame["incarnation"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+                .or_insert(0) += frame["spans"].as_u64().unwrap_or_default();
+        }
+        spans
+    }
+
+    /// Spans that arrived, over every incarnation.
+    pub(crate) fn spans(&self) -> u64 {
+        self.spans_by_incarnation().values().sum()
+    }
 }

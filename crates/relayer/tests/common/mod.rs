@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub(crate) mod agent;
 pub(crate) mod chart_tools;
 pub(crate) mod fault_rig;
+pub(crate) mod kube_writes;
 pub(crate) mod otel_collector;
 pub(crate) mod proxy;
 pub(crate) mod register;
