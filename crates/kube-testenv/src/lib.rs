@@ -20,6 +20,7 @@ mod time;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
@@ -215,11 +216,22 @@ impl ControlPlane {
     /// something should have their own test binary: every test of a binary
     /// shares its control plane.
     pub fn restart(&self, component: &str) {
+        self.restart_after_down(component, Duration::ZERO);
+    }
+
+    /// Stops one component (`kube-apiserver`, `etcd`,
+    /// `kube-controller-manager`), leaves it stopped for `down` once it
+    /// exited, and starts it again with the same command line and data,
+    /// waiting until the API server (or etcd) answers again. Blocks the
+    /// calling thread meanwhile (from async code, call it through
+    /// `spawn_blocking`). Returns how long stopping and the outage took.
+    pub fn restart_after_down(&self, component: &str, down: Duration) -> Restarted {
         let script = repo_root().join("scripts/kube-testenv");
         let out = Command::new(&script)
             .arg("restart")
             .arg(&self.dir)
             .arg(component)
+            .arg(format!("{:.3}", down.as_secs_f64()))
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -229,6 +241,19 @@ impl ControlPlane {
             "restart {component} failed (logs in {})",
             self.dir.display()
         );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let seconds = |key: &str| {
+            stdout
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|value| value.parse::<f64>().ok())
+                .map(Duration::from_secs_f64)
+                .unwrap_or_else(|| panic!("restart {component}: no {key}= in {stdout:?}"))
+        };
+        Restarted {
+            stopping: seconds("stopping"),
+            down: seconds("down"),
+        }
     }
 
     /// The API server's audit log so far: one JSON object per request
@@ -240,6 +265,17 @@ impl ControlPlane {
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
     }
+}
+
+/// What [`ControlPlane::restart_after_down`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Restarted {
+    /// From SIGTERM until the component exited (kube-apiserver drains its
+    /// requests first).
+    pub stopping: Duration,
+    /// From its exit until it was back: started, and for kube-apiserver and
+    /// etcd answering again (`/readyz`, `/health`).
+    pub down: Duration,
 }
 
 /// A client from a kubeconfig file.
