@@ -1,13 +1,25 @@
-//! The real API server's writes per command, read from its audit log: the
-//! test environment audits patches of Deployments at Request level
-//! (`scripts/kube-testenv`), and a rollout restart writes its own command
-//! id into the pod template (`consonant.xyz/restartedAt`), so each write
-//! names the command that made it. The fault scenarios (issue 17) check
-//! from there that no rollout restart took effect twice.
+//! The real API server's writes per command. A rollout restart writes its
+//! own command id into the pod template (`consonant.xyz/restartedAt`), so
+//! each write names the command that made it; two witnesses count them:
+//!
+//! - the audit log ([`restart_writes`]): the test environment audits
+//!   patches of Deployments at Request level (`scripts/kube-testenv`), so
+//!   each patch the API server answered 2xx is there with its body. A patch
+//!   the API server applied but answered otherwise (its own request timeout
+//!   under load, a client that went away) is not counted there;
+//! - the object's history ([`SpecHistory`]): a watch the test keeps on the
+//!   Deployment from its creation records every change of its spec (each a
+//!   new `generation`) with the restart id it carried — what took effect,
+//!   whatever the answer was.
+//!
+//! The fault scenarios (issue 17) check from there that no rollout restart
+//! took effect twice.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use consonant_kube_testenv::ControlPlane;
+use k8s_openapi::api::apps::v1::Deployment;
 
 const RESTART_ANNOTATION: &str = "consonant.xyz/restartedAt";
 
@@ -76,4 +88,128 @@ pub(crate) fn check_restarts_once(
         ));
     }
     Ok(writes.values().sum())
+}
+
+/// Every change of one Deployment's spec since the test created it, from a
+/// watch the test keeps open (resumed from the last resourceVersion when
+/// the server ends it): `(generation, restart id it carried)`, one per
+/// generation. A generation seen to skip, or a watch that can no longer
+/// resume (410), is a gap: the history then cannot attribute every change,
+/// and [`SpecHistory::applied`] says so instead of guessing.
+pub(crate) struct SpecHistory {
+    from: i64,
+    changes: Arc<Mutex<Vec<(i64, String)>>>,
+    gaps: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SpecHistory {
+    /// Follows `created` (as the create call returned it) from its
+    /// resourceVersion on.
+    pub(crate) fn follow(client: kube::Client, created: &Deployment) -> Self {
+        use futures::StreamExt;
+        use kube::api::{WatchEvent, WatchParams};
+        let namespace = created.metadata.namespace.clone().unwrap_or_default();
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let mut version = created
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        let mut generation = created.metadata.generation.unwrap_or_default();
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let gaps = Arc::new(Mutex::new(Vec::new()));
+        let (seen, missed) = (changes.clone(), gaps.clone());
+        let task = tokio::spawn(async move {
+            let api: kube::Api<Deployment> = kube::Api::namespaced(client, &namespace);
+            let params = WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(290);
+            loop {
+                let Ok(stream) = api.watch(&params, &version).await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                };
+                let mut stream = stream.boxed();
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(WatchEvent::Added(d) | WatchEvent::Modified(d)) => {
+                            version = d.metadata.resource_version.clone().unwrap_or_default();
+                            let now = d.metadata.generation.unwrap_or_default();
+                            if now > generation {
+                                if now != generation + 1 {
+                                    missed
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("generation {generation} → {now}"));
+                                }
+                                let id = d
+                                    .spec
+                                    .as_ref()
+                                    .and_then(|spec| spec.template.metadata.as_ref())
+                                    .and_then(|meta| meta.annotations.as_ref())
+                                    .and_then(|a| a.get(RESTART_ANNOTATION))
+                                    .cloned()
+                                    .unwrap_or_default();
+                                seen.lock().unwrap().push((now, id));
+                                generation = now;
+                            }
+                        }
+                        Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
+                        Ok(WatchEvent::Deleted(_)) => return,
+                        Ok(WatchEvent::Error(e)) => {
+                            if e.code == 410 {
+                                missed
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("watch expired at {version}: {}", e.message));
+                                return;
+                            }
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+        Self {
+            from: created.metadata.generation.unwrap_or_default(),
+            changes,
+            gaps,
+            task,
+        }
+    }
+
+    /// Times the spec changed to each restart id (`""`: a change that
+    /// carried none), once `settled` changes were seen — the generation the
+    /// test read at the end — or an error naming the gap.
+    pub(crate) async fn applied(&self, settled: i64) -> Result<HashMap<String, usize>, String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(gap) = self.gaps.lock().unwrap().first() {
+                return Err(format!("the Deployment's history has a gap: {gap}"));
+            }
+            let changes = self.changes.lock().unwrap().clone();
+            if changes.last().map_or(self.from, |(g, _)| *g) >= settled {
+                let mut applied = HashMap::new();
+                for (_, id) in changes {
+                    *applied.entry(id).or_insert(0) += 1;
+                }
+                return Ok(applied);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the watch saw generation {:?} of {settled} after 30 s",
+                    changes.last()
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SpecHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
