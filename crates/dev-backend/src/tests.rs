@@ -210,7 +210,7 @@ async fn ping_through_the_admin_api_round_trips() {
     assert_eq!(frames["duplicates"], 1);
     assert_eq!(
         frames["frames"],
-        json!([{"incarnation": "inc-1", "seq": 1, "kind": "result", "command_id": id}])
+        json!([{"incarnation": "inc-1", "seq": 1, "kind": "result", "command_id": id, "status": "SUCCEEDED"}])
     );
     let state: Value = reqwest::get(format!(
         "{}/api/v1/clusters/{CLUSTER}/commands/{id}",

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fault_rig::{report, short_or_long, FaultRig, Journal};
-use common::kube_writes::{check_restarts_once, restart_writes, SpecHistory};
+use common::kube_writes::{audit_of_restart, check_restarts_once, restart_writes, SpecHistory};
 use common::*;
 use consonant_kube_testenv::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -614,6 +614,7 @@ impl Workload {
         &self,
         restart_ids: &[String],
         results: &HashMap<String, (u32, String)>,
+        relayer_output: &str,
     ) -> String {
         let succeeded: HashSet<String> = restart_ids
             .iter()
@@ -627,7 +628,18 @@ impl Workload {
             .await
             .unwrap_or_else(|why| panic!("{why}"));
         let took_effect = check_restarts_once(&applied, restart_ids, &succeeded)
-            .unwrap_or_else(|why| panic!("{why}"));
+            .unwrap_or_else(|why| {
+                // What each witness saw of the commands involved.
+                let involved: Vec<&String> = applied.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+                let mut seen = String::new();
+                for id in involved {
+                    let history: Vec<_> = self.history.changes().into_iter().filter(|(_, i)| i == id).collect();
+                    let audit = audit_of_restart(self.plane, &self.namespace, "web", id);
+                    let runs: Vec<&str> = relayer_output.lines().filter(|l| l.contains(&format!("={id} ")) || l.ends_with(&format!("={id}"))).collect();
+                    seen.push_str(&format!("\n{id}: history {history:?}\n  audit {audit:#?}\n  relayer {runs:#?}\n  result {:?}", results.get(id)));
+                }
+                panic!("{why}{seen}")
+            });
         let moved = generation - self.generation_before;
         assert_eq!(
             moved as usize, took_effect,
@@ -811,7 +823,10 @@ impl MixedLoad {
         self.relayer.wait_connected().await;
         let max_rss_kib = self.watch.check();
         assert_one_run_each(&self.relayer, pings, restart_ids.len()).await;
-        let kube = self.workload.check_effects(&restart_ids, &results).await;
+        let kube = self
+            .workload
+            .check_effects(&restart_ids, &results, &self.relayer.output())
+            .await;
         MixedOutcome {
             commands: ids.len(),
             results: ids.iter().filter(|id| results.contains_key(*id)).count(),
@@ -1090,9 +1105,11 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
     ];
     let mut restarts = Vec::new();
     let mut max_rss = 0;
+    let mut relayer_outputs = String::new();
     for round in 0..kills {
         tokio::time::sleep(Duration::from_millis(400 + 200 * round as u64)).await;
         max_rss = max_rss.max(relayer.rss_kib());
+        relayer_outputs.push_str(&relayer.output());
         drop(relayer); // SIGKILL, and reaped
         ledger.next_epoch();
         let started = Instant::now();
@@ -1107,6 +1124,7 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
         task.await.unwrap();
     }
     max_rss = max_rss.max(relayer.rss_kib());
+    relayer_outputs.push_str(&relayer.output());
     let ids = submitter.ids();
     let results = wait_all_answered(&rig, &ids, Duration::from_secs(30)).await;
     let twice: Vec<_> = ids
@@ -1122,7 +1140,9 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
         .filter(|id| id.starts_with(RESTART))
         .cloned()
         .collect();
-    let kube = workload.check_effects(&restart_ids, &results).await;
+    let kube = workload
+        .check_effects(&restart_ids, &results, &relayer_outputs)
+        .await;
     let telemetry = account_spans_across_processes(&rig, &relayer, &incarnations, &ledger).await;
     assert!(max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
     eprintln!(
@@ -1217,7 +1237,10 @@ async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
         .filter(|id| id.starts_with(RESTART))
         .cloned()
         .collect();
-    let kube = workload.check_effects(&restart_ids, &results).await;
+    let relayer_outputs = stormy.output() + &calm.output();
+    let kube = workload
+        .check_effects(&restart_ids, &results, &relayer_outputs)
+        .await;
     let telemetry = account_spans_across_processes(&rig, &calm, &incarnations, &ledger).await;
     eprintln!("restart storm: {} commands; {kube}; {telemetry}", ids.len());
     report(

@@ -292,10 +292,33 @@ async fn api_server_stopped_mid_command_and_mid_watch_then_etcd_restarted() {
         outages.push(round_outages);
     }
 
-    // Exactly one result each, and a final one.
+    // Exactly one final result each (a retryable REJECTED, which the
+    // backend answers by sending the command again, is not final).
     let counts = results_per_command(&backend.http_url()).await;
     for s in &sent {
-        assert_eq!(counts.get(&s.id), Some(&1), "{}: {counts:?}", s.id);
+        if counts.get(&s.id) != Some(&1) {
+            let frames = common::fault_rig::backend_json(
+                &backend.http_url(),
+                &format!("/api/v1/clusters/{CLUSTER_ID}/frames"),
+            )
+            .await;
+            let of_it: Vec<&Value> = frames["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["command_id"] == s.id.as_str())
+                .collect();
+            let output = relayer.output();
+            let said: Vec<&str> = output
+                .lines()
+                .filter(|l| l.contains(&format!("command_id={} ", s.id)))
+                .collect();
+            panic!(
+                "{}: {:?} final results; its frames {of_it:#?}; the relayer on it {said:#?}",
+                s.id,
+                counts.get(&s.id)
+            );
+        }
         assert!(
             [Status::Succeeded, Status::Failed, Status::TimedOut]
                 .iter()

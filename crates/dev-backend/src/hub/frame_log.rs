@@ -30,6 +30,12 @@ pub struct FrameRecord {
         serialize_with = "opt_arc_str"
     )]
     pub command_id: Option<Arc<str>>,
+    /// Results: the status name (`SUCCEEDED`, `REJECTED`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// Results: a REJECTED the backend will send again (not final).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 fn arc_str<S: serde::Serializer>(value: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -48,7 +48,7 @@ impl DevBackendState {
         }
         // A durable backend stores before it acks: the journal line is
         // written before this returns and the session loop sends the ack.
-        let journal = |kind, command_id: Option<&str>, status: Option<&str>, spans| {
+        let journal = |kind, command_id: Option<&str>, status: Option<&str>, retryable, spans| {
             if let (Some(journal), true) = (&self.journal, frame.seq > 0) {
                 journal.append(&JournalEntry {
                     incarnation: &session.incarnation,
@@ -56,17 +56,20 @@ impl DevBackendState {
                     kind,
                     command_id,
                     status,
+                    retryable,
                     spans,
                 });
             }
         };
-        let record = |kind, command_id| {
+        let record = |kind, command_id, status, retryable| {
             if frame.seq > 0 {
                 Some(FrameRecord {
                     incarnation: session.incarnation.clone(),
                     seq: frame.seq,
                     kind,
                     command_id,
+                    status,
+                    retryable,
                 })
             } else {
                 None
@@ -91,12 +94,27 @@ impl DevBackendState {
                 let command_id = inner.commands.get(&result.command_id).map(|r| r.id.clone());
                 let command_id =
                     command_id.unwrap_or_else(|| Arc::from(result.command_id.as_str()));
-                if let Some(log) = record(FrameKind::Result, Some(command_id.clone())) {
-                    inner.frames.push(log);
-                }
                 let status = proto::command_result::Status::try_from(result.status)
                     .map_or("UNKNOWN", |status| status.as_str_name());
-                journal(FrameKind::Result, Some(&command_id), Some(status), None);
+                // A retryable refusal is not final: the backend sends the
+                // command again (`CommandBook::on_result`).
+                let retryable =
+                    status == "REJECTED" && result.error.as_ref().is_some_and(|e| e.retryable);
+                if let Some(log) = record(
+                    FrameKind::Result,
+                    Some(command_id.clone()),
+                    Some(status),
+                    retryable,
+                ) {
+                    inner.frames.push(log);
+                }
+                journal(
+                    FrameKind::Result,
+                    Some(&command_id),
+                    Some(status),
+                    retryable,
+                    None,
+                );
                 let outcome = inner.commands.on_result(result, Instant::now());
                 drop(inner);
                 match outcome {
@@ -110,17 +128,23 @@ impl DevBackendState {
                 }
             }
             In::Event(event) => {
-                if let Some(log) = record(FrameKind::Event, None) {
+                if let Some(log) = record(FrameKind::Event, None, None, false) {
                     inner.frames.push(log);
                 }
-                journal(FrameKind::Event, None, None, None);
+                journal(FrameKind::Event, None, None, false, None);
                 inner.events.push(event);
             }
             In::Telemetry(batch) => {
-                if let Some(log) = record(FrameKind::Telemetry, None) {
+                if let Some(log) = record(FrameKind::Telemetry, None, None, false) {
                     inner.frames.push(log);
                 }
-                journal(FrameKind::Telemetry, None, None, counts.map(|c| c.spans));
+                journal(
+                    FrameKind::Telemetry,
+                    None,
+                    None,
+                    false,
+                    counts.map(|c| c.spans),
+                );
                 inner.telemetry.record_batch(batch.otlp.len(), counts);
             }
         }

@@ -29,6 +29,9 @@ pub(crate) struct JournalEntry<'a> {
     /// Results: the status name (`SUCCEEDED`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) status: Option<&'a str>,
+    /// Results: a REJECTED the backend will send again (not final).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) retryable: bool,
     /// Telemetry: spans in the batch's OTLP (when it decoded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) spans: Option<u64>,
@@ -78,6 +81,7 @@ mod tests {
             kind: super::super::FrameKind::Result,
             command_id: Some("c-1"),
             status: Some("SUCCEEDED"),
+            retryable: false,
             spans: None,
         });
         journal.append(&JournalEntry {
@@ -86,6 +90,7 @@ mod tests {
             kind: super::super::FrameKind::Telemetry,
             command_id: None,
             status: None,
+            retryable: false,
             spans: Some(10),
         });
         // Reopened (as after a restart), it appends.
@@ -95,6 +100,7 @@ mod tests {
             kind: super::super::FrameKind::Event,
             command_id: None,
             status: None,
+            retryable: false,
             spans: None,
         });
         let text = std::fs::read_to_string(&path).unwrap();

@@ -47,8 +47,18 @@ pub async fn connect(cfg: &KubernetesConfig) -> Result<::kube::Client, KubeClien
                 source,
             })?
     };
-    let config = without_environment_proxy(config, |var| std::env::var(var).ok())?;
-    ::kube::Client::try_from(config).map_err(KubeClientError::Build)
+    let mut config = without_environment_proxy(config, |var| std::env::var(var).ok())?;
+    // kube's own retry sends writes again after a 503/504, when they may
+    // have taken effect; ours repeats only what cannot have (kube/retry.rs).
+    // Retry needs a service it can call again: the Buffer makes the boxed
+    // stack cloneable, as kube's documentation does.
+    config.default_retry = false;
+    let builder =
+        ::kube::client::ClientBuilder::try_from(config).map_err(KubeClientError::Build)?;
+    let safe_retry = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(super::retry::SafeRetry::new()))
+        .layer(tower::buffer::BufferLayer::new(1024));
+    Ok(builder.with_layer(&safe_retry).build())
 }
 
 /// Drops a proxy kube-rs took from `HTTPS_PROXY`/`https_proxy`; refuses one
@@ -100,5 +110,113 @@ mod tests {
             error.contains("proxy-url http://u:***@other:8080"),
             "{error}"
         );
+    }
+
+    /// Against an API server that answers 504 (its own request timeout,
+    /// after which the write may still land) or 429 (flow control, before
+    /// anything is handled): the client sends a read again after a 504, a
+    /// write again only after a 429, and a write answered 504 once only.
+    #[tokio::test]
+    async fn the_client_repeats_only_requests_that_cannot_have_taken_effect() {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+
+        use axum::http::{Method, StatusCode};
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::api::{Api, Patch, PatchParams};
+
+        // Per (method, name): the statuses to answer in turn, then 200.
+        type Script = Arc<Mutex<HashMap<(Method, String), Vec<u16>>>>;
+        let script: Script = Arc::new(Mutex::new(HashMap::from([
+            ((Method::GET, "read".to_string()), vec![504, 503, 429]),
+            ((Method::PATCH, "timed-out".to_string()), vec![504]),
+            ((Method::PATCH, "unavailable".to_string()), vec![503]),
+            ((Method::PATCH, "throttled".to_string()), vec![429]),
+        ])));
+        let seen: Arc<Mutex<Vec<(Method, String)>>> = Arc::default();
+        let (script_at_server, seen_at_server) = (script.clone(), seen.clone());
+        let app = axum::Router::new().fallback(move |method: Method, uri: axum::http::Uri| {
+            let (script, seen) = (script_at_server.clone(), seen_at_server.clone());
+            async move {
+                let name = uri.path().rsplit('/').next().unwrap_or_default().to_string();
+                seen.lock().unwrap().push((method.clone(), name.clone()));
+                let next = script
+                    .lock()
+                    .unwrap()
+                    .get_mut(&(method, name.clone()))
+                    .and_then(|statuses| (!statuses.is_empty()).then(|| statuses.remove(0)));
+                match next {
+                    Some(code) => (
+                        StatusCode::from_u16(code).unwrap(),
+                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":0}"#.to_string(),
+                    ),
+                    None => (
+                        StatusCode::OK,
+                        format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"default"}}}}"#),
+                    ),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://{addr}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u, namespace: default}}}}]\ncurrent-context: x\n"
+            ),
+        )
+        .unwrap();
+        let client = connect(&KubernetesConfig {
+            kubeconfig: kubeconfig.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+        let patch = |name: &'static str| {
+            let maps = maps.clone();
+            async move {
+                maps.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({})),
+                )
+                .await
+            }
+        };
+
+        assert!(
+            maps.get("read").await.is_ok(),
+            "a read is retried through 504, 503, 429"
+        );
+        assert!(patch("timed-out").await.is_err());
+        assert!(patch("unavailable").await.is_err());
+        assert!(
+            patch("throttled").await.is_ok(),
+            "a throttled write is retried"
+        );
+
+        let count = |method: Method, name: &str| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, n)| *m == method && n == name)
+                .count()
+        };
+        assert_eq!(count(Method::GET, "read"), 4);
+        assert_eq!(
+            count(Method::PATCH, "timed-out"),
+            1,
+            "a write answered 504 is sent once"
+        );
+        assert_eq!(
+            count(Method::PATCH, "unavailable"),
+            1,
+            "a write answered 503 is sent once"
+        );
+        assert_eq!(count(Method::PATCH, "throttled"), 2);
     }
 }

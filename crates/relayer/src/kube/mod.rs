@@ -8,3 +8,4 @@ pub mod actions;
 pub mod client;
 pub mod errors;
 pub mod resolve;
+pub mod retry;

@@ -495,7 +495,8 @@ pub(crate) async fn backend_json(http: &str, path: &str) -> serde_json::Value {
         .expect("admin API JSON")
 }
 
-/// Result frames per command id, as the backend recorded them.
+/// Final result frames per command id, as the backend recorded them (a
+/// retryable REJECTED is not final: the backend sends the command again).
 pub(crate) async fn results_per_command(http: &str) -> std::collections::HashMap<String, u32> {
     let frames = backend_json(
         http,
@@ -504,7 +505,7 @@ pub(crate) async fn results_per_command(http: &str) -> std::collections::HashMap
     .await;
     let mut counts = std::collections::HashMap::new();
     for frame in frames["frames"].as_array().expect("frames") {
-        if frame["kind"] == "result" {
+        if frame["kind"] == "result" && frame["retryable"] != true {
             *counts
                 .entry(frame["command_id"].as_str().unwrap_or_default().to_string())
                 .or_insert(0) += 1;
@@ -544,10 +545,16 @@ impl Journal {
         Self { frames }
     }
 
-    /// Result frames per command id, and the status of the last one.
+    /// Final result frames per command id, and the status of the last one
+    /// (a retryable REJECTED is not final: the backend sends the command
+    /// again).
     pub(crate) fn results(&self) -> std::collections::HashMap<String, (u32, String)> {
         let mut results = std::collections::HashMap::new();
-        for frame in self.frames.iter().filter(|f| f["kind"] == "result") {
+        for frame in self
+            .frames
+            .iter()
+            .filter(|f| f["kind"] == "result" && f["retryable"] != true)
+        {
             let id = frame["command_id"].as_str().unwrap_or_default().to_string();
             let entry = results.entry(id).or_insert((0, String::new()));
             entry.0 += 1;

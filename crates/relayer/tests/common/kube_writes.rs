@@ -208,6 +208,46 @@ impl SpecHistory {
     }
 }
 
+impl SpecHistory {
+    /// The changes as seen: `(generation, restart id)`, for a failure's
+    /// message.
+    pub(crate) fn changes(&self) -> Vec<(i64, String)> {
+        self.changes.lock().unwrap().clone()
+    }
+}
+
+/// The audit log's patches of `namespace/name` that wrote restart `id`,
+/// whatever their answer: time, stage, code, user agent (for a failure's
+/// message).
+pub(crate) fn audit_of_restart(
+    plane: &ControlPlane,
+    namespace: &str,
+    name: &str,
+    id: &str,
+) -> Vec<String> {
+    plane
+        .audit_events()
+        .iter()
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["namespace"] == namespace
+                && e["objectRef"]["name"] == name
+                && e["requestObject"]["spec"]["template"]["metadata"]["annotations"]
+                    [RESTART_ANNOTATION]
+                    == id
+        })
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["requestReceivedTimestamp"],
+                e["stage"],
+                e["responseStatus"]["code"],
+                e["userAgent"]
+            )
+        })
+        .collect()
+}
+
 impl Drop for SpecHistory {
     fn drop(&mut self) {
         self.task.abort();
