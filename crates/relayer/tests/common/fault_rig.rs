@@ -61,6 +61,12 @@ pub(crate) fn backend_process() {
         .filter(|ms| !ms.is_empty())
         .map(|ms| Duration::from_millis(ms.parse().expect("heartbeat ms")));
     let journal = PathBuf::from(parts[3]);
+    // Its log (RUST_LOG, from CONSONANT_RIG_BACKEND_LOG; warnings by
+    // default) goes to stderr, which the rig keeps in `backend_output`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
