@@ -240,7 +240,7 @@ pub enum DevBackendError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the frame journal {path}: {source}")]
+    #[error("cannot open the frame journal {path}: {source}; give a path in a writable directory that exists")]
     Journal {
         path: std::path::PathBuf,
         #[source]

@@ -535,10 +535,21 @@ async fn wait_all_answered(
 /// Commands answered more than once (a result replayed after a lost ack
 /// and the dedup cache's answer to the command sent again: at-least-once
 /// delivery, which the backend dedups by command id).
-fn redelivered(results: &HashMap<String, (u32, String)>, ids: &[String]) -> usize {
+fn answered_more_than_once<'a>(
+    results: &HashMap<String, (u32, String)>,
+    ids: &'a [String],
+) -> Vec<&'a String> {
     ids.iter()
         .filter(|id| results.get(*id).is_some_and(|(n, _)| *n > 1))
-        .count()
+        .collect()
+}
+
+/// The rollout restarts among `ids`.
+fn restart_ids(ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| id.starts_with(RESTART))
+        .cloned()
+        .collect()
 }
 
 /// One run per command in a relayer that lived through the fault:
@@ -810,11 +821,7 @@ impl MixedLoad {
             task.await.unwrap();
         }
         let ids = self.submitter.ids();
-        let restart_ids: Vec<String> = ids
-            .iter()
-            .filter(|id| id.starts_with(RESTART))
-            .cloned()
-            .collect();
+        let restart_ids = restart_ids(&ids);
         let pings = ids.iter().filter(|id| id.starts_with(self.prefix)).count();
         let results = wait_all_answered(rig, &ids, settle).await;
         let incarnation = incarnation_of(&self.relayer).await;
@@ -830,7 +837,7 @@ impl MixedLoad {
         MixedOutcome {
             commands: ids.len(),
             results: ids.iter().filter(|id| results.contains_key(*id)).count(),
-            redelivered: redelivered(&results, &ids),
+            redelivered: answered_more_than_once(&results, &ids).len(),
             max_rss_kib,
             kube,
             telemetry: format!(
@@ -1055,6 +1062,15 @@ struct Restartable {
 }
 
 impl Restartable {
+    fn new(rig: &FaultRig, workload: &Workload) -> Self {
+        Self {
+            rig_grpc: rig.grpc_url(),
+            rig_http: rig.http_url(),
+            kubeconfig: workload.plane.kubeconfig.clone(),
+            otlp: OtlpPorts::new(),
+        }
+    }
+
     fn options(&self) -> RelayerOptions {
         let mut options = RelayerOptions::to(&self.rig_grpc, &self.rig_http)
             .connection(CONNECTION)
@@ -1076,12 +1092,7 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
     let kills = short_or_long(3, 10);
     let rig = rig();
     let workload = Workload::create().await;
-    let setup = Restartable {
-        rig_grpc: rig.grpc_url(),
-        rig_http: rig.http_url(),
-        kubeconfig: workload.plane.kubeconfig.clone(),
-        otlp: OtlpPorts::new(),
-    };
+    let setup = Restartable::new(&rig, &workload);
     let mut relayer = Relayer::start(setup.options());
     relayer.wait_connected().await;
     let mut incarnations = vec![incarnation_of(&relayer).await];
@@ -1127,19 +1138,12 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
     relayer_outputs.push_str(&relayer.output());
     let ids = submitter.ids();
     let results = wait_all_answered(&rig, &ids, Duration::from_secs(30)).await;
-    let twice: Vec<_> = ids
-        .iter()
-        .filter(|id| results.get(*id).is_some_and(|(n, _)| *n > 1))
-        .collect();
+    let twice = answered_more_than_once(&results, &ids);
     assert!(
         twice.is_empty(),
         "commands with more than one result: {twice:?}"
     );
-    let restart_ids: Vec<String> = ids
-        .iter()
-        .filter(|id| id.starts_with(RESTART))
-        .cloned()
-        .collect();
+    let restart_ids = restart_ids(&ids);
     let kube = workload
         .check_effects(&restart_ids, &results, &relayer_outputs)
         .await;
@@ -1173,12 +1177,7 @@ async fn a_relayer_killed_mid_command_and_restarted_loses_no_command() {
 async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
     let rig = rig();
     let workload = Workload::create().await;
-    let setup = Restartable {
-        rig_grpc: rig.grpc_url(),
-        rig_http: rig.http_url(),
-        kubeconfig: workload.plane.kubeconfig.clone(),
-        otlp: OtlpPorts::new(),
-    };
+    let setup = Restartable::new(&rig, &workload);
     let mut stormy = Relayer::start(setup.options().env("FAILPOINTS", "router-incoming=panic"));
     stormy.wait_connected().await;
     let mut incarnations = vec![incarnation_of(&stormy).await];
@@ -1221,10 +1220,7 @@ async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
     spans.await.unwrap();
     let ids = submitter.ids();
     let results = wait_all_answered(&rig, &ids, Duration::from_secs(20)).await;
-    let twice: Vec<_> = ids
-        .iter()
-        .filter(|id| results.get(*id).is_some_and(|(n, _)| *n > 1))
-        .collect();
+    let twice = answered_more_than_once(&results, &ids);
     assert!(
         twice.is_empty(),
         "commands with more than one result: {twice:?}"
@@ -1232,11 +1228,7 @@ async fn a_restart_storm_ends_in_exit_70_and_a_restart_loses_no_command() {
     // Nothing ran in the storm (the router never got a command through),
     // so the calm process ran each command once.
     assert_one_run_each(&calm, pings, restarts).await;
-    let restart_ids: Vec<String> = ids
-        .iter()
-        .filter(|id| id.starts_with(RESTART))
-        .cloned()
-        .collect();
+    let restart_ids = restart_ids(&ids);
     let relayer_outputs = stormy.output() + &calm.output();
     let kube = workload
         .check_effects(&restart_ids, &results, &relayer_outputs)

@@ -83,29 +83,6 @@ fn restart_command(id: &str, namespace: &str) -> Command {
     }
 }
 
-/// The `ready` flags of the `workload.status` events reported for
-/// `namespace/name`, oldest first.
-fn readiness_reported(backend: &DevBackendHandle, namespace: &str, name: &str) -> Vec<bool> {
-    backend
-        .state()
-        .events(CLUSTER_ID, 10_000)
-        .unwrap()
-        .into_iter()
-        .filter(|e| {
-            e.kind == "workload.status"
-                && e.object
-                    .as_ref()
-                    .is_some_and(|o| o.name == name && o.namespace == namespace)
-        })
-        .map(|e| {
-            serde_json::from_slice::<Value>(&e.payload_json)
-                .ok()
-                .and_then(|p| p["ready"].as_bool())
-                .expect("a workload.status payload with a ready flag")
-        })
-        .collect()
-}
-
 /// A Deployment's readiness as the relayer's detector defines it
 /// (`watch/detect.rs`): known once its controller wrote a status and the
 /// desired count is set; ready when the controller observed the current
@@ -121,6 +98,19 @@ fn ready_per_detector(deployment: &Deployment) -> Option<bool> {
     Some(observed && status.ready_replicas.unwrap_or(0) == desired)
 }
 
+/// `component` stopped for `down` and started again (off the async
+/// threads: the script blocks): when it was told to stop, what the script
+/// measured, and when it was back.
+async fn outage(component: &'static str, down: Duration) -> (Instant, Restarted, Instant) {
+    let stop = Instant::now();
+    let measured = tokio::task::spawn_blocking(move || {
+        ControlPlane::shared().restart_after_down(component, down)
+    })
+    .await
+    .unwrap();
+    (stop, measured, Instant::now())
+}
+
 /// One round: rollout restarts every [`SPACING`] while kube-apiserver is
 /// stopped for [`API_SERVER_DOWN`] and started again, then etcd for
 /// [`ETCD_DOWN`], and [`AFTER`] more once both are back. Waits for every
@@ -128,24 +118,14 @@ fn ready_per_detector(deployment: &Deployment) -> Option<bool> {
 async fn round(backend: &DevBackendHandle, namespace: &str, round: usize) -> (Vec<Sent>, Outages) {
     let faults = tokio::spawn(async {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let stop = Instant::now();
-        let measured = tokio::task::spawn_blocking(|| {
-            ControlPlane::shared().restart_after_down("kube-apiserver", API_SERVER_DOWN)
-        })
-        .await
-        .unwrap();
-        let api_server = (stop, Instant::now());
+        let (stop, api_server_measured, back) = outage("kube-apiserver", API_SERVER_DOWN).await;
+        let api_server = (stop, back);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let stop = Instant::now();
-        let etcd_measured = tokio::task::spawn_blocking(|| {
-            ControlPlane::shared().restart_after_down("etcd", ETCD_DOWN)
-        })
-        .await
-        .unwrap();
+        let (stop, etcd_measured, back) = outage("etcd", ETCD_DOWN).await;
         Outages {
             api_server,
-            api_server_measured: measured,
-            etcd: (stop + etcd_measured.stopping, Instant::now()),
+            api_server_measured,
+            etcd: (stop + etcd_measured.stopping, back),
             etcd_measured,
         }
     });

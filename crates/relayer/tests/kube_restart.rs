@@ -13,7 +13,6 @@ use common::*;
 use consonant_kube_testenv::ControlPlane;
 use consonant_relayer::proto::command_result::Status;
 use k8s_openapi::api::core::v1::ConfigMap;
-use serde_json::Value;
 
 const WEB: &str = consonant_kube_sim::SAMPLE_DEPLOYMENT;
 
@@ -26,19 +25,9 @@ async fn watches_resume_after_the_api_server_restarts_and_their_version_expired(
         Relayer::start(RelayerOptions::new(&backend).kubernetes(&plane.kubeconfig, false));
     relayer.wait_connected().await;
     let ready_events = |name: &str| {
-        backend
-            .state()
-            .events(CLUSTER_ID, 1000)
-            .unwrap()
+        readiness_reported(&backend, &ns, name)
             .into_iter()
-            .filter(|e| {
-                e.kind == "workload.status"
-                    && e.object
-                        .as_ref()
-                        .is_some_and(|o| o.name == name && o.namespace == ns)
-                    && serde_json::from_slice::<Value>(&e.payload_json)
-                        .is_ok_and(|p| p["ready"] == true)
-            })
+            .filter(|ready| *ready)
             .count()
     };
     let result = run_command(&backend, apply_manifest(&ns, WEB)).await;

@@ -751,20 +751,9 @@ async fn only_the_leader_sends_events_and_a_standby_takes_over() {
     let web = run_command(env_backend, apply(&ns, WEB)).await;
     output(&web);
     let ready_events = |backend: &consonant_dev_backend::DevBackendHandle| {
-        backend
-            .state()
-            .events(CLUSTER_ID, 1000)
-            .unwrap()
+        readiness_reported(backend, &ns, "web")
             .into_iter()
-            .filter(|e| {
-                e.kind == "workload.status"
-                    && e.object
-                        .as_ref()
-                        .is_some_and(|o| o.name == "web" && o.namespace == ns)
-            })
-            .filter(|e| {
-                serde_json::from_slice::<Value>(&e.payload_json).is_ok_and(|p| p["ready"] == true)
-            })
+            .filter(|ready| *ready)
             .count()
     };
     assert!(

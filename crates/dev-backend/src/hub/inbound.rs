@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use super::commands::ResultOutcome;
 use super::connect::SessionStart;
-use super::frame_log::{FrameKind, FrameRecord};
-use super::journal::JournalEntry;
+use super::frame_log::{FrameKind, FrameLog, FrameRecord};
 use super::DevBackendState;
 use crate::otlp::OtlpCounts;
 use consonant_proto::{self as proto, relayer_frame::Body as In};
@@ -46,34 +45,25 @@ impl DevBackendState {
                 duplicate: true,
             };
         }
-        // A durable backend stores before it acks: the journal line is
-        // written before this returns and the session loop sends the ack.
-        let journal = |kind, command_id: Option<&str>, status: Option<&str>, retryable, spans| {
-            if let (Some(journal), true) = (&self.journal, frame.seq > 0) {
-                journal.append(&JournalEntry {
-                    incarnation: &session.incarnation,
-                    seq: frame.seq,
-                    kind,
-                    command_id,
-                    status,
-                    retryable,
-                    spans,
-                });
+        // A kept frame goes to the debug log and to the journal — before
+        // this returns and the session loop sends its ack, as a durable
+        // backend stores what it acks.
+        let keep = |frames: &mut FrameLog, kind, command_id, status, retryable, spans| {
+            if frame.seq == 0 {
+                return;
             }
-        };
-        let record = |kind, command_id, status, retryable| {
-            if frame.seq > 0 {
-                Some(FrameRecord {
-                    incarnation: session.incarnation.clone(),
-                    seq: frame.seq,
-                    kind,
-                    command_id,
-                    status,
-                    retryable,
-                })
-            } else {
-                None
+            let record = FrameRecord {
+                incarnation: session.incarnation.clone(),
+                seq: frame.seq,
+                kind,
+                command_id,
+                status,
+                retryable,
+            };
+            if let Some(journal) = &self.journal {
+                journal.append(&record, spans);
             }
+            frames.push(record);
         };
         match body {
             In::Hello(_) => {
@@ -100,17 +90,10 @@ impl DevBackendState {
                 // command again (`CommandBook::on_result`).
                 let retryable =
                     status == "REJECTED" && result.error.as_ref().is_some_and(|e| e.retryable);
-                if let Some(log) = record(
+                keep(
+                    &mut inner.frames,
                     FrameKind::Result,
                     Some(command_id.clone()),
-                    Some(status),
-                    retryable,
-                ) {
-                    inner.frames.push(log);
-                }
-                journal(
-                    FrameKind::Result,
-                    Some(&command_id),
                     Some(status),
                     retryable,
                     None,
@@ -128,22 +111,18 @@ impl DevBackendState {
                 }
             }
             In::Event(event) => {
-                if let Some(log) = record(FrameKind::Event, None, None, false) {
-                    inner.frames.push(log);
-                }
-                journal(FrameKind::Event, None, None, false, None);
+                keep(&mut inner.frames, FrameKind::Event, None, None, false, None);
                 inner.events.push(event);
             }
             In::Telemetry(batch) => {
-                if let Some(log) = record(FrameKind::Telemetry, None, None, false) {
-                    inner.frames.push(log);
-                }
-                journal(
+                let spans = counts.map(|c| c.spans);
+                keep(
+                    &mut inner.frames,
                     FrameKind::Telemetry,
                     None,
                     None,
                     false,
-                    counts.map(|c| c.spans),
+                    spans,
                 );
                 inner.telemetry.record_batch(batch.otlp.len(), counts);
             }

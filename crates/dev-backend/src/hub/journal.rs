@@ -17,24 +17,16 @@ use std::path::Path;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// One kept reliable frame.
-#[derive(Debug, Serialize)]
-pub(crate) struct JournalEntry<'a> {
-    pub(crate) incarnation: &'a str,
-    pub(crate) seq: u64,
-    pub(crate) kind: super::FrameKind,
-    /// Results: the command answered.
+use super::FrameRecord;
+
+/// One journal line: the frame as the debug log records it (`/frames`),
+/// and for telemetry the spans in its OTLP (when it decoded).
+#[derive(Serialize)]
+struct JournalEntry<'a> {
+    #[serde(flatten)]
+    frame: &'a FrameRecord,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) command_id: Option<&'a str>,
-    /// Results: the status name (`SUCCEEDED`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) status: Option<&'a str>,
-    /// Results: a REJECTED the backend will send again (not final).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) retryable: bool,
-    /// Telemetry: spans in the batch's OTLP (when it decoded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) spans: Option<u64>,
+    spans: Option<u64>,
 }
 
 /// An append-only journal file.
@@ -57,8 +49,9 @@ impl FrameJournal {
 
     /// Appends one entry. A failed write is logged, not fatal: the journal
     /// is a test aid, and a test reading it finds the entry missing.
-    pub(crate) fn append(&self, entry: &JournalEntry<'_>) {
-        let mut line = serde_json::to_vec(entry).expect("a journal entry serializes");
+    pub(crate) fn append(&self, frame: &FrameRecord, spans: Option<u64>) {
+        let entry = JournalEntry { frame, spans };
+        let mut line = serde_json::to_vec(&entry).expect("a journal entry serializes");
         line.push(b'\n');
         if let Err(err) = self.file.lock().write_all(&line) {
             tracing::error!(%err, "frame journal write failed");
@@ -68,41 +61,31 @@ impl FrameJournal {
 
 #[cfg(test)]
 mod tests {
+    use super::super::FrameKind;
     use super::*;
 
     #[test]
     fn appends_one_json_line_per_entry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
+        let frame = |incarnation: &str, seq, kind, command_id: Option<&str>, status| FrameRecord {
+            incarnation: incarnation.into(),
+            seq,
+            kind,
+            command_id: command_id.map(Into::into),
+            status,
+            retryable: false,
+        };
         let journal = FrameJournal::open(&path).unwrap();
-        journal.append(&JournalEntry {
-            incarnation: "i-1",
-            seq: 1,
-            kind: super::super::FrameKind::Result,
-            command_id: Some("c-1"),
-            status: Some("SUCCEEDED"),
-            retryable: false,
-            spans: None,
-        });
-        journal.append(&JournalEntry {
-            incarnation: "i-1",
-            seq: 2,
-            kind: super::super::FrameKind::Telemetry,
-            command_id: None,
-            status: None,
-            retryable: false,
-            spans: Some(10),
-        });
+        journal.append(
+            &frame("i-1", 1, FrameKind::Result, Some("c-1"), Some("SUCCEEDED")),
+            None,
+        );
+        journal.append(&frame("i-1", 2, FrameKind::Telemetry, None, None), Some(10));
         // Reopened (as after a restart), it appends.
-        FrameJournal::open(&path).unwrap().append(&JournalEntry {
-            incarnation: "i-2",
-            seq: 1,
-            kind: super::super::FrameKind::Event,
-            command_id: None,
-            status: None,
-            retryable: false,
-            spans: None,
-        });
+        FrameJournal::open(&path)
+            .unwrap()
+            .append(&frame("i-2", 1, FrameKind::Event, None, None), None);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

@@ -501,23 +501,20 @@ pub(crate) async fn backend_json(http: &str, path: &str) -> serde_json::Value {
         .expect("admin API JSON")
 }
 
-/// Final result frames per command id, as the backend recorded them (a
-/// retryable REJECTED is not final: the backend sends the command again).
+/// Final result frames per command id, as the backend's `/frames` debug
+/// log recorded them (the journal's format; see [`Journal::results`]).
 pub(crate) async fn results_per_command(http: &str) -> std::collections::HashMap<String, u32> {
     let frames = backend_json(
         http,
         &format!("/api/v1/clusters/{}/frames", super::CLUSTER_ID),
     )
     .await;
-    let mut counts = std::collections::HashMap::new();
-    for frame in frames["frames"].as_array().expect("frames") {
-        if frame["kind"] == "result" && frame["retryable"] != true {
-            *counts
-                .entry(frame["command_id"].as_str().unwrap_or_default().to_string())
-                .or_insert(0) += 1;
-        }
-    }
-    counts
+    let frames = frames["frames"].as_array().expect("frames").clone();
+    Journal { frames }
+        .results()
+        .into_iter()
+        .map(|(id, (count, _))| (id, count))
+        .collect()
 }
 
 /// What the rig's backends acked, across their restarts: the frame
@@ -583,10 +580,5 @@ impl Journal {
                 .or_insert(0) += frame["spans"].as_u64().unwrap_or_default();
         }
         spans
-    }
-
-    /// Spans that arrived, over every incarnation.
-    pub(crate) fn spans(&self) -> u64 {
-        self.spans_by_incarnation().values().sum()
     }
 }

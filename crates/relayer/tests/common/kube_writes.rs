@@ -21,9 +21,34 @@ use std::sync::{Arc, Mutex};
 use consonant_kube_testenv::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
 
-const RESTART_ANNOTATION: &str = "consonant.xyz/restartedAt";
+use consonant_relayer::kube::actions::RESTART_ANNOTATION;
 
-/// Successful patches of the Deployment `namespace/name`, counted by the
+/// The audit log's patches of the Deployment `namespace/name` itself (not
+/// a subresource), whatever their answer.
+fn patches(plane: &ControlPlane, namespace: &str, name: &str) -> Vec<serde_json::Value> {
+    plane
+        .audit_events()
+        .into_iter()
+        .filter(|event| {
+            let object = &event["objectRef"];
+            event["verb"] == "patch"
+                && event["stage"] == "ResponseComplete"
+                && object["resource"] == "deployments"
+                && object["namespace"] == namespace
+                && object["name"] == name
+                && object["subresource"].is_null()
+        })
+        .collect()
+}
+
+/// The restart command id a patch wrote (`""`: none).
+fn restart_id(patch: &serde_json::Value) -> &str {
+    patch["requestObject"]["spec"]["template"]["metadata"]["annotations"][RESTART_ANNOTATION]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Patches of the Deployment `namespace/name` answered 2xx, counted by the
 /// restart command id each one wrote; a patch that wrote no restart
 /// annotation counts under `""`.
 pub(crate) fn restart_writes(
@@ -32,25 +57,13 @@ pub(crate) fn restart_writes(
     name: &str,
 ) -> HashMap<String, usize> {
     let mut writes = HashMap::new();
-    for event in plane.audit_events() {
-        let object = &event["objectRef"];
-        let applied = event["verb"] == "patch"
-            && event["stage"] == "ResponseComplete"
-            && object["resource"] == "deployments"
-            && object["namespace"] == namespace
-            && object["name"] == name
-            && object["subresource"].is_null()
-            && event["responseStatus"]["code"]
-                .as_u64()
-                .is_some_and(|code| code < 300);
-        if !applied {
-            continue;
+    for patch in patches(plane, namespace, name) {
+        if patch["responseStatus"]["code"]
+            .as_u64()
+            .is_some_and(|code| code < 300)
+        {
+            *writes.entry(restart_id(&patch).to_string()).or_insert(0) += 1;
         }
-        let id = event["requestObject"]["spec"]["template"]["metadata"]["annotations"]
-            [RESTART_ANNOTATION]
-            .as_str()
-            .unwrap_or_default();
-        *writes.entry(id.to_string()).or_insert(0) += 1;
     }
     writes
 }
@@ -217,32 +230,22 @@ impl SpecHistory {
 }
 
 /// The audit log's patches of `namespace/name` that wrote restart `id`,
-/// whatever their answer: time, stage, code, user agent (for a failure's
-/// message).
+/// whatever their answer: time, code, user agent (for a failure's message).
 pub(crate) fn audit_of_restart(
     plane: &ControlPlane,
     namespace: &str,
     name: &str,
     id: &str,
 ) -> Vec<String> {
-    plane
-        .audit_events()
+    patches(plane, namespace, name)
         .iter()
-        .filter(|e| {
-            e["verb"] == "patch"
-                && e["objectRef"]["namespace"] == namespace
-                && e["objectRef"]["name"] == name
-                && e["requestObject"]["spec"]["template"]["metadata"]["annotations"]
-                    [RESTART_ANNOTATION]
-                    == id
-        })
-        .map(|e| {
+        .filter(|patch| restart_id(patch) == id)
+        .map(|patch| {
             format!(
-                "{} {} {} {}",
-                e["requestReceivedTimestamp"],
-                e["stage"],
-                e["responseStatus"]["code"],
-                e["userAgent"]
+                "{} {} {}",
+                patch["requestReceivedTimestamp"],
+                patch["responseStatus"]["code"],
+                patch["userAgent"]
             )
         })
         .collect()

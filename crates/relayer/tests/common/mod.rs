@@ -473,3 +473,30 @@ pub(crate) async fn pings_with_acks_withheld(
             .unwrap();
     }
 }
+
+/// The `ready` flags of the `workload.status` events reported for
+/// `namespace/name`, oldest first.
+pub(crate) fn readiness_reported(
+    backend: &DevBackendHandle,
+    namespace: &str,
+    name: &str,
+) -> Vec<bool> {
+    backend
+        .state()
+        .events(CLUSTER_ID, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.kind == "workload.status"
+                && e.object
+                    .as_ref()
+                    .is_some_and(|o| o.name == name && o.namespace == namespace)
+        })
+        .map(|e| {
+            serde_json::from_slice::<Value>(&e.payload_json)
+                .ok()
+                .and_then(|p| p["ready"].as_bool())
+                .expect("a workload.status payload with a ready flag")
+        })
+        .collect()
+}
